@@ -1,0 +1,180 @@
+/* Instantiates recurrence.inc for float and double and, on x86-64, for three instruction
+ * sets (AVX-512, AVX2+FMA, baseline SSE2); the public entry points pick one at run time,
+ * so the library is built with generic flags and still runs on any x86-64. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fastrnn.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+static int omp_get_num_threads_(void) { return omp_get_num_threads(); }
+static int omp_get_thread_num_(void) { return omp_get_thread_num(); }
+int fastrnn_omp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static int omp_get_num_threads_(void) { return 1; }
+static int omp_get_thread_num_(void) { return 0; }
+int fastrnn_omp_max_threads(void) { return 1; }
+#endif
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+
+/* ---- float ---- */
+#define REAL float
+#define FR_DOUBLE 0
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma,bmi2")
+#define FN(name) CAT(name, f32_avx512)
+#define VBYTES 64
+#define MR 4
+#define NV 4
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FN(name) CAT(name, f32_avx2)
+#define VBYTES 32
+#define MR 3
+#define NV 3
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#pragma GCC pop_options
+#endif
+#define FN(name) CAT(name, f32_generic)
+#define VBYTES 16
+#define MR 3
+#define NV 3
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#undef REAL
+#undef FR_DOUBLE
+
+/* ---- double ---- */
+#define REAL double
+#define FR_DOUBLE 1
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma,bmi2")
+#define FN(name) CAT(name, f64_avx512)
+#define VBYTES 64
+#define MR 4
+#define NV 4
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FN(name) CAT(name, f64_avx2)
+#define VBYTES 32
+#define MR 3
+#define NV 3
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#pragma GCC pop_options
+#endif
+#define FN(name) CAT(name, f64_generic)
+#define VBYTES 16
+#define MR 3
+#define NV 3
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#undef REAL
+#undef FR_DOUBLE
+
+/* ---- run-time dispatch ---- */
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
+
+static int detect_isa(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *force = getenv("FASTRNN_ISA");  /* lets tests run every code path */
+    int best = ISA_GENERIC;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = ISA_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        best = ISA_AVX512;
+    if (force && strcmp(force, "generic") == 0) return ISA_GENERIC;
+    if (force && strcmp(force, "avx2") == 0 && best >= ISA_AVX2) return ISA_AVX2;
+    return best;
+#else
+    return ISA_GENERIC;
+#endif
+}
+
+static int isa_cached = -1;
+static int isa(void)
+{
+    int v = __atomic_load_n(&isa_cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = detect_isa();
+        __atomic_store_n(&isa_cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+const char *fastrnn_isa(void)
+{
+    static const char *names[] = {"generic", "avx2", "avx512"};
+    return names[isa()];
+}
+
+static int bad_args(int cell, int T, int B, int H, int nthreads)
+{
+    return cell < FASTRNN_RNN_TANH || cell > FASTRNN_GRU || T < 0 || B < 0 || H < 1 || nthreads < 1;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DISPATCH(fn, suffix, ...)                                          \
+    switch (isa()) {                                                       \
+    case ISA_AVX512: return fn##_##suffix##_avx512(__VA_ARGS__);           \
+    case ISA_AVX2: return fn##_##suffix##_avx2(__VA_ARGS__);               \
+    default: return fn##_##suffix##_generic(__VA_ARGS__);                  \
+    }
+#else
+#define DISPATCH(fn, suffix, ...) return fn##_##suffix##_generic(__VA_ARGS__);
+#endif
+
+#define DEFINE_ENTRY_POINTS(R, suffix)                                                         \
+int fastrnn_forward_##suffix(int cell, int T, int B, int H, int t0, int reverse,               \
+                             const R *xp, const R *w_hh, const R *b_hn, const R *h0,           \
+                             const R *c0, const int32_t *lengths, R *y, R *h_T, R *c_T,        \
+                             R *h_in, R *gates, R *c_in, R *c_out, R *hh_n, int nthreads)       \
+{                                                                                              \
+    if (bad_args(cell, T, B, H, nthreads) || t0 < 0) return FASTRNN_EINVAL;                   \
+    DISPATCH(forward, suffix, cell, T, B, H, t0, reverse, xp, w_hh, b_hn, h0, c0, lengths, y, \
+             h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)                              \
+}                                                                                              \
+int fastrnn_backward_##suffix(int cell, int T, int B, int H, int reverse, const R *w_hh,       \
+                              const R *dy, const R *dh_T, const R *dc_T, const int32_t *lengths,\
+                              const R *h_in, const R *gates, const R *c_in, const R *c_out,    \
+                              const R *hh_n, R *dgi, R *dgh_n, R *dh_0, R *dc_0, int nthreads)  \
+{                                                                                              \
+    if (bad_args(cell, T, B, H, nthreads)) return FASTRNN_EINVAL;                              \
+    DISPATCH(backward, suffix, cell, T, B, H, reverse, w_hh, dy, dh_T, dc_T, lengths, h_in,    \
+             gates, c_in, c_out, hh_n, dgi, dgh_n, dh_0, dc_0, nthreads)                       \
+}
+
+DEFINE_ENTRY_POINTS(float, f32)
+DEFINE_ENTRY_POINTS(double, f64)

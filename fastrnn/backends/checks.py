@@ -1,0 +1,76 @@
+"""Argument checks for the backend contract, shared by every backend.
+
+Every backend calls these before touching data, so native code never sees an
+unchecked shape or dtype. Errors name the argument, the expected and the received value.
+"""
+import numpy as np
+
+from ..cells import get_cell
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(name, a, shape, dtype):
+    """Check ``a`` is an ndarray of ``dtype`` and ``shape`` (None entries match anything)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != g for s, g in zip(shape, a.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
+    return a
+
+
+def check_lengths(lengths, T, B):
+    """Return lengths as a contiguous int32 (B,) array with 0 <= lengths <= T, or None."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape ({B},) (one length per sequence), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"lengths: expected values in [0, {T}] (T = {T}), "
+                         f"got min {arr.min()}, max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths)."""
+    spec = get_cell(cell)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
+    T, B, I = x.shape
+    dt = x.dtype
+    check_array("w_hh", w_hh, (None, None), dt)
+    GH, H = w_hh.shape
+    if GH != spec.gates * H:
+        raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
+    check_array("w_ih", w_ih, (GH, I), dt)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            check_array(name, b, (GH,), dt)
+    check_array("h0", h0, (B, H), dt)
+    if spec.has_cell_state:
+        check_array("c0", c0, (B, H), dt)
+    elif c0 is not None:
+        raise ValueError(f"c0: cell {cell!r} has no cell state, expected None")
+    return spec, T, B, I, H, check_lengths(lengths, T, B)
+
+
+def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt):
+    """Validate the incoming gradients of backward_layer; None means zero."""
+    if dy is not None:
+        check_array("dy", dy, (T, B, H), dt)
+    if dh_T is not None:
+        check_array("dh_T", dh_T, (B, H), dt)
+    if dc_T is not None:
+        if not spec.has_cell_state:
+            raise ValueError(f"dc_T: cell {spec.name!r} has no cell state, expected None")
+        check_array("dc_T", dc_T, (B, H), dt)

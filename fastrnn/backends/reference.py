@@ -1,0 +1,165 @@
+"""The reference backend: one layer, one direction, in plain NumPy.
+
+This is the oracle every fast backend is tested against. It is written to be read:
+one Python step per time step, PyTorch's equations spelled out, no fusion.
+
+Ragged batches: sequence b is valid for t < lengths[b]. At an invalid step its state is
+left unchanged and y is 0. With reverse=True the loop runs t = T-1 .. 0, so each sequence
+starts from its own last valid step (PyTorch's packed-sequence semantics).
+"""
+import numpy as np
+
+from .checks import check_backward_grads, check_forward_args
+
+name = "reference"
+
+
+def sigmoid(a):
+    # Split by sign so that exp never overflows.
+    out = np.empty_like(a)
+    pos = a >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-a[pos]))
+    e = np.exp(a[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def _time_order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _step_mask(lengths, t, B):
+    """(B, 1) boolean: which sequences are valid at step t."""
+    if lengths is None:
+        return np.ones((B, 1), dtype=bool)
+    return (t < lengths)[:, None]
+
+
+def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
+    """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved."""
+    spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    b_ih = np.zeros(w_ih.shape[0], x.dtype) if b_ih is None else b_ih
+    b_hh = np.zeros(w_hh.shape[0], x.dtype) if b_hh is None else b_hh
+    h = h0.copy()
+    c = c0.copy() if spec.has_cell_state else None
+    y = np.zeros((T, B, H), dtype=x.dtype)
+    keep = {}
+    if train:
+        keep = {"h_in": np.empty_like(y), "gates": np.empty((T, B, spec.gates * H), x.dtype)}
+        if spec.has_cell_state:
+            keep["c_in"] = np.empty_like(y)
+            keep["c_out"] = np.empty_like(y)
+        if spec.name == "gru":
+            keep["hh_n"] = np.empty_like(y)
+
+    for t in _time_order(T, reverse):
+        valid = _step_mask(lengths, t, B)
+        gi = x[t] @ w_ih.T + b_ih      # input part of the pre-activations (B, G*H)
+        gh = h @ w_hh.T + b_hh         # recurrent part
+        if train:
+            keep["h_in"][t] = h
+        if spec.name in ("rnn_tanh", "rnn_relu"):
+            a = gi + gh
+            h_new = np.tanh(a) if spec.name == "rnn_tanh" else np.maximum(a, 0)
+            gates = h_new
+        elif spec.name == "lstm":
+            i = sigmoid(gi[:, 0:H] + gh[:, 0:H])
+            f = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            g = np.tanh(gi[:, 2 * H:3 * H] + gh[:, 2 * H:3 * H])
+            o = sigmoid(gi[:, 3 * H:] + gh[:, 3 * H:])
+            c_new = f * c + i * g
+            h_new = o * np.tanh(c_new)
+            gates = np.concatenate([i, f, g, o], axis=1)
+            if train:
+                keep["c_in"][t] = c
+                keep["c_out"][t] = c_new
+            c = np.where(valid, c_new, c)
+        else:  # gru
+            r = sigmoid(gi[:, 0:H] + gh[:, 0:H])
+            z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+            h_new = (1 - z) * n + z * h
+            gates = np.concatenate([r, z, n], axis=1)
+            if train:
+                keep["hh_n"][t] = gh[:, 2 * H:]
+        if train:
+            keep["gates"][t] = gates
+        h = np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+
+    saved = None
+    if train:
+        saved = dict(keep, cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
+                     reverse=reverse)
+    return y, h, c, saved
+
+
+def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
+    """Backprop through time for one layer-direction.
+
+    Returns dx (T,B,I) or None, dh0 (B,H), dc0 (B,H) or None, dw_ih, dw_hh, db_ih, db_hh.
+    """
+    if saved is None:
+        raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
+    spec = _check_saved(cell, saved)
+    x, w_ih, w_hh, lengths = saved["x"], saved["w_ih"], saved["w_hh"], saved["lengths"]
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, x.dtype)
+    dh = np.zeros((B, H), x.dtype) if dh_T is None else dh_T.copy()
+    dc = None
+    if spec.has_cell_state:
+        dc = np.zeros((B, H), x.dtype) if dc_T is None else dc_T.copy()
+    dw_ih = np.zeros_like(w_ih)
+    dw_hh = np.zeros_like(w_hh)
+    db_ih = np.zeros(w_ih.shape[0], x.dtype)
+    db_hh = np.zeros(w_hh.shape[0], x.dtype)
+    dx = np.zeros_like(x) if need_dx else None
+
+    for t in reversed(_time_order(T, saved["reverse"])):
+        valid = _step_mask(lengths, t, B)
+        h_in = saved["h_in"][t]
+        gates = saved["gates"][t]
+        dh_out = dh + (dy[t] if dy is not None else 0)   # gradient reaching h_new
+        if spec.name in ("rnn_tanh", "rnn_relu"):
+            dpre = dh_out * ((1 - gates * gates) if spec.name == "rnn_tanh" else (gates > 0))
+            dgi = dgh = dpre
+            dh_direct = 0
+        elif spec.name == "lstm":
+            i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+            tc = np.tanh(saved["c_out"][t])
+            dc_total = dc + dh_out * o * (1 - tc * tc)
+            di = dc_total * g * i * (1 - i)
+            df = dc_total * saved["c_in"][t] * f * (1 - f)
+            dg = dc_total * i * (1 - g * g)
+            do = dh_out * tc * o * (1 - o)
+            dgi = dgh = np.concatenate([di, df, dg, do], axis=1)
+            dc = np.where(valid, dc_total * f, dc)
+            dh_direct = 0
+        else:  # gru
+            r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
+            dn = dh_out * (1 - z) * (1 - n * n)
+            dz = dh_out * (h_in - n) * z * (1 - z)
+            dr = dn * saved["hh_n"][t] * r * (1 - r)
+            dgi = np.concatenate([dr, dz, dn], axis=1)
+            dgh = np.concatenate([dr, dz, dn * r], axis=1)
+            dh_direct = dh_out * z
+        dgi = np.where(valid, dgi, 0)
+        dgh = np.where(valid, dgh, 0)
+        dw_ih += dgi.T @ x[t]
+        dw_hh += dgh.T @ h_in
+        db_ih += dgi.sum(axis=0)
+        db_hh += dgh.sum(axis=0)
+        if need_dx:
+            dx[t] = dgi @ w_ih
+        dh = np.where(valid, dh_direct + dgh @ w_hh, dh)
+
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _check_saved(cell, saved):
+    from ..cells import get_cell
+    spec = get_cell(cell)
+    if not isinstance(saved, dict) or saved.get("cell") != spec.name:
+        raise ValueError(f"saved: expected the workspace of a {spec.name!r} forward_layer call")
+    return spec

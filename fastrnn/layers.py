@@ -1,0 +1,318 @@
+"""RNN, LSTM and GRU modules: parameters, layers, directions and dropout.
+
+Everything here is backend-independent: each layer-direction is one call to the
+backend's forward_layer / backward_layer (DESIGN.md's contract). Parameter names,
+shapes and init follow torch.nn.RNN/LSTM/GRU, so state dicts move between the two.
+"""
+from collections import OrderedDict
+import numbers
+
+import numpy as np
+
+from . import backends
+from .cells import get_cell
+
+
+def _positive_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+class RNNBase:
+    """Shared machinery of RNN, LSTM and GRU (see their docstrings)."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, backend="auto", dtype=np.float32, seed=None):
+        self.cell = get_cell(cell)
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        backends.resolve(backend)  # reject unknown names now, not at the first call
+        self.backend = backend
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._params = OrderedDict()
+        self.grads = OrderedDict()
+        self._init_parameters()
+        self._saved = None
+
+    # ----- parameters -------------------------------------------------------------
+    def _suffix(self, layer, direction):
+        return f"l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def _init_parameters(self):
+        H, G = self.hidden_size, self.cell.gates
+        k = 1.0 / np.sqrt(H)
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                s = self._suffix(layer, d)
+                shapes = [(f"weight_ih_{s}", (G * H, in_size)), (f"weight_hh_{s}", (G * H, H))]
+                if self.bias:
+                    shapes += [(f"bias_ih_{s}", (G * H,)), (f"bias_hh_{s}", (G * H,))]
+                for name, shape in shapes:
+                    self._params[name] = self._rng.uniform(-k, k, size=shape).astype(self.dtype)
+                    self.grads[name] = np.zeros(shape, self.dtype)
+
+    def named_parameters(self):
+        """(name, array) pairs in PyTorch's order; the arrays are live (updated in place)."""
+        return list(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        """Copies of the parameters under PyTorch's names."""
+        return OrderedDict((k, v.copy()) for k, v in self._params.items())
+
+    def load_state_dict(self, state_dict):
+        """Load parameters by PyTorch's names; values are copied into the live arrays."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        missing = [k for k in self._params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._params]
+        if missing or unexpected:
+            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        new = {}
+        for k, p in self._params.items():
+            v = np.asarray(state_dict[k])
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
+            if v.dtype.kind != "f":
+                raise TypeError(f"state_dict[{k!r}]: expected a floating dtype, got {v.dtype}")
+            new[k] = v
+        for k, v in new.items():  # only after every entry is checked: all or nothing
+            self._params[k][...] = v
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _layer_weights(self, layer, d):
+        s = self._suffix(layer, d)
+        p = self._params
+        return (p[f"weight_ih_{s}"], p[f"weight_hh_{s}"],
+                p.get(f"bias_ih_{s}"), p.get(f"bias_hh_{s}"))
+
+    # ----- forward ----------------------------------------------------------------
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    def _check_state(self, name, a, B, unbatched):
+        L, H = self.num_layers * self.num_directions, self.hidden_size
+        want = (L, H) if unbatched else (L, B, H)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+        if a.shape != want:
+            raise ValueError(f"{name}: expected shape {want} (num_layers*num_directions, "
+                             f"{'' if unbatched else 'batch, '}hidden_size), got {a.shape}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype}, got {a.dtype}")
+        a = a[:, None, :] if unbatched else a
+        return np.ascontiguousarray(a)
+
+    def _split_hx(self, hx, B, unbatched):
+        L, H = self.num_layers * self.num_directions, self.hidden_size
+        if self.cell.has_cell_state:
+            if hx is None:
+                return np.zeros((L, B, H), self.dtype), np.zeros((L, B, H), self.dtype)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx: expected a tuple (h_0, c_0) for LSTM")
+            return (self._check_state("hx[0] (h_0)", hx[0], B, unbatched),
+                    self._check_state("hx[1] (c_0)", hx[1], B, unbatched))
+        if hx is None:
+            return np.zeros((L, B, H), self.dtype), None
+        return self._check_state("hx", hx, B, unbatched), None
+
+    def forward(self, x, hx=None, lengths=None):
+        """Run the stack. x is (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
+
+        Returns out, h_n (out, (h_n, c_n) for LSTM) in the input's layout; out is zero past
+        each sequence's length.
+        """
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the module's dtype), got {x.dtype}")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected shape (T, B, {self.input_size}), (B, T, {self.input_size}) "
+                             f"with batch_first or (T, {self.input_size}) unbatched, got {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            if lengths is not None:
+                raise ValueError("lengths: expected None for unbatched (2-D) input")
+            xt = x[:, None, :]
+        else:
+            xt = x.transpose(1, 0, 2) if self.batch_first else x
+        xt = np.ascontiguousarray(xt)
+        T, B = xt.shape[:2]
+        h0, c0 = self._split_hx(hx, B, unbatched)
+        be = backends.get(backends.resolve(self.backend))
+        train = self.training
+        H, D = self.hidden_size, self.num_directions
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if c0 is not None else None
+        saved_layers = []
+        inp = xt
+        for layer in range(self.num_layers):
+            outs, saved_dirs = [], []
+            for d in range(D):
+                idx = layer * D + d
+                y, hT, cT, saved = be.forward_layer(
+                    self.cell.name, inp, h0[idx], None if c0 is None else c0[idx],
+                    *self._layer_weights(layer, d), lengths=lengths, reverse=(d == 1), train=train)
+                outs.append(y)
+                saved_dirs.append(saved)
+                h_n[idx] = hT
+                if c_n is not None:
+                    c_n[idx] = cT
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if train and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                out = out * mask
+            saved_layers.append((saved_dirs, mask))
+            inp = out
+        self._saved = None
+        if train:
+            self._saved = dict(layers=saved_layers, backend=be, T=T, B=B, unbatched=unbatched)
+        out = inp
+        if unbatched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return (out, (h_n, c_n)) if self.cell.has_cell_state else (out, h_n)
+
+    # ----- backward ---------------------------------------------------------------
+    def backward(self, grad_out, grad_hn=None):
+        """Backprop through the last forward. Accumulates parameter gradients into
+        ``self.grads`` and returns grad_x, grad_hx (grad_hx is (dh_0, dc_0) for LSTM)."""
+        s = self._saved
+        if s is None:
+            raise ValueError("backward: no saved forward pass; call forward in training mode "
+                             "(m.train()) before backward (each forward allows one backward)")
+        T, B, unbatched = s["T"], s["B"], s["unbatched"]
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        out_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+        dy = self._check_grad("grad_out", grad_out, out_shape)
+        if dy is not None:
+            dy = dy[:, None, :] if unbatched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
+        dh_n, dc_n = self._split_grad_hn(grad_hn, B, unbatched)
+        be = s["backend"]
+        dh0 = np.zeros((L * D, B, H), self.dtype)
+        dc0 = np.zeros_like(dh0) if self.cell.has_cell_state else None
+        for layer in range(L - 1, -1, -1):
+            saved_dirs, mask = s["layers"][layer]
+            if dy is not None and mask is not None:
+                dy = dy * mask
+            dx = None
+            for d in range(D):
+                idx = layer * D + d
+                dy_d = None if dy is None else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+                gx, gh0, gc0, dw_ih, dw_hh, db_ih, db_hh = be.backward_layer(
+                    self.cell.name, saved_dirs[d], dy_d,
+                    None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx])
+                dx = gx if dx is None else dx + gx
+                dh0[idx] = gh0
+                if dc0 is not None:
+                    dc0[idx] = gc0
+                sfx = self._suffix(layer, d)
+                self.grads[f"weight_ih_{sfx}"] += dw_ih
+                self.grads[f"weight_hh_{sfx}"] += dw_hh
+                if self.bias:
+                    self.grads[f"bias_ih_{sfx}"] += db_ih
+                    self.grads[f"bias_hh_{sfx}"] += db_hh
+            dy = dx
+        self._saved = None
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = None if dc0 is None else dc0[:, 0]
+        elif self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return (dx, (dh0, dc0)) if self.cell.has_cell_state else (dx, dh0)
+
+    def _check_grad(self, name, g, shape):
+        if g is None:
+            return None
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(g).__name__}")
+        if g.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {g.shape}")
+        if g.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype}, got {g.dtype}")
+        return g
+
+    def _split_grad_hn(self, grad_hn, B, unbatched):
+        L, H = self.num_layers * self.num_directions, self.hidden_size
+        shape = (L, H) if unbatched else (L, B, H)
+        if grad_hn is None:
+            return None, None
+        if self.cell.has_cell_state:
+            if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
+                raise TypeError("grad_hn: expected a tuple (grad_h_n, grad_c_n) for LSTM (entries may be None)")
+            gh, gc = (self._check_grad(f"grad_hn[{i}]", g, shape) for i, g in enumerate(grad_hn))
+        else:
+            gh, gc = self._check_grad("grad_hn", grad_hn, shape), None
+        if unbatched:
+            gh = None if gh is None else gh[:, None, :]
+            gc = None if gc is None else gc[:, None, :]
+        return (None if gh is None else np.ascontiguousarray(gh),
+                None if gc is None else np.ascontiguousarray(gc))
+
+    def __repr__(self):
+        extra = f", num_layers={self.num_layers}" if self.num_layers != 1 else ""
+        extra += ", bidirectional=True" if self.bidirectional else ""
+        extra += ", batch_first=True" if self.batch_first else ""
+        extra += f", dropout={self.dropout}" if self.dropout else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
+                f"cell={self.cell.name!r}, backend={self.backend!r}, dtype={self.dtype.name})")
+
+
+class RNN(RNNBase):
+    """Elman RNN, h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, **kw)
+
+
+class LSTM(RNNBase):
+    """LSTM with PyTorch's gate order (i, f, g, o); returns out, (h_n, c_n)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, **kw):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, **kw)
+
+
+class GRU(RNNBase):
+    """GRU with PyTorch's gate order (r, z, n) and n = tanh(W_in x + b_in + r*(W_hn h + b_hn))."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, **kw):
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, **kw)
