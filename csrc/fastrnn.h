@@ -1,13 +1,13 @@
-/* fastrnn C contract: the recurrent time loop of one layer in one direction.
+/* fastrnn C contract: one layer in one direction, forward and backward, whole sequence.
  *
- * All arrays are C-contiguous and time-major. The caller (fastrnn/backends/cpu.py) has
- * already checked every shape and computed the input projection:
- *   xp   (T, B, G*H)  x W_ih^T + b_ih + b_hh  (GRU: b_hh added to the r and z parts only)
- *   w_hh (G*H, H)     PyTorch layout, gate order rnn: h / lstm: i f g o / gru: r z n
- *   b_hn (H)          GRU only: the n part of b_hh (it sits inside r * (W_hn h + b_hn)); may be NULL
- *   lengths (B)       valid steps per sequence, or NULL: step t (global time t0 + t) of sequence b
- *                     is valid when t0 + t < lengths[b]; invalid steps keep state and write y = 0
- * Training workspace (NULL when not training), indexed by local time t:
+ * All arrays are C-contiguous and time-major; the caller (fastrnn/backends/cpu.py) has
+ * checked every shape before calling. Weights use PyTorch's layout:
+ *   x (T, B, I); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H) or NULL (no bias);
+ *   gate order rnn: h / lstm: i f g o / gru: r z n.
+ *   lengths (B) valid steps per sequence, or NULL: step t of sequence b is valid when
+ *   t < lengths[b]; invalid steps keep the state and write y = 0. reverse runs t = T-1..0.
+ * The input projection x W_ih^T is computed `chunk` steps at a time (memory O(chunk*B*G*H)).
+ * Training workspace (all NULL for inference), indexed by time step t:
  *   h_in (T,B,H) state before step t, gates (T,B,G*H) post-activation gates,
  *   c_in, c_out (T,B,H) LSTM cell state before/after, hh_n (T,B,H) GRU W_hn h + b_hn.
  * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL.
@@ -23,34 +23,33 @@
 #define FASTRNN_ENOMEM 1
 #define FASTRNN_EINVAL 2
 
-int fastrnn_forward_f32(int cell, int T, int B, int H, int t0, int reverse,
-                        const float *xp, const float *w_hh, const float *b_hn,
-                        const float *h0, const float *c0, const int32_t *lengths,
+int fastrnn_forward_f32(int cell, int T, int B, int I, int H, int reverse, int chunk,
+                        const float *x, const float *w_ih, const float *w_hh, const float *b_ih,
+                        const float *b_hh, const float *h0, const float *c0, const int32_t *lengths,
                         float *y, float *h_T, float *c_T,
-                        float *h_in, float *gates, float *c_in, float *c_out, float *hh_n,
-                        int nthreads);
-int fastrnn_forward_f64(int cell, int T, int B, int H, int t0, int reverse,
-                        const double *xp, const double *w_hh, const double *b_hn,
-                        const double *h0, const double *c0, const int32_t *lengths,
+                        float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
+int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int chunk,
+                        const double *x, const double *w_ih, const double *w_hh, const double *b_ih,
+                        const double *b_hh, const double *h0, const double *c0, const int32_t *lengths,
                         double *y, double *h_T, double *c_T,
-                        double *h_in, double *gates, double *c_in, double *c_out, double *hh_n,
-                        int nthreads);
+                        double *h_in, double *gates, double *c_in, double *c_out, double *hh_n, int nthreads);
 
-/* Backward of one layer-direction over the whole sequence (the forward's workspace).
- *   dy (T,B,H) or NULL, dh_T / dc_T (B,H) or NULL.
- * Outputs: dgi (T,B,G*H) gradient of the input-side pre-activations (zero at invalid steps);
- *   the recurrent-side gradient equals dgi except, for GRU, its n part, written to dgh_n (T,B,H);
- *   dh_0, dc_0 (B,H) (dc_0 LSTM only). */
-int fastrnn_backward_f32(int cell, int T, int B, int H, int reverse,
-                         const float *w_hh, const float *dy, const float *dh_T, const float *dc_T,
-                         const int32_t *lengths, const float *h_in, const float *gates,
-                         const float *c_in, const float *c_out, const float *hh_n,
-                         float *dgi, float *dgh_n, float *dh_0, float *dc_0, int nthreads);
-int fastrnn_backward_f64(int cell, int T, int B, int H, int reverse,
-                         const double *w_hh, const double *dy, const double *dh_T, const double *dc_T,
-                         const int32_t *lengths, const double *h_in, const double *gates,
-                         const double *c_in, const double *c_out, const double *hh_n,
-                         double *dgi, double *dgh_n, double *dh_0, double *dc_0, int nthreads);
+/* Backward over the whole sequence from the forward's workspace. dy (T,B,H), dh_T and
+ * dc_T (B,H) may be NULL (zero). Scratch: dgi (T,B,G*H) and, for GRU, dgh_n (T,B,H).
+ * Outputs: dx (T,B,I) (NULL: not computed), dh_0, dc_0 (B,H; dc_0 LSTM only), and the
+ * parameter gradients dw_ih, dw_hh, db_ih, db_hh (overwritten, not accumulated). */
+int fastrnn_backward_f32(int cell, int T, int B, int I, int H, int reverse,
+                         const float *x, const float *w_ih, const float *w_hh,
+                         const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
+                         const float *h_in, const float *gates, const float *c_in, const float *c_out,
+                         const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
+                         float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int nthreads);
+int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
+                         const double *x, const double *w_ih, const double *w_hh,
+                         const double *dy, const double *dh_T, const double *dc_T, const int32_t *lengths,
+                         const double *h_in, const double *gates, const double *c_in, const double *c_out,
+                         const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
+                         double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int nthreads);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);

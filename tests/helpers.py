@@ -36,3 +36,24 @@ def layer_inputs(rng, cell, T, B, I, H, dtype):
     h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
     c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype) if cell == "lstm" else None
     return x, h0, c0, u(G * H, I), u(G * H, H), u(G * H), u(G * H)
+
+
+def compare_layer(backend, cell, T, B, I, H, dtype, reverse, ragged, seed):
+    """Run one layer-direction forward and backward on `backend` and on the float64
+    reference (same inputs); return (output error, gradient error) as relative norms."""
+    from fastrnn.backends import reference
+    rng = np.random.default_rng(seed)
+    args = layer_inputs(rng, cell, T, B, I, H, dtype)
+    lengths = random_lengths(rng, T, B) if ragged else None
+    as64 = [None if a is None else a.astype(np.float64) for a in args]
+    y, h, c, saved = backend.forward_layer(cell, *args, lengths=lengths, reverse=reverse)
+    y_r, h_r, c_r, saved_r = reference.forward_layer(cell, *as64, lengths=lengths, reverse=reverse)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dh = rng.standard_normal(h.shape).astype(dtype)
+    dc = rng.standard_normal(h.shape).astype(dtype) if cell == "lstm" else None
+    grads = backend.backward_layer(cell, saved, dy, dh, dc)
+    grads_r = reference.backward_layer(cell, saved_r, dy.astype(np.float64), dh.astype(np.float64),
+                                       None if dc is None else dc.astype(np.float64))
+    out_err = max(rel_err(y, y_r), rel_err(h, h_r), 0.0 if c is None else rel_err(c, c_r))
+    grad_err = max(rel_err(a, b) for a, b in zip(grads, grads_r) if b is not None)
+    return out_err, grad_err

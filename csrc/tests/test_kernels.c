@@ -1,0 +1,149 @@
+/* C tests of the kernels, run by ctest (also under AddressSanitizer + UBSan):
+ * - backward against central finite differences of forward, in double, every cell,
+ *   both directions, full and ragged batches, with dx, dh_0, dc_0 and every weight;
+ * - float32 against float64 on the same inputs;
+ * - 1 thread against 3 threads (bitwise: each unit is computed the same way);
+ * - rejected arguments. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fastrnn.h"
+
+enum { T = 5, B = 3, I = 4, H = 11 };
+static int failures = 0;
+#define CHECK(cond, ...) do { if (!(cond)) { failures++; printf("FAIL: " __VA_ARGS__); printf("\n"); } } while (0)
+
+static double urand(unsigned *s) { *s = *s * 1103515245u + 12345u; return ((*s >> 8) & 0xFFFF) / 65536.0 - 0.5; }
+static int gates_of(int cell) { return cell == FASTRNN_LSTM ? 4 : cell == FASTRNN_GRU ? 3 : 1; }
+
+typedef struct {
+    int cell, G, reverse, ragged;
+    double x[T * B * I], w_ih[4 * H * I], w_hh[4 * H * H], b_ih[4 * H], b_hh[4 * H];
+    double h0[B * H], c0[B * H], wy[T * B * H], wh[B * H], wc[B * H];
+    int32_t lengths[B];
+} problem;
+
+/* loss = <y, wy> + <h_T, wh> + <c_T, wc> */
+static double loss(problem *p)
+{
+    double y[T * B * H], hT[B * H], cT[B * H];
+    int rc = fastrnn_forward_f64(p->cell, T, B, I, H, p->reverse, 2, p->x, p->w_ih, p->w_hh, p->b_ih,
+                                 p->b_hh, p->h0, p->c0, p->ragged ? p->lengths : NULL, y, hT, cT,
+                                 NULL, NULL, NULL, NULL, NULL, 2);
+    CHECK(rc == 0, "forward rc %d", rc);
+    double l = 0;
+    for (int i = 0; i < T * B * H; i++) l += y[i] * p->wy[i];
+    for (int i = 0; i < B * H; i++) l += hT[i] * p->wh[i] + (p->cell == FASTRNN_LSTM ? cT[i] * p->wc[i] : 0);
+    return l;
+}
+
+static void fd_check(problem *p, double *param, const double *grad, int n, const char *name)
+{
+    for (int k = 0; k < n; k += (n > 40 ? 7 : 1)) {
+        double keep = param[k], eps = 1e-6;
+        param[k] = keep + eps;
+        double lp = loss(p);
+        param[k] = keep - eps;
+        double lm = loss(p);
+        param[k] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        CHECK(fabs(fd - grad[k]) <= 1e-6 * (1 + fabs(fd)),
+              "cell %d rev %d ragged %d: d%s[%d] fd %.10g analytic %.10g", p->cell, p->reverse,
+              p->ragged, name, k, fd, grad[k]);
+    }
+}
+
+static void gradcheck(int cell, int reverse, int ragged)
+{
+    static problem p;
+    unsigned s = 1234u + cell * 10 + reverse * 3 + ragged;
+    p.cell = cell; p.G = gates_of(cell); p.reverse = reverse; p.ragged = ragged;
+    int GH = p.G * H;
+    for (int i = 0; i < T * B * I; i++) p.x[i] = 2 * urand(&s);
+    for (int i = 0; i < GH * I; i++) p.w_ih[i] = urand(&s);
+    for (int i = 0; i < GH * H; i++) p.w_hh[i] = urand(&s);
+    for (int i = 0; i < GH; i++) { p.b_ih[i] = urand(&s); p.b_hh[i] = urand(&s); }
+    for (int i = 0; i < B * H; i++) { p.h0[i] = urand(&s); p.c0[i] = urand(&s); p.wh[i] = urand(&s); p.wc[i] = urand(&s); }
+    for (int i = 0; i < T * B * H; i++) p.wy[i] = urand(&s);
+    p.lengths[0] = T; p.lengths[1] = 2; p.lengths[2] = 0;
+
+    static double y[T * B * H], hT[B * H], cT[B * H], h_in[T * B * H], gates[T * B * 4 * H],
+        c_in[T * B * H], c_out[T * B * H], hh_n[T * B * H];
+    static double dgi[T * B * 4 * H], dgh_n[T * B * H], dx[T * B * I], dh0[B * H], dc0[B * H],
+        dw_ih[4 * H * I], dw_hh[4 * H * H], db_ih[4 * H], db_hh[4 * H];
+    int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, p.w_ih, p.w_hh, p.b_ih, p.b_hh,
+                                 p.h0, p.c0, ragged ? p.lengths : NULL, y, hT, cT, h_in, gates,
+                                 c_in, c_out, hh_n, 2);
+    CHECK(rc == 0, "forward rc %d", rc);
+    rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, p.w_ih, p.w_hh, p.wy, p.wh,
+                              cell == FASTRNN_LSTM ? p.wc : NULL, ragged ? p.lengths : NULL, h_in,
+                              gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh0, dc0, dw_ih, dw_hh,
+                              db_ih, db_hh, 2);
+    CHECK(rc == 0, "backward rc %d", rc);
+    fd_check(&p, p.x, dx, T * B * I, "x");
+    fd_check(&p, p.h0, dh0, B * H, "h0");
+    if (cell == FASTRNN_LSTM) fd_check(&p, p.c0, dc0, B * H, "c0");
+    fd_check(&p, p.w_ih, dw_ih, GH * I, "w_ih");
+    fd_check(&p, p.w_hh, dw_hh, GH * H, "w_hh");
+    fd_check(&p, p.b_ih, db_ih, GH, "b_ih");
+    fd_check(&p, p.b_hh, db_hh, GH, "b_hh");
+}
+
+/* float32 vs float64 forward, and 1 vs 3 threads (float32, bitwise). */
+static void precision_and_threads(int cell)
+{
+    enum { T2 = 9, B2 = 6, I2 = 13, H2 = 70 };
+    int G = gates_of(cell), GH = G * H2;
+    unsigned s = 99u + cell;
+    size_t nx = T2 * B2 * I2, nwi = (size_t)GH * I2, nwh = (size_t)GH * H2, ny = T2 * B2 * H2;
+    float *xf = malloc(nx * 4), *wif = malloc(nwi * 4), *whf = malloc(nwh * 4), *bf = malloc(GH * 4);
+    double *xd = malloc(nx * 8), *wid = malloc(nwi * 8), *whd = malloc(nwh * 8), *bd = malloc(GH * 8);
+    float h0f[B2 * H2] = {0}, c0f[B2 * H2] = {0}, hTf[B2 * H2], cTf[B2 * H2], hT3[B2 * H2], cT3[B2 * H2];
+    double h0d[B2 * H2] = {0}, c0d[B2 * H2] = {0}, hTd[B2 * H2], cTd[B2 * H2];
+    float *yf = malloc(ny * 4), *y3 = malloc(ny * 4);
+    double *yd = malloc(ny * 8);
+    for (size_t i = 0; i < nx; i++) xd[i] = xf[i] = (float)urand(&s);
+    for (size_t i = 0; i < nwi; i++) wid[i] = wif[i] = (float)(0.3 * urand(&s));
+    for (size_t i = 0; i < nwh; i++) whd[i] = whf[i] = (float)(0.3 * urand(&s));
+    for (int i = 0; i < GH; i++) bd[i] = bf[i] = (float)urand(&s);
+    int32_t lengths[B2] = {9, 1, 4, 9, 0, 7};
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, bf, bf, h0f, c0f, lengths, yf,
+                              hTf, cTf, NULL, NULL, NULL, NULL, NULL, 1) == 0, "f32 forward");
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, bf, bf, h0f, c0f, lengths, y3,
+                              hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward 3 threads");
+    CHECK(fastrnn_forward_f64(cell, T2, B2, I2, H2, 1, 4, xd, wid, whd, bd, bd, h0d, c0d, lengths, yd,
+                              hTd, cTd, NULL, NULL, NULL, NULL, NULL, 2) == 0, "f64 forward");
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ny; i++) { num += (yf[i] - yd[i]) * (yf[i] - yd[i]); den += yd[i] * yd[i]; }
+    CHECK(sqrt(num / (den > 0 ? den : 1)) < 1e-5, "cell %d: f32 vs f64 rel err %g", cell, sqrt(num / den));
+    CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: 1 vs 3 threads differ", cell);
+    free(xf); free(wif); free(whf); free(bf); free(xd); free(wid); free(whd); free(bd);
+    free(yf); free(y3); free(yd);
+}
+
+static void rejects_bad_arguments(void)
+{
+    float v[64] = {0}, out[64];
+    CHECK(fastrnn_forward_f32(7, 1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+                              NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "bad cell accepted");
+    CHECK(fastrnn_forward_f32(0, -1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+                              NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "T < 0 accepted");
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 0, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+                              NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "H = 0 accepted");
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+                              NULL, NULL, NULL, NULL, NULL, 0) == FASTRNN_EINVAL, "0 threads accepted");
+}
+
+int main(void)
+{
+    printf("isa: %s, omp max threads: %d\n", fastrnn_isa(), fastrnn_omp_max_threads());
+    for (int cell = 0; cell <= 3; cell++) {
+        for (int reverse = 0; reverse <= 1; reverse++)
+            for (int ragged = 0; ragged <= 1; ragged++) gradcheck(cell, reverse, ragged);
+        precision_and_threads(cell);
+    }
+    rejects_bad_arguments();
+    printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
+    return failures ? 1 : 0;
+}

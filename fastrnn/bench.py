@@ -1,0 +1,259 @@
+"""Benchmark engine shared by `fastrnn bench` and the pytest-benchmark suite (benchmarks/).
+
+A case is one (cell, hidden size, batch, sequence length, mode, backend) point. Modes:
+'inference' (forward, no workspace) and 'training' (forward + backward). Peers are
+measured in the same run: 'torch-cpu' (threads set equal to fastrnn's) and, on a GPU,
+'torch-cudnn'. Throughput is tokens/s = T * B / median time.
+"""
+from dataclasses import asdict, dataclass
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import backends
+from .cells import get_cell
+from .threads import get_num_threads
+
+FASTRNN_BACKENDS = ("reference", "cpu", "cuda")
+PEERS = ("torch-cpu", "torch-cudnn")
+MODES = ("inference", "training")
+
+QUICK_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256,), batch=(1, 32),
+                  seq_len=(16, 64, 256), modes=MODES)
+FULL_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256, 512), batch=(1, 32),
+                 seq_len=tuple(2 ** k for k in range(4, 13)), modes=MODES)
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str
+    hidden: int
+    batch: int
+    seq_len: int
+    mode: str
+    backend: str
+    input_size: int = 0  # 0: same as hidden
+
+    @property
+    def inputs(self):
+        return self.input_size or self.hidden
+
+    def flops(self):
+        """Matrix-product FLOPs of one iteration: forward 2*T*B*G*H*(I+H); backward twice that."""
+        G = get_cell(self.cell).gates
+        fwd = 2.0 * self.seq_len * self.batch * G * self.hidden * (self.inputs + self.hidden)
+        return fwd * (3 if self.mode == "training" else 1)
+
+
+def available_targets():
+    """Backends and peers that can run here, with the reason for each one that cannot."""
+    ok, why = [], {}
+    for name in FASTRNN_BACKENDS:
+        reason = backends.why_unavailable(name)
+        (why.__setitem__(name, reason) if reason else ok.append(name))
+    try:
+        import torch
+        ok.append("torch-cpu")
+        if torch.cuda.is_available() and torch.backends.cudnn.is_available():
+            ok.append("torch-cudnn")
+        else:
+            why["torch-cudnn"] = "no CUDA device for torch"
+    except ImportError:
+        why["torch-cpu"] = why["torch-cudnn"] = "torch not installed (pip install 'fastrnn[torch]')"
+    return ok, why
+
+
+def _fastrnn_runner(case, rng):
+    from .layers import GRU, LSTM, RNN
+    H, I = case.hidden, case.inputs
+    if case.cell.startswith("rnn_"):
+        m = RNN(I, H, nonlinearity=case.cell[4:], backend=case.backend, seed=0)
+    else:
+        m = {"lstm": LSTM, "gru": GRU}[case.cell](I, H, backend=case.backend, seed=0)
+    x = rng.standard_normal((case.seq_len, case.batch, I)).astype(np.float32)
+    g = rng.standard_normal((case.seq_len, case.batch, H)).astype(np.float32)
+    sync = lambda: None
+    if case.backend == "cuda":
+        from numba import cuda
+        x, g = cuda.to_device(x), cuda.to_device(g)
+        sync = cuda.synchronize
+    if case.mode == "inference":
+        m.eval()
+
+        def run():
+            m(x)
+            sync()
+    else:
+        def run():
+            m(x)
+            m.backward(g)
+            sync()
+    return run
+
+
+def _torch_runner(case, rng):
+    import torch
+    dev = "cuda" if case.backend == "torch-cudnn" else "cpu"
+    if dev == "cpu":
+        torch.set_num_threads(get_num_threads())
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    H, I = case.hidden, case.inputs
+    if case.cell.startswith("rnn_"):
+        m = torch.nn.RNN(I, H, nonlinearity=case.cell[4:])
+    else:
+        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell](I, H)
+    m = m.to(dev)
+    x = torch.tensor(rng.standard_normal((case.seq_len, case.batch, I)), dtype=torch.float32, device=dev)
+    g = torch.tensor(rng.standard_normal((case.seq_len, case.batch, H)), dtype=torch.float32, device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if case.mode == "inference":
+        def run():
+            with torch.inference_mode():
+                m(x)
+            sync()
+    else:
+        xr = x.clone().requires_grad_(True)
+
+        def run():
+            out, _ = m(xr)
+            out.backward(g)
+            sync()
+    return run
+
+
+def make_runner(case, seed=0):
+    """A no-argument callable doing one iteration of `case` (inputs made once, here)."""
+    rng = np.random.default_rng(seed)
+    if case.backend in PEERS:
+        return _torch_runner(case, rng)
+    return _fastrnn_runner(case, rng)
+
+
+def measure(run, repeats=5, min_repeats=3, max_seconds=1.0, warmup=1):
+    """Times of `repeats` calls after `warmup`; stops early (after `min_repeats`) once
+    `max_seconds` are spent. A warm-up slower than max_seconds is used as the only sample."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    first = time.perf_counter() - t0
+    if warmup and first / warmup > max_seconds:
+        return [first / warmup]
+    times, spent = [], 0.0
+    while len(times) < repeats and (len(times) < min_repeats or spent < max_seconds):
+        t = time.perf_counter()
+        run()
+        dt = time.perf_counter() - t
+        times.append(dt)
+        spent += dt
+    return times
+
+
+def summarize(case, times, peak_gflops):
+    med = statistics.median(times)
+    tokens = case.seq_len * case.batch
+    gflops = case.flops() / med / 1e9
+    row = asdict(case)
+    row.update(
+        input_size=case.inputs, repeats=len(times), median_s=med, min_s=min(times), max_s=max(times),
+        spread=(max(times) - min(times)) / med if med > 0 else 0.0,
+        tokens_per_s=tokens / med, ms_per_step=med / case.seq_len * 1e3,
+        gflops=gflops, peak_fraction=gflops / peak_gflops if peak_gflops else None)
+    return row
+
+
+def matmul_peak_gflops(n=1536, repeats=3):
+    """float32 matrix-product GFLOP/s numpy reaches here now: the roof quoted beside each row."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def gpu_name():
+    try:
+        from numba import cuda
+        if cuda.is_available() and not os.environ.get("NUMBA_ENABLE_CUDASIM"):
+            return cuda.get_current_device().name.decode() if isinstance(
+                cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name)
+    except Exception:
+        pass
+    return None
+
+
+def machine_info():
+    import numpy
+    from . import __version__
+    info = dict(fastrnn=__version__, python=platform.python_version(), numpy=numpy.__version__,
+                platform=platform.platform(), machine=platform.machine(), cpu_model=cpu_model(),
+                cpu_features=cpu_features(), cpu_count=os.cpu_count(), threads=get_num_threads(),
+                gpu=gpu_name(), torch=None, numba=None)
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        import numba
+        info["numba"] = numba.__version__
+    except ImportError:
+        pass
+    if "cpu" in backends.available():
+        from .backends import cpu
+        info["cpu_isa"] = cpu.isa()
+    return info
+
+
+def grid_cases(cells, hidden, batch, seq_len, modes, targets):
+    """Points grouped by backend inside each (cell, mode), so the pause that lets another
+    library's thread pool go idle (see SETTLE_SECONDS) is paid only when the backend changes."""
+    return [Case(c, h, b, t, m, be) for c in cells for m in modes for be in targets
+            for h in hidden for b in batch for t in seq_len]
+
+
+# numpy's OpenBLAS (used by the reference backend) and torch keep their worker threads
+# spinning for a while after a call; on a machine with few cores they steal time from the
+# next backend measured. A short pause when the backend changes lets them go to sleep.
+SETTLE_SECONDS = 0.3
+
+
+def add_ratios(rows, peers=("torch-cpu", "reference")):
+    """Each row gets speedup_vs_<peer>: its tokens/s over the peer's at the same point."""
+    key = lambda r: (r["cell"], r["mode"], r["hidden"], r["batch"], r["seq_len"])
+    by = {(key(r), r["backend"]): r for r in rows}
+    for r in rows:
+        for p in peers:
+            peer = by.get((key(r), p))
+            r[f"speedup_vs_{p}"] = (r["tokens_per_s"] / peer["tokens_per_s"]) if peer else None
+    return rows

@@ -1,0 +1,92 @@
+"""`fastrnn info` and `fastrnn bench` on a tiny grid: outputs, JSON schema, compare, errors."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastrnn import cli, report
+
+TINY = ["bench", "--cells", "gru,lstm", "--hidden", "8", "--batch", "2", "--seq-len", "3,5",
+        "--repeats", "2", "--max-seconds", "0.05", "--no-progress"]
+
+
+def run_cli(args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fastrnn"] + args, capture_output=True, text=True, cwd=cwd)
+
+
+def test_info_lists_every_backend_with_a_reason():
+    r = run_cli(["info"])
+    assert r.returncode == 0, r.stderr
+    for name in ("reference", "cpu", "cuda", "torch-cpu", "torch-cudnn"):
+        assert name in r.stdout
+    assert "threads:" in r.stdout and "cpu:" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = TINY + ["--backends", "reference", "--out", str(out)]
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_bench_writes_json_csv_and_table(tiny_run, capsys):
+    data = report.load_run(os.path.join(tiny_run, "fastrnn-bench.json"))
+    assert data["schema"] == report.SCHEMA
+    for key in ("cpu_model", "threads", "gpu", "fastrnn", "numpy", "torch"):
+        assert key in data["machine"]
+    assert data["matmul_peak_gflops"] > 0
+    rows = data["results"]
+    assert len(rows) == 2 * 2 * 2  # cells x modes x seq_len (one backend)
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["repeats"] >= 1 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["tokens_per_s"] == pytest.approx(r["seq_len"] * r["batch"] / r["median_s"])
+        assert r["speedup_vs_reference"] == pytest.approx(1.0)
+    with open(os.path.join(tiny_run, "fastrnn-bench.csv")) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bench_plot_is_a_png(tiny_run):
+    pytest.importorskip("matplotlib")
+    with open(os.path.join(tiny_run, "fastrnn-bench.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_two_runs(tiny_run, tmp_path, capsys):
+    a = os.path.join(tiny_run, "fastrnn-bench.json")
+    data = json.load(open(a))
+    for r in data["results"]:  # a second run, twice as fast
+        r["tokens_per_s"] *= 2
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(data))
+    assert cli.main(["bench", "--compare", a, str(b), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "B/A" in out and "2.00" in out
+    with open(tmp_path / "fastrnn-bench-compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["ratio"]) == pytest.approx(2.0) for r in rows)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--backends", "tpu"], "unknown"),
+    (["bench", "--hidden", "0"], "positive"),
+    (["bench", "--batch", "-3"], "positive"),
+    (["bench", "--seq-len", "abc"], "integers"),
+    (["bench", "--max-seconds", "0"], "max-seconds"),
+    (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "cannot read"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):
+    r = run_cli(args, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compare_rejects_a_file_that_is_not_a_run(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    r = run_cli(["bench", "--compare", str(bad), str(bad)], cwd=tmp_path)
+    assert r.returncode == 2 and "not a fastrnn bench result" in r.stderr

@@ -1,0 +1,162 @@
+"""The cpu backend (C/OpenMP kernels) against the reference backend."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import backends
+from helpers import CELLS, compare_layer, layer_inputs, make_module, random_lengths, rel_err
+
+pytestmark = pytest.mark.skipif("cpu" not in backends.available(),
+                                reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+TOL = {np.float32: (1e-5, 1e-4), np.float64: (1e-10, 1e-10)}
+# odd sizes on purpose: H not a multiple of the vector width or the thread split
+SHAPES = [(7, 5, 6, 37), (3, 1, 4, 130), (9, 4, 1, 16), (1, 3, 5, 9)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_layer_matches_reference(cell, dtype, reverse, ragged):
+    cpu = backends.get("cpu")
+    for k, (T, B, I, H) in enumerate(SHAPES):
+        out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
+                                          seed=[k, CELLS.index(cell), reverse, ragged])
+        assert out_err <= TOL[dtype][0], (T, B, I, H, out_err)
+        assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
+
+
+ISA_SCRIPT = """
+import numpy as np, sys
+sys.path.insert(0, {tests!r})
+from helpers import CELLS, compare_layer
+from fastrnn.backends import cpu
+assert cpu.isa() == {isa!r}, cpu.isa()
+for cell in CELLS:
+    for dtype in (np.float32, np.float64):
+        o, g = compare_layer(cpu, cell, 6, 5, 7, 41, dtype, True, True, seed=1)
+        lim = 1e-4 if dtype == np.float32 else 1e-10
+        assert o <= lim and g <= lim, (cell, dtype, o, g)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_instruction_sets_match_reference(isa):
+    """The kernels dispatch at run time; FASTRNN_ISA forces a lower path so every copy is tested."""
+    from fastrnn.backends import cpu
+    order = ["generic", "avx2", "avx512"]
+    if order.index(cpu.isa()) < order.index(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, FASTRNN_ISA=isa)
+    code = ISA_SCRIPT.format(tests=os.path.dirname(__file__), isa=isa)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_model_api_matches_reference(cell):
+    """Two bidirectional layers with dropout and ragged lengths: same outputs and grads."""
+    rng = np.random.default_rng(5)
+    mods = [make_module(cell, 6, 19, num_layers=2, bidirectional=True, dropout=0.3,
+                        batch_first=True, backend=b, dtype=np.float64, seed=3)
+            for b in ("cpu", "reference")]
+    x = rng.standard_normal((4, 8, 6))
+    lengths = random_lengths(rng, 8, 4)
+    res = []
+    for m in mods:
+        out, hn = m(x, lengths=lengths)
+        gx, ghx = m.backward(np.ones_like(out))
+        res.append((out, gx, dict(m.grads)))
+    (o1, g1, p1), (o2, g2, p2) = res
+    assert rel_err(o1, o2) < 1e-10 and rel_err(g1, g2) < 1e-10
+    for k in p1:
+        assert rel_err(p1[k], p2[k]) < 1e-10, k
+
+
+def test_thread_counts_give_the_same_result():
+    """More threads than units, and any split of the units, compute the same numbers."""
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(0)
+    args = layer_inputs(rng, "gru", 5, 3, 4, 20, np.float32)
+    dy = rng.standard_normal((5, 3, 20)).astype(np.float32)
+    saved_threads = fastrnn.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 7):
+            fastrnn.set_num_threads(n)
+            y, h, _, s = cpu.forward_layer("gru", *args)
+            results.append((y, h) + cpu.backward_layer("gru", s, dy, None, None)[3:5])
+    finally:
+        fastrnn.set_num_threads(saved_threads)
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            assert rel_err(a, b) < 1e-6
+
+
+def test_concurrent_calls_from_python_threads():
+    """8 Python threads at once (the GIL is released in the kernels) match serial calls."""
+    cpu = backends.get("cpu")
+    jobs = []
+    for k in range(8):
+        rng = np.random.default_rng(k)
+        cell = CELLS[k % 4]
+        args = layer_inputs(rng, cell, 12, 4, 8, 48, np.float32)
+        dy = rng.standard_normal((12, 4, 48)).astype(np.float32)
+        jobs.append((cell, args, dy))
+
+    def run(cell, args, dy):
+        y, h, c, s = cpu.forward_layer(cell, *args, lengths=[12, 5, 9, 1], reverse=True)
+        return (y, h) + cpu.backward_layer(cell, s, dy, None, None)[:5:2]
+
+    serial = [run(*j) for j in jobs]
+    results = [None] * len(jobs)
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                results[i] = run(*jobs[i])
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, serial):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+MEMORY_SCRIPT = """
+import resource, numpy as np, sys
+sys.path.insert(0, {tests!r})
+from helpers import layer_inputs
+from fastrnn.backends import cpu
+T = int(sys.argv[1])
+args = layer_inputs(np.random.default_rng(0), "lstm", T, 2, 4, 32, np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y, h, c, saved = cpu.forward_layer("lstm", *args, train=False)
+assert saved is None and np.isfinite(y).all()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_long_inference_memory_does_not_grow_with_T():
+    """train=False over T = 100000: extra memory beyond the output does not grow with T."""
+    code = MEMORY_SCRIPT.format(tests=os.path.dirname(__file__))
+    extra_kb = {}
+    for T in (100_000, 200_000):
+        r = subprocess.run([sys.executable, "-c", code, str(T)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        extra_kb[T] = int(r.stdout)
+    y_growth_kb = 100_000 * 2 * 32 * 4 / 1024  # the output y itself grows with T
+    assert extra_kb[200_000] - extra_kb[100_000] <= 1.25 * y_growth_kb + 2048, extra_kb
