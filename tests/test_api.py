@@ -187,3 +187,16 @@ def test_import_does_not_import_torch():
     code = "import sys, fastrnn; fastrnn.LSTM(2, 3); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_array_pool_reuses_and_bounds():
+    from fastrnn.backends.pool import ArrayPool
+    pool = ArrayPool(max_bytes=1000, per_shape=1)
+    a = pool.empty((10,), np.float32)
+    pool.release(a)
+    assert pool.cached_bytes == 40 and pool.empty((10,), np.float32) is a
+    assert pool.empty((10,), np.float64) is not a
+    pool.release(np.empty(1000, np.float32))  # over max_bytes: not kept
+    assert pool.cached_bytes == 0
+    pool.release(a[2:])  # a view does not own its memory: not kept
+    assert pool.cached_bytes == 0

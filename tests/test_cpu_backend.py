@@ -160,3 +160,21 @@ def test_long_inference_memory_does_not_grow_with_T():
         extra_kb[T] = int(r.stdout)
     y_growth_kb = 100_000 * 2 * 32 * 4 / 1024  # the output y itself grows with T
     assert extra_kb[200_000] - extra_kb[100_000] <= 1.25 * y_growth_kb + 2048, extra_kb
+
+
+def test_backward_consumes_saved_and_recycles_its_buffers():
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(1)
+    args = layer_inputs(rng, "lstm", 6, 3, 4, 10, np.float32)
+    dy = rng.standard_normal((6, 3, 10)).astype(np.float32)
+    _, _, _, saved = cpu.forward_layer("lstm", *args)
+    gates = saved["gates"]
+    first = cpu.backward_layer("lstm", saved, dy, None, None)
+    with pytest.raises(ValueError, match="already used"):
+        cpu.backward_layer("lstm", saved, dy, None, None)
+    _, _, _, saved2 = cpu.forward_layer("lstm", *args)
+    assert saved2["gates"] is gates  # the released workspace is reused ...
+    again = cpu.backward_layer("lstm", saved2, dy, None, None)
+    for a, b in zip(first, again):  # ... and gives the same results
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

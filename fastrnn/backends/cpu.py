@@ -12,6 +12,7 @@ import numpy as np
 from ..cells import get_cell
 from ..threads import get_num_threads
 from .checks import check_backward_grads, check_forward_args
+from .pool import ArrayPool
 
 name = "cpu"
 
@@ -26,6 +27,11 @@ except ImportError as exc:  # extension not built (no compiler or OpenMP at inst
 # inference memory stays O(B*H) however long the sequence (DESIGN.md: train=False keeps
 # no workspace), while each chunk is still one large matrix product.
 PROJECTION_CHUNK_VALUES = 1 << 22
+
+# Training workspace and backward scratch are recycled: backward_layer consumes its
+# `saved` and returns the buffers here for the next forward_layer.
+workspace_pool = ArrayPool()
+_WORKSPACE = ("h_in", "gates", "c_in", "c_out", "hh_n")
 
 
 def unavailable_reason():
@@ -81,12 +87,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     c_T = np.empty((B, H), dt) if lstm else None
     ws = {}
     if train:
-        ws = {"h_in": np.empty((T, B, H), dt), "gates": np.empty((T, B, GH), dt)}
-        if lstm:
-            ws["c_in"] = np.empty((T, B, H), dt)
-            ws["c_out"] = np.empty((T, B, H), dt)
-        if gru:
-            ws["hh_n"] = np.empty((T, B, H), dt)
+        names = ("h_in", "gates") + (("c_in", "c_out") if lstm else ()) + (("hh_n",) if gru else ())
+        ws = {n: workspace_pool.empty((T, B, GH if n == "gates" else H), dt) for n in names}
     p = lambda a: _ptr(a, ctype)
     status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH),
                  p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
@@ -104,6 +106,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     spec = get_cell(cell)
+    if isinstance(saved, dict) and saved.get("consumed"):
+        raise ValueError("saved: already used by a backward_layer call (each forward allows one backward)")
     if not isinstance(saved, dict) or saved.get("cell") != spec.name or "gates" not in saved:
         raise ValueError(f"saved: expected the workspace of a {spec.name!r} cpu forward_layer call")
     x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
@@ -116,8 +120,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
     _, bwd, ctype = _kernels(dt)
     p = lambda a: _ptr(a, ctype)
 
-    dgi = np.empty((T, B, GH), dt)  # scratch: gate gradients of every step
-    dgh_n = np.empty((T, B, H), dt) if spec.name == "gru" else None
+    dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
+    dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
     dx = np.empty((T, B, I), dt) if need_dx else None
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
@@ -129,4 +133,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
                  p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), get_num_threads())
     _check_status(status, "backward")
+    workspace_pool.release(dgi, dgh_n, *(saved.get(n) for n in _WORKSPACE))
+    saved.clear()
+    saved["consumed"] = True
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
