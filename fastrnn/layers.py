@@ -99,6 +99,44 @@ class RNNBase:
         for k, v in new.items():  # only after every entry is checked: all or nothing
             self._params[k][...] = v
 
+    # ----- PyTorch round trips ----------------------------------------------------
+    def _torch_kwargs(self):
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  dropout=self.dropout, bidirectional=self.bidirectional)
+        if self.cell.name.startswith("rnn_"):
+            kw["nonlinearity"] = self.cell.name[4:]
+        return kw
+
+    @classmethod
+    def from_torch(cls, module, **kw):
+        """A fastrnn module with the configuration and weights of a torch.nn.RNN/LSTM/GRU
+        (extra keywords: backend=, dtype=, seed=)."""
+        import torch
+        kinds = {RNN: torch.nn.RNN, LSTM: torch.nn.LSTM, GRU: torch.nn.GRU}
+        if cls not in kinds:
+            raise TypeError("from_torch: call it on fastrnn.RNN, fastrnn.LSTM or fastrnn.GRU")
+        if not isinstance(module, kinds[cls]):
+            raise TypeError(f"module: expected a {kinds[cls].__name__}, got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise NotImplementedError(f"proj_size > 0 is not supported (got proj_size={module.proj_size})")
+        args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                    dropout=float(module.dropout), bidirectional=module.bidirectional)
+        if cls is RNN:
+            args["nonlinearity"] = module.nonlinearity
+        kw.setdefault("dtype", {torch.float64: np.float64}.get(module.weight_ih_l0.dtype, np.float32))
+        m = cls(module.input_size, module.hidden_size, **args, **kw)
+        m.load_state_dict({k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
+        return m
+
+    def to_torch(self):
+        """The equivalent torch.nn.RNN/LSTM/GRU with these weights (same dtype)."""
+        import torch
+        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(self.cell.name, torch.nn.RNN)
+        dtype = torch.float64 if self.dtype == np.float64 else torch.float32
+        t = kind(self.input_size, self.hidden_size, dtype=dtype, **self._torch_kwargs())
+        t.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
+        return t
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self

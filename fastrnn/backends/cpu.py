@@ -102,7 +102,9 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     return y, h_T, c_T, saved
 
 
-def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
+def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
+    """BPTT of one layer-direction. Consumes `saved` (its buffers are recycled) unless
+    retain=True, which allows another backward over the same forward."""
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     spec = get_cell(cell)
@@ -133,7 +135,9 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
                  p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), get_num_threads())
     _check_status(status, "backward")
-    workspace_pool.release(dgi, dgh_n, *(saved.get(n) for n in _WORKSPACE))
-    saved.clear()
-    saved["consumed"] = True
+    workspace_pool.release(dgi, dgh_n)
+    if not retain:
+        workspace_pool.release(*(saved.get(n) for n in _WORKSPACE))
+        saved.clear()
+        saved["consumed"] = True
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh

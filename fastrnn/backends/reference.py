@@ -94,8 +94,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     return y, h, c, saved
 
 
-def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True):
-    """Backprop through time for one layer-direction.
+def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
+    """Backprop through time for one layer-direction (`saved` is never consumed here).
 
     Returns dx (T,B,I) or None, dh0 (B,H), dc0 (B,H) or None, dw_ih, dw_hh, db_ih, db_hh.
     """

@@ -1,0 +1,64 @@
+"""A PyTorch training step with fastrnn.torch.LSTM against torch.nn.LSTM, same run.
+
+    python benchmarks/torch_dropin.py [--out benchmarks/results/torch-dropin.json]
+
+Grid of the CPU-backend issue: H {128, 512} x B {1, 32} x T {32, 256}, float32, both with
+torch.set_num_threads equal to fastrnn's. A step is forward, loss = <out, g>, backward.
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+
+import fastrnn.torch as ft
+from fastrnn import bench, report
+from fastrnn.threads import get_num_threads
+
+
+def step_runner(cls, H, B, T, state):
+    m = cls(H, H)
+    m.load_state_dict(state)
+    x = torch.randn(T, B, H, requires_grad=True)
+    g = torch.randn(T, B, H)
+
+    def run():
+        out, _ = m(x)
+        out.backward(g)
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "torch-dropin.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(get_num_threads())
+    rows = []
+    for H in (128, 512):
+        for B in (1, 32):
+            for T in (32, 256):
+                state = torch.nn.LSTM(H, H).state_dict()
+                res = {}
+                for name, cls in (("torch.nn.LSTM", torch.nn.LSTM), ("fastrnn.torch.LSTM", ft.LSTM)):
+                    time.sleep(bench.SETTLE_SECONDS)
+                    times = bench.measure(step_runner(cls, H, B, T, state), repeats=7, min_repeats=5, max_seconds=2)
+                    res[name] = T * B / sorted(times)[len(times) // 2]
+                rows.append(dict(hidden=H, batch=B, seq_len=T, torch_tokens_per_s=res["torch.nn.LSTM"],
+                                 fastrnn_tokens_per_s=res["fastrnn.torch.LSTM"],
+                                 ratio=res["fastrnn.torch.LSTM"] / res["torch.nn.LSTM"]))
+    print(report.render_table(
+        ["H", "B", "T", "torch.nn.LSTM tok/s", "fastrnn.torch.LSTM tok/s", "ratio"],
+        [[str(r["hidden"]), str(r["batch"]), str(r["seq_len"]), f"{r['torch_tokens_per_s']:,.0f}",
+          f"{r['fastrnn_tokens_per_s']:,.0f}", f"{r['ratio']:.2f}"] for r in rows]))
+    gm = math.exp(sum(math.log(r["ratio"]) for r in rows) / len(rows))
+    print(f"geometric mean ratio {gm:.2f}, threads {get_num_threads()}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(machine=bench.machine_info(), results=rows, geometric_mean_ratio=gm), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

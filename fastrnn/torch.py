@@ -1,0 +1,183 @@
+"""Drop-in torch.nn.RNN / LSTM / GRU computed by fastrnn kernels (needs PyTorch).
+
+    from fastrnn.torch import LSTM      # instead of torch.nn.LSTM
+    lstm = LSTM(64, 256, num_layers=2, batch_first=True)
+    lstm.load_state_dict(torch_lstm.state_dict())
+
+The classes subclass torch's own, so the constructor, parameters (names, shapes, init),
+state_dict, argument checks and outputs are torch's; only the computation differs: each
+layer-direction runs as one torch.autograd.Function over a fastrnn backend. CPU tensors
+reach the kernels without copies (numpy views). Supported inputs: (T, B, I), batch_first,
+unbatched (T, I), PackedSequence, with or without hx.
+"""
+try:
+    import torch
+    from torch.nn.utils.rnn import PackedSequence
+except ImportError as exc:  # keep torch optional for the rest of fastrnn
+    raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' "
+                      "(or pip install torch)") from exc
+
+import numpy as np
+
+from . import backends
+
+__all__ = ["RNN", "LSTM", "GRU"]
+
+
+def _np(t):
+    """A numpy view of a CPU tensor (no copy), or None."""
+    return None if t is None else t.detach().numpy()
+
+
+class _LayerFunction(torch.autograd.Function):
+    """One layer in one direction; forward and backward through a fastrnn backend."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, reverse, backend_name):
+        be = backends.get(backend_name)
+        train = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        y, h_T, c_T, saved = be.forward_layer(
+            cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
+            lengths=lengths, reverse=reverse, train=train)
+        ctx.backend, ctx.cell, ctx.saved_ws = be, cell, saved
+        ctx.has_bias = b_ih is not None
+        out_c = torch.from_numpy(c_T) if c_T is not None else torch.zeros(0, dtype=x.dtype)
+        if c_T is None:
+            ctx.mark_non_differentiable(out_c)
+        return torch.from_numpy(y), torch.from_numpy(h_T), out_c
+
+    @staticmethod
+    def backward(ctx, dy, dh_T, dc_T):
+        if ctx.saved_ws is None:
+            raise RuntimeError("fastrnn.torch: the forward ran without a workspace (no grad)")
+        dc = _np(dc_T.contiguous()) if ctx.cell == "lstm" and dc_T is not None else None
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = ctx.backend.backward_layer(
+            ctx.cell, ctx.saved_ws, None if dy is None else _np(dy.contiguous()),
+            None if dh_T is None else _np(dh_T.contiguous()), dc,
+            need_dx=ctx.needs_input_grad[0], retain=True)  # torch may backprop twice (retain_graph)
+        t = lambda a: None if a is None else torch.from_numpy(a)
+        bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
+        return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
+                *bias, None, None, None, None)
+
+
+class _FastRNNMixin:
+    """forward() of torch.nn.RNNBase, computed by fastrnn. `backend` picks the fastrnn
+    backend ('auto': cpu when built, else reference)."""
+
+    def _fastrnn_init(self, backend):
+        if getattr(self, "proj_size", 0):
+            raise NotImplementedError("proj_size > 0 is not supported by fastrnn.torch yet "
+                                      f"(got proj_size={self.proj_size})")
+        backends.resolve(backend)
+        self.backend = backend
+
+    def _cell(self):
+        if self.mode == "LSTM":
+            return "lstm"
+        if self.mode == "GRU":
+            return "gru"
+        return "rnn_tanh" if self.mode == "RNN_TANH" else "rnn_relu"
+
+    def forward(self, input, hx=None):
+        lstm = self.mode == "LSTM"
+        D = 2 if self.bidirectional else 1
+        packed = isinstance(input, PackedSequence)
+        lengths = None
+        if packed:
+            data, batch_sizes, sorted_idx, unsorted_idx = input
+            B, T = int(batch_sizes[0]), len(batch_sizes)
+            # packed rows are (t, b) for b < batch_sizes[t], batch in sorted order
+            mask = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)
+            x = data.new_zeros((T, B, data.shape[-1]))
+            x = x.masked_scatter(mask.unsqueeze(-1), data)
+            lengths = mask.sum(0).numpy().astype(np.int32)
+            unbatched = False
+        else:
+            unbatched = input.dim() == 2
+            batch_sizes = sorted_idx = unsorted_idx = None
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            T, B = x.shape[0], x.shape[1]
+        if x.is_cuda:
+            raise NotImplementedError("fastrnn.torch: CUDA tensors need the cuda backend, which "
+                                      "is not built yet; use CPU tensors")
+        shape = (self.num_layers * D, B, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(shape)
+            c0 = x.new_zeros(shape) if lstm else None
+        else:
+            if unbatched:
+                hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+            if sorted_idx is not None:  # hx is in the caller's batch order
+                hx = tuple(h.index_select(1, sorted_idx) for h in hx) if lstm else hx.index_select(1, sorted_idx)
+            h0, c0 = hx if lstm else (hx, None)
+        # torch's own argument checks, on the input as torch sees it at this point
+        if packed:
+            self.check_forward_args(data, (h0, c0) if lstm else h0, batch_sizes)
+        else:
+            batch_dim = 0 if self.batch_first else 1
+            self.check_forward_args(input.unsqueeze(batch_dim) if unbatched else input,
+                                    (h0, c0) if lstm else h0, None)
+
+        backend = backends.resolve(self.backend)
+        cell = self._cell()
+        # by name, not self._flat_weights: respects functional_call and parametrizations
+        weights = [getattr(self, n) for n in self._flat_weights_names]
+        per = 4 if self.bias else 2
+        h_n, c_n = [], []
+        layer_in = x.contiguous()
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                w = weights[idx * per:(idx + 1) * per]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                y, hT, cT = _LayerFunction.apply(
+                    layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh,
+                    lengths, cell, d == 1, backend)
+                outs.append(y)
+                h_n.append(hT)
+                c_n.append(cT)
+            out = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                out = torch.nn.functional.dropout(out, self.dropout, training=True)
+            layer_in = out
+        h_n = torch.stack(h_n)
+        c_n = torch.stack(c_n) if lstm else None
+
+        if packed:
+            output = PackedSequence(out[mask], batch_sizes, sorted_idx, unsorted_idx)
+            if unsorted_idx is not None:
+                h_n = h_n.index_select(1, unsorted_idx)
+                c_n = c_n.index_select(1, unsorted_idx) if lstm else None
+        elif unbatched:
+            output, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        else:
+            output = out.transpose(0, 1) if self.batch_first else out
+        return (output, (h_n, c_n)) if lstm else (output, h_n)
+
+
+class RNN(_FastRNNMixin, torch.nn.RNN):
+    """torch.nn.RNN computed by fastrnn (extra keyword: backend='auto')."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)
+
+
+class LSTM(_FastRNNMixin, torch.nn.LSTM):
+    """torch.nn.LSTM computed by fastrnn (extra keyword: backend='auto'); proj_size must be 0."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)
+
+
+class GRU(_FastRNNMixin, torch.nn.GRU):
+    """torch.nn.GRU computed by fastrnn (extra keyword: backend='auto')."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)

@@ -1,0 +1,183 @@
+"""fastrnn.torch: drop-in torch.nn.RNN/LSTM/GRU computed by fastrnn kernels."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastrnn  # noqa: E402
+import fastrnn.torch as ft  # noqa: E402
+
+PAIRS = [(ft.RNN, torch.nn.RNN, {}), (ft.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+         (ft.LSTM, torch.nn.LSTM, {}), (ft.GRU, torch.nn.GRU, {})]
+IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+def _pair(i, *args, dtype=torch.float64, **kw):
+    ours, theirs, extra = PAIRS[i]
+    t = theirs(*args, dtype=dtype, **extra, **kw)
+    m = ours(*args, dtype=dtype, **extra, **kw)
+    m.load_state_dict(t.state_dict())
+    return m, t
+
+
+def _run(module, x, hx):
+    x = x.detach().clone().requires_grad_(True)
+    if hx is not None:
+        hx = tuple(h.detach().clone().requires_grad_(True) for h in hx) if isinstance(hx, tuple) \
+            else hx.detach().clone().requires_grad_(True)
+    out, hn = module(x, hx)
+    data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    hs = list(hn) if isinstance(hn, tuple) else [hn]
+    g = torch.Generator().manual_seed(0)
+    loss = (data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum()
+    loss = loss + sum((h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum() for h in hs)
+    loss.backward()
+    grads_hx = None if hx is None else ([h.grad for h in hx] if isinstance(hx, tuple) else [hx.grad])
+    return data.detach(), [h.detach() for h in hs], x.grad, grads_hx, [p.grad for p in module.parameters()]
+
+
+def _assert_same(a, b, tol):
+    for u, v in zip(a, b):
+        if isinstance(u, list):
+            _assert_same(u, v, tol)
+        elif u is not None:
+            assert torch.allclose(u, v, rtol=tol, atol=tol), (u - v).abs().max()
+
+
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+@pytest.mark.parametrize("form", ["time_major", "batch_first", "unbatched", "packed", "hx", "no_bias"])
+def test_same_outputs_and_gradients_as_torch(i, form):
+    torch.manual_seed(i)
+    kw = dict(num_layers=2, bidirectional=True)
+    if form == "batch_first":
+        kw["batch_first"] = True
+    if form == "no_bias":
+        kw["bias"] = False
+    m, t = _pair(i, 4, 6, **kw)
+    T, B = 7, 3
+    x = torch.randn((B, T, 4) if form == "batch_first" else (T, 4) if form == "unbatched" else (T, B, 4),
+                    dtype=torch.float64)
+    hx = None
+    if form == "hx":
+        hx = torch.randn(4, B, 6, dtype=torch.float64)
+        hx = (hx, torch.randn(4, B, 6, dtype=torch.float64)) if i == 2 else hx
+    if form == "packed":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 7, 2]), enforce_sorted=False)
+        out_m, hn_m = m(x)
+        out_t, hn_t = t(x)
+        assert torch.equal(out_m.batch_sizes, out_t.batch_sizes)
+        assert torch.equal(out_m.unsorted_indices, out_t.unsorted_indices)
+        assert torch.allclose(out_m.data, out_t.data, atol=1e-12)
+        for a, b in zip(hn_m if i == 2 else [hn_m], hn_t if i == 2 else [hn_t]):
+            assert torch.allclose(a, b, atol=1e-12)
+        # gradients through the packed path
+        gm = torch.autograd.grad(out_m.data.sum(), list(m.parameters()))
+        gt = torch.autograd.grad(out_t.data.sum(), list(t.parameters()))
+        _assert_same(list(gm), list(gt), 1e-10)
+        return
+    _assert_same(_run(m, x, hx), _run(t, x, hx), 1e-10)
+
+
+def test_float32_model_is_close_to_torch():
+    m, t = _pair(2, 16, 32, dtype=torch.float32, num_layers=2, batch_first=True)
+    x = torch.randn(4, 9, 16)
+    _assert_same(_run(m, x, None), _run(t, x, None), 1e-4)
+
+
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+def test_gradcheck_float64(i):
+    torch.manual_seed(10 + i)
+    m, _ = _pair(i, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+    hx = (h0, torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)) if i == 2 else h0
+
+    def f(x, *hx_and_params):
+        out, hn = torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()],
+                                                           hx_and_params[len(hx_list):])),
+                                             (x, tuple(hx_and_params[:2]) if i == 2 else hx_and_params[0]))
+        return out, hn[0] if i == 2 else hn
+
+    hx_list = list(hx) if i == 2 else [hx]
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    # the swapped-in parameters really drive the kernels (else the check would be vacuous)
+    moved = [p * 1.1 for p in params]
+    assert not torch.allclose(f(x, *hx_list, *params)[0], f(x, *hx_list, *moved)[0])
+    assert torch.autograd.gradcheck(f, (x, *hx_list, *params), eps=1e-6, atol=1e-7)
+
+
+def test_training_loop_matches_torch_loss_curve():
+    """Embedding + LSTM + Linear, SGD, 50 steps: the same loss curve within 1e-4."""
+    def model(lstm_cls):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(20, 8)
+        lstm = lstm_cls(8, 16, num_layers=2, batch_first=True)
+        head = torch.nn.Linear(16, 20)
+        return torch.nn.ModuleList([emb, lstm, head])
+
+    def train(mods):
+        opt = torch.optim.SGD(mods.parameters(), lr=0.5)
+        g = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(50):
+            tok = torch.randint(0, 20, (4, 11), generator=g)
+            out, _ = mods[1](mods[0](tok[:, :-1]))
+            loss = torch.nn.functional.cross_entropy(mods[2](out).reshape(-1, 20), tok[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return np.array(losses)
+
+    ref = train(model(torch.nn.LSTM))
+    ours = train(model(ft.LSTM))
+    assert np.abs(ref - ours).max() < 1e-4, np.abs(ref - ours).max()
+    assert ref[-1] < ref[0]  # it really trained
+
+
+def test_same_parameters_and_init_as_torch():
+    torch.manual_seed(3)
+    a = ft.GRU(5, 7, num_layers=2)
+    torch.manual_seed(3)
+    b = torch.nn.GRU(5, 7, num_layers=2)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    assert isinstance(a, torch.nn.GRU)
+
+
+def test_proj_size_is_not_supported():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        ft.LSTM(4, 8, proj_size=2)
+
+
+def test_torch_argument_checks_apply():
+    m = ft.LSTM(4, 8)
+    with pytest.raises(RuntimeError, match="input.size"):
+        m(torch.randn(3, 2, 5))
+
+
+@pytest.mark.parametrize("cls, tcls", [(fastrnn.RNN, torch.nn.RNN), (fastrnn.LSTM, torch.nn.LSTM),
+                                       (fastrnn.GRU, torch.nn.GRU)])
+def test_from_torch_and_to_torch(cls, tcls):
+    t = tcls(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    m = cls.from_torch(t, backend="reference")
+    assert m.dtype == np.float64 and m.batch_first and m.num_layers == 2
+    x = np.random.default_rng(0).standard_normal((2, 4, 3))
+    out_m = m(x)[0]
+    out_t = t(torch.from_numpy(x))[0].detach().numpy()
+    np.testing.assert_allclose(out_m, out_t, atol=1e-12)
+    back = m.to_torch()
+    assert type(back) is tcls
+    for (n1, p1), (n2, p2) in zip(back.named_parameters(), t.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    with pytest.raises(TypeError, match="module"):
+        cls.from_torch(torch.nn.Linear(2, 2))
+
+
+def test_import_without_torch_says_how_to_install():
+    code = "import sys; sys.modules['torch'] = None\ntry:\n import fastrnn.torch\nexcept ImportError as e: print(e)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install" in r.stdout and "torch" in r.stdout
