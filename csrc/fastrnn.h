@@ -14,6 +14,7 @@
  */
 #ifndef FASTRNN_H
 #define FASTRNN_H
+#include <stddef.h>
 #include <stdint.h>
 
 #define FASTRNN_RNN_TANH 0
@@ -50,6 +51,23 @@ int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
                          const double *h_in, const double *gates, const double *c_in, const double *c_out,
                          const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
                          double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int nthreads);
+
+/* Language-model helpers on the same kernels and threads.
+ * matmul: C (M x N, row stride ldc) = A (M x K) B (K x N) [+ C if accumulate], with
+ *   A(m,k) = A[m*sam + k*sak] and B(k,n) = B[k*sbk + n*sbn] (transposes by strides).
+ * softmax_xent: per row of logits (N x V), loss[n] = logsumexp - logit[target[n]] and
+ *   grad = scale * (softmax - onehot) (grad may alias logits, or be NULL);
+ *   target < 0 marks a row to ignore (loss 0, grad 0). */
+int fastrnn_matmul_f32(int M, int N, int K, const float *A, size_t sam, size_t sak,
+                       const float *B, size_t sbk, size_t sbn, float *C, size_t ldc,
+                       int accumulate, int nthreads);
+int fastrnn_matmul_f64(int M, int N, int K, const double *A, size_t sam, size_t sak,
+                       const double *B, size_t sbk, size_t sbn, double *C, size_t ldc,
+                       int accumulate, int nthreads);
+int fastrnn_softmax_xent_f32(int N, int V, const float *logits, const int32_t *targets,
+                             float *loss, float *grad, float scale, int nthreads);
+int fastrnn_softmax_xent_f64(int N, int V, const double *logits, const int32_t *targets,
+                             double *loss, double *grad, double scale, int nthreads);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);

@@ -1,6 +1,7 @@
 /* Instantiates recurrence.inc for float and double and, on x86-64, for three instruction
  * sets (AVX-512, AVX2+FMA, baseline SSE2); the public entry points pick one at run time,
  * so the library is built with generic flags and still runs on any x86-64. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,3 +184,21 @@ int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,
 
 DEFINE_ENTRY_POINTS(float, f32)
 DEFINE_ENTRY_POINTS(double, f64)
+
+#define DEFINE_DENSE_ENTRY_POINTS(R, suffix)                                                   \
+int fastrnn_matmul_##suffix(int M, int N, int K, const R *A, size_t sam, size_t sak,           \
+                            const R *B, size_t sbk, size_t sbn, R *C, size_t ldc,              \
+                            int accumulate, int nthreads)                                      \
+{                                                                                              \
+    if (M < 0 || N < 0 || K < 0 || nthreads < 1) return FASTRNN_EINVAL;                        \
+    DISPATCH(matmul, suffix, M, N, K, A, sam, sak, B, sbk, sbn, C, ldc, accumulate, nthreads)  \
+}                                                                                              \
+int fastrnn_softmax_xent_##suffix(int N, int V, const R *logits, const int32_t *targets,       \
+                                  R *loss, R *grad, R scale, int nthreads)                     \
+{                                                                                              \
+    if (N < 0 || V < 1 || nthreads < 1) return FASTRNN_EINVAL;                                 \
+    DISPATCH(softmax_xent, suffix, N, V, logits, targets, loss, grad, scale, nthreads)         \
+}
+
+DEFINE_DENSE_ENTRY_POINTS(float, f32)
+DEFINE_DENSE_ENTRY_POINTS(double, f64)

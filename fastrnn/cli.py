@@ -5,6 +5,7 @@ import sys
 import time
 
 from . import __version__, backends, bench, report
+from .progress import Progress
 from .threads import get_num_threads, set_num_threads
 
 
@@ -58,7 +59,115 @@ def build_parser():
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="compare two saved runs instead of measuring")
+    t = sub.add_parser("train", help="train an RNN language model (default corpus: the Python stdlib sources)")
+    t.add_argument("--data", help="text file or folder (default: the standard library's .py files)")
+    t.add_argument("--max-bytes", type=_positive_int, help="corpus size cap in characters (default 2,000,000)")
+    t.add_argument("--tokenizer", choices=("char", "word"))
+    t.add_argument("--vocab-size-max", type=_positive_int)
+    t.add_argument("--cell", choices=("rnn_tanh", "rnn_relu", "lstm", "gru"))
+    t.add_argument("--hidden", type=_positive_int)
+    t.add_argument("--layers", type=_positive_int)
+    t.add_argument("--emb", type=_positive_int, help="embedding size (default: hidden)")
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--tie", action="store_true", default=None, help="tie the output projection to the embedding")
+    t.add_argument("--batch", type=_positive_int)
+    t.add_argument("--bptt", type=_positive_int)
+    t.add_argument("--optimizer", choices=("adam", "sgd"))
+    t.add_argument("--lr", type=float)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--clip", type=float, help="clip gradients to this global norm (0: off; default 1)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--time-limit", type=float, help="stop (and validate, checkpoint) after this many seconds")
+    t.add_argument("--max-steps", type=_positive_int)
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--lr-decay", type=float, help="learning-rate factor when validation stops improving")
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--backend", choices=("auto",) + bench.FASTRNN_BACKENDS)
+    t.add_argument("--threads", type=_positive_int)
+    t.add_argument("--out", default="lm-out", help="folder for checkpoint.npz and log.csv (default lm-out)")
+    t.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.npz")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--compare-reference", type=_positive_int, metavar="STEPS",
+                   help="afterwards, time STEPS training steps on the cpu and reference backends")
+
+    g = sub.add_parser("generate", help="generate text from a checkpoint")
+    g.add_argument("checkpoint", help="checkpoint.npz written by fastrnn train")
+    g.add_argument("--prompt", default="", help="seed text")
+    g.add_argument("--length", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--greedy", action="store_true")
+    g.add_argument("--beam", type=int, default=0, help="beam search with this many beams")
+    g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
+    g.add_argument("--backend", choices=("auto",) + bench.FASTRNN_BACKENDS, default="auto")
     return p
+
+
+TRAIN_KEYS = ("data", "max_bytes", "tokenizer", "vocab_size_max", "cell", "hidden", "layers", "emb",
+              "dropout", "tie", "batch", "bptt", "optimizer", "lr", "momentum", "weight_decay", "clip",
+              "epochs", "time_limit", "max_steps", "val_fraction", "lr_decay", "patience", "seed", "backend")
+
+
+def cmd_train(args, parser):
+    from .train import CheckpointError, Trainer
+    from .data import load_corpus  # noqa: F401  (import errors surface before training)
+    if args.threads:
+        set_num_threads(args.threads)
+    cfg = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+    cfg["_explicit"] = tuple(k for k in cfg)
+    for k, lo, hi in (("dropout", 0, 1), ("val_fraction", 0, 1), ("lr_decay", 0, 1)):
+        if k in cfg and not lo <= cfg[k] < hi:
+            parser.error(f"argument --{k.replace('_', '-')}: expected a number in [{lo}, {hi})")
+    for k in ("lr", "time_limit"):
+        if k in cfg and not cfg[k] > 0:
+            parser.error(f"argument --{k.replace('_', '-')}: expected a positive number")
+    try:
+        trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except (CheckpointError, ValueError) as exc:
+        parser.error(str(exc))
+    c = trainer.cfg
+    print(f"fastrnn train: {c['cell']} H={c['hidden']} x {c['layers']} layers, vocab {len(trainer.vocab)} "
+          f"({c['tokenizer']}), {len(trainer.train_ids):,} train / {len(trainer.val_ids):,} validation tokens, "
+          f"backend {backends.resolve(c['backend'])}, {get_num_threads()} threads", flush=True)
+    try:
+        res = trainer.run()
+    except KeyboardInterrupt:
+        return 130
+    unit = "character" if c["tokenizer"] == "char" else "word"
+    print(f"validation: {res['val_loss']:.4f} nats = {res['val_bits']:.4f} bits per {unit} "
+          f"(unigram-frequency baseline of the same data: {res['unigram_bits']:.4f} bits per {unit})")
+    print(f"{res['steps']} steps, {res['tokens']:,} tokens in {res['elapsed_s']:.0f} s; "
+          f"checkpoint {res['checkpoint']}, log {trainer.log_path}")
+    if args.compare_reference:
+        from .train import step_rate
+        rates = {b: step_rate(trainer, b, args.compare_reference) for b in ("cpu", "reference")
+                 if b in backends.available()}
+        line = ", ".join(f"{b} {r:,.0f} tokens/s" for b, r in rates.items())
+        if len(rates) == 2:
+            line += f": cpu/reference = {rates['cpu'] / rates['reference']:.1f}x"
+        print(f"training speed, same model and batches ({args.compare_reference} steps each): {line}")
+    return 0
+
+
+def cmd_generate(args, parser):
+    from .train import CheckpointError, load_checkpoint, restore_model
+    if args.length < 0:
+        parser.error("argument --length: expected >= 0")
+    if not args.temperature > 0:
+        parser.error("argument --temperature: expected a positive number")
+    try:
+        meta, arrays = load_checkpoint(args.checkpoint)
+        model, vocab, _ = restore_model(meta, arrays, args.checkpoint, backend=args.backend)
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    model.eval()
+    ids = model.generate(vocab.encode(args.prompt), args.length, temperature=args.temperature,
+                         top_k=args.top_k, greedy=args.greedy, beam=args.beam, seed=args.seed)
+    sep = "" if vocab.kind == "char" else " "
+    print(args.prompt + (sep if args.prompt else "") + vocab.decode(ids))
+    return 0
 
 
 def cmd_info(out=sys.stdout):
@@ -84,25 +193,6 @@ def cmd_info(out=sys.stdout):
     for peer in bench.PEERS:
         print(f"  {peer:10s} {'available' if peer in targets else 'unavailable: ' + why.get(peer, '')}", file=out)
     return 0
-
-
-class Progress:
-    """A one-line progress bar on stderr (only when it is a terminal, or forced)."""
-
-    def __init__(self, total, enabled):
-        self.total, self.enabled, self.done, self.t0 = total, enabled, 0, time.time()
-
-    def step(self, label):
-        self.done += 1
-        if not self.enabled:
-            return
-        frac = self.done / self.total
-        bar = "#" * int(30 * frac)
-        eta = (time.time() - self.t0) / self.done * (self.total - self.done)
-        sys.stderr.write(f"\r[{bar:30s}] {self.done}/{self.total} eta {eta:4.0f}s {label[:50]:50s}")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def cmd_bench(args, parser):
@@ -140,6 +230,7 @@ def cmd_bench(args, parser):
         times = bench.measure(run, repeats=args.repeats, max_seconds=args.max_seconds)
         rows.append(bench.summarize(case, times, peak))
         progress.step(f"{case.cell} {case.mode} H={case.hidden} B={case.batch} T={case.seq_len} {case.backend}")
+    progress.close()
     bench.add_ratios(rows)
     print(report.results_table(rows))
     machine = bench.machine_info()
@@ -180,6 +271,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "info":
         return cmd_info()
+    if args.command == "train":
+        return cmd_train(args, parser)
+    if args.command == "generate":
+        return cmd_generate(args, parser)
     return cmd_bench(args, parser)
 
 

@@ -141,3 +141,54 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
         saved.clear()
         saved["consumed"] = True
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ----- language-model helpers: the same micro-kernel and thread team ------------------
+def _strides(a, name):
+    """Element strides of a 2-D array, made non-negative and integral (copy if needed)."""
+    if any(s < 0 or s % a.itemsize for s in a.strides):
+        a = np.ascontiguousarray(a)
+    return a, a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
+
+
+def matmul(a, b, out=None, accumulate=False):
+    """a (M, K) @ b (K, N) on the fastrnn kernels; transposed views cost no copy."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a, b: expected (M, K) and (K, N), got {a.shape} and {b.shape}")
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"a, b: expected one float dtype, got {a.dtype} and {b.dtype}")
+    M, K = a.shape
+    N = b.shape[1]
+    if out is None:
+        out = np.empty((M, N), a.dtype)
+        accumulate = False
+    elif out.shape != (M, N) or out.dtype != a.dtype or out.strides[1] != out.itemsize or out.strides[0] < 0:
+        raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
+    a, sam, sak = _strides(a, "a")
+    b, sbk, sbn = _strides(b, "b")
+    ctype = "float *" if a.dtype == np.float32 else "double *"
+    fn = lib.fastrnn_matmul_f32 if a.dtype == np.float32 else lib.fastrnn_matmul_f64
+    status = fn(M, N, K, _ptr(a, ctype), sam, sak, _ptr(b, ctype), sbk, sbn, _ptr(out, ctype),
+                out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
+    _check_status(status, "matmul")
+    return out
+
+
+def softmax_xent(logits, targets, scale=1.0, want_grad=True):
+    """Fused softmax cross-entropy: per-row loss and grad = scale * (softmax - onehot);
+    rows with target < 0 are ignored."""
+    logits = np.ascontiguousarray(logits)
+    N, V = logits.shape
+    targets = np.ascontiguousarray(targets, dtype=np.int32)
+    if targets.shape != (N,):
+        raise ValueError(f"targets: expected shape ({N},), got {targets.shape}")
+    if N and targets.max(initial=-1) >= V:
+        raise ValueError(f"targets: expected values < {V} (the vocabulary size), got {targets.max()}")
+    ctype = "float *" if logits.dtype == np.float32 else "double *"
+    fn = lib.fastrnn_softmax_xent_f32 if logits.dtype == np.float32 else lib.fastrnn_softmax_xent_f64
+    loss = np.empty(N, logits.dtype)
+    grad = np.empty_like(logits) if want_grad else None
+    status = fn(N, V, _ptr(logits, ctype), _ptr(targets, "int32_t *"), _ptr(loss, ctype),
+                _ptr(grad, ctype), float(scale), get_num_threads())
+    _check_status(status, "softmax_xent")
+    return loss, grad

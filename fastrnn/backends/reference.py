@@ -163,3 +163,36 @@ def _check_saved(cell, saved):
     if not isinstance(saved, dict) or saved.get("cell") != spec.name:
         raise ValueError(f"saved: expected the workspace of a {spec.name!r} forward_layer call")
     return spec
+
+
+# ----- language-model helpers (the cpu backend has fused C versions) -----------------
+def matmul(a, b, out=None, accumulate=False):
+    """a (M, K) @ b (K, N), written to / added into `out` when given."""
+    r = a @ b
+    if out is None:
+        return r
+    if accumulate:
+        out += r
+    else:
+        out[...] = r
+    return out
+
+
+def softmax_xent(logits, targets, scale=1.0, want_grad=True):
+    """Per-row loss logsumexp(z) - z[target] and grad scale * (softmax - onehot);
+    rows with target < 0 are ignored (loss 0, grad 0)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(targets))
+    valid = targets >= 0
+    t = np.where(valid, targets, 0)
+    loss = np.where(valid, np.log(s[:, 0]) - z[rows, t], 0).astype(logits.dtype)
+    grad = None
+    if want_grad:
+        grad = e / s
+        grad[rows, t] -= 1
+        grad *= scale
+        grad[~valid] = 0
+        grad = grad.astype(logits.dtype)
+    return loss, grad

@@ -1,0 +1,258 @@
+"""RNN language model: embedding -> dropout -> RNN/LSTM/GRU stack -> dropout -> linear
+projection (optionally tied to the embedding) -> softmax cross-entropy (fused with its
+gradient). Runs on every backend: the cpu backend computes the projection and the loss with
+the fastrnn C kernels, the reference backend with NumPy."""
+from collections import OrderedDict
+import math
+
+import numpy as np
+
+from . import backends
+from .layers import GRU, LSTM, RNN
+
+LN2 = math.log(2.0)
+
+
+def _dense_ops(backend_name):
+    """matmul and softmax_xent of the backend (cpu: C kernels; otherwise NumPy reference)."""
+    name = backends.resolve(backend_name)
+    mod = backends.get("cpu" if name == "cpu" else "reference")
+    return mod.matmul, mod.softmax_xent
+
+
+class RNNLM:
+    def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
+                 dropout=0.0, tie_weights=False, *, backend="auto", dtype=np.float32, seed=None):
+        self.config = dict(vocab_size=int(vocab_size), hidden_size=int(hidden_size),
+                           num_layers=int(num_layers), cell=cell,
+                           emb_size=int(emb_size or hidden_size), dropout=float(dropout),
+                           tie_weights=bool(tie_weights))
+        V, H, E = vocab_size, hidden_size, self.config["emb_size"]
+        if tie_weights and E != H:
+            raise ValueError(f"tie_weights: needs emb_size == hidden_size, got {E} and {H}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+        self.dtype = np.dtype(dtype)
+        self.backend = backend
+        self._rng = np.random.default_rng(seed)
+        kw = dict(num_layers=num_layers, dropout=dropout, backend=backend, dtype=dtype,
+                  seed=int(self._rng.integers(2 ** 31)))
+        if cell in ("rnn_tanh", "rnn_relu"):
+            self.rnn = RNN(E, H, nonlinearity=cell[4:], **kw)
+        elif cell in ("lstm", "gru"):
+            self.rnn = {"lstm": LSTM, "gru": GRU}[cell](E, H, **kw)
+        else:
+            raise ValueError(f"cell: expected one of rnn_tanh, rnn_relu, lstm, gru, got {cell!r}")
+        self.embedding = self._rng.uniform(-0.1, 0.1, (V, E)).astype(dtype)
+        self.decoder_weight = self.embedding if tie_weights else \
+            self._rng.uniform(-1 / math.sqrt(H), 1 / math.sqrt(H), (V, H)).astype(dtype)
+        self.decoder_bias = np.zeros(V, dtype)
+        self.grads = OrderedDict((n, np.zeros_like(p)) for n, p in self.named_parameters())
+        self.training = True
+        self._cache = None
+
+    # ----- parameters -------------------------------------------------------------
+    def named_parameters(self):
+        out = [("embedding.weight", self.embedding)]
+        out += [(f"rnn.{n}", p) for n, p in self.rnn.named_parameters()]
+        if not self.config["tie_weights"]:
+            out.append(("decoder.weight", self.decoder_weight))
+        out.append(("decoder.bias", self.decoder_bias))
+        return out
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        return OrderedDict((n, p.copy()) for n, p in self.named_parameters())
+
+    def load_state_dict(self, sd):
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if missing or unexpected:
+            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for k, p in own.items():
+            if np.shape(sd[k]) != p.shape:
+                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {np.shape(sd[k])}")
+        for k, p in own.items():
+            p[...] = sd[k]
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        self.rnn.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def init_hidden(self, batch):
+        L, H = self.config["num_layers"], self.config["hidden_size"]
+        h = np.zeros((L, batch, H), self.dtype)
+        return (h, h.copy()) if self.config["cell"] == "lstm" else h
+
+    # ----- forward / backward -----------------------------------------------------
+    def _dropout(self, a):
+        p = self.config["dropout"]
+        if not self.training or p == 0:
+            return a, None
+        mask = (self._rng.random(a.shape) >= p).astype(self.dtype) / self.dtype.type(1 - p)
+        return a * mask, mask
+
+    def logits(self, tokens, hidden=None):
+        """(T, B, V) logits and the final hidden state (no gradient kept)."""
+        was = self.training
+        self.eval()
+        try:
+            out, hidden = self._features(tokens, hidden)
+            matmul, _ = _dense_ops(self.backend)
+            flat = matmul(out.reshape(-1, out.shape[-1]), self.decoder_weight.T)
+            flat += self.decoder_bias
+            return flat.reshape(out.shape[0], out.shape[1], -1), hidden
+        finally:
+            self.train(was)
+
+    def _features(self, tokens, hidden):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+            raise ValueError(f"tokens: expected a (T, B) integer array, got {tokens.dtype} {tokens.shape}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config["vocab_size"]):
+            raise ValueError(f"tokens: expected ids in [0, {self.config['vocab_size']}), "
+                             f"got [{tokens.min()}, {tokens.max()}]")
+        emb, self._emb_mask = self._dropout(self.embedding[tokens])
+        out, hidden = self.rnn(np.ascontiguousarray(emb), hidden)
+        out, self._out_mask = self._dropout(out)
+        return out, hidden
+
+    def forward(self, tokens, targets, hidden=None):
+        """Mean cross-entropy (nats per token) of predicting targets (T, B) from tokens
+        (T, B), and the final hidden state (a plain array: detached by construction)."""
+        out, hidden = self._features(tokens, hidden)
+        T, B, H = out.shape
+        targets = np.asarray(targets)
+        if targets.shape != (T, B):
+            raise ValueError(f"targets: expected shape {(T, B)}, got {targets.shape}")
+        matmul, softmax_xent = _dense_ops(self.backend)
+        x2 = out.reshape(T * B, H)
+        logits = matmul(x2, self.decoder_weight.T)
+        logits += self.decoder_bias
+        n = T * B
+        loss, dlogits = softmax_xent(logits, targets.reshape(-1), 1.0 / n, want_grad=self.training)
+        mean = float(loss.sum(dtype=np.float64) / n)
+        self._cache = (np.asarray(tokens), x2, dlogits, (T, B, H)) if self.training else None
+        return mean, hidden
+
+    def backward(self):
+        """Gradients of the last forward's mean loss, accumulated into self.grads."""
+        if self._cache is None:
+            raise ValueError("backward: no saved forward pass; call forward in training mode first")
+        tokens, x2, dlogits, (T, B, H) = self._cache
+        self._cache = None
+        matmul, _ = _dense_ops(self.backend)
+        dec_w = "embedding.weight" if self.config["tie_weights"] else "decoder.weight"
+        matmul(dlogits.T, x2, out=self.grads[dec_w], accumulate=True)
+        self.grads["decoder.bias"] += dlogits.sum(axis=0)
+        dout = matmul(dlogits, self.decoder_weight).reshape(T, B, H)
+        if self._out_mask is not None:
+            dout *= self._out_mask
+        self.rnn.zero_grad()
+        demb, _ = self.rnn.backward(dout)
+        for n, g in self.rnn.grads.items():
+            self.grads[f"rnn.{n}"] += g
+        if self._emb_mask is not None:
+            demb *= self._emb_mask
+        np.add.at(self.grads["embedding.weight"], tokens.reshape(-1), demb.reshape(T * B, -1))
+
+    # ----- evaluation and generation ----------------------------------------------
+    def evaluate(self, data, bptt=128):
+        """Mean loss (nats per token) over a (n, B) batchified stream, hidden carried."""
+        from .data import bptt_windows
+        was = self.training
+        self.eval()
+        total, count, hidden = 0.0, 0, None
+        try:
+            for _, x, y in bptt_windows(data, bptt):
+                loss, hidden = self.forward(x, y, hidden)
+                total += loss * y.size
+                count += y.size
+        finally:
+            self.train(was)
+        return total / max(count, 1)
+
+    def generate(self, prompt_ids, length, *, temperature=1.0, top_k=0, greedy=False, beam=0, seed=None):
+        """Token ids continuing prompt_ids: sampling (temperature, top-k), greedy, or beam
+        search (beam > 1: the most likely continuation of the given length)."""
+        if length < 0:
+            raise ValueError(f"length: expected >= 0, got {length}")
+        if not temperature > 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        if prompt.size == 0:
+            prompt = np.zeros(1, np.int64)  # start from <unk>
+        if beam and beam > 1:
+            return self._beam_search(prompt, length, beam)
+        rng = np.random.default_rng(seed)
+        logits, hidden = self.logits(prompt[:, None])
+        z = logits[-1, 0].astype(np.float64)
+        out = []
+        for _ in range(length):
+            if greedy:
+                nxt = int(np.argmax(z))
+            else:
+                z = z / temperature
+                if top_k and top_k < z.size:
+                    cut = np.partition(z, -top_k)[-top_k]
+                    z = np.where(z >= cut, z, -np.inf)
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                nxt = int(rng.choice(p.size, p=p))
+            out.append(nxt)
+            logits, hidden = self.logits(np.array([[nxt]]), hidden)
+            z = logits[-1, 0].astype(np.float64)
+        return out
+
+    def _beam_search(self, prompt, length, beam):
+        logits, hidden = self.logits(prompt[:, None])
+        beams = [(0.0, [], hidden, logits[-1, 0].astype(np.float64))]
+        for _ in range(length):
+            cands = []
+            for score, seq, h, z in beams:
+                logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+                for tok in np.argsort(-logp)[:beam]:
+                    cands.append((score + logp[tok], seq + [int(tok)], h))
+            cands.sort(key=lambda c: -c[0])
+            cands = cands[:beam]
+            toks = np.array([[c[1][-1] for c in cands]])
+            hid = _stack_hidden([c[2] for c in cands])
+            logits, hid = self.logits(toks, hid)
+            beams = [(c[0], c[1], _take_hidden(hid, i), logits[-1, i].astype(np.float64))
+                     for i, c in enumerate(cands)]
+        return beams[0][1]
+
+
+def _stack_hidden(hs):
+    if isinstance(hs[0], tuple):
+        return tuple(np.concatenate([h[k] for h in hs], axis=1) for k in range(2))
+    return np.concatenate(hs, axis=1)
+
+
+def _take_hidden(h, i):
+    if isinstance(h, tuple):
+        return tuple(a[:, i:i + 1].copy() for a in h)
+    return h[:, i:i + 1].copy()
+
+
+def bits_per_token(loss_nats):
+    return loss_nats / LN2
+
+
+def perplexity(loss_nats):
+    return math.exp(min(loss_nats, 700.0))
+
+
+def unigram_baseline(train_ids, eval_ids, vocab_size):
+    """Cross-entropy (nats/token) of eval_ids under train_ids' token frequencies (add-one)."""
+    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[eval_ids].mean())

@@ -1,0 +1,89 @@
+"""Optimizers over a model's live parameter arrays and its `grads` dict, with PyTorch's
+update rules (torch.optim.SGD / Adam), plus clipping by global norm."""
+import numpy as np
+
+
+class Optimizer:
+    def __init__(self, model, lr):
+        if not lr > 0:
+            raise ValueError(f"lr: expected a positive number, got {lr!r}")
+        self.model = model
+        self.lr = float(lr)
+        self.state = {}
+        self.steps = 0
+
+    def _params(self):
+        return [(n, p, self.model.grads[n]) for n, p in self.model.named_parameters()]
+
+    def state_dict(self):
+        """Arrays keyed 'name/slot' plus the step count and lr (for checkpoints)."""
+        arrays = {f"{n}/{slot}": v for n, slots in self.state.items() for slot, v in slots.items()}
+        return {"arrays": arrays, "steps": self.steps, "lr": self.lr}
+
+    def load_state_dict(self, sd):
+        self.steps, self.lr = int(sd["steps"]), float(sd["lr"])
+        self.state = {}
+        names = {n for n, _ in self.model.named_parameters()}
+        for key, v in sd["arrays"].items():
+            name, slot = key.rsplit("/", 1)
+            if name not in names:
+                raise ValueError(f"optimizer state: parameter {name!r} is not in the model")
+            self.state.setdefault(name, {})[slot] = np.array(v, copy=True)
+
+
+class SGD(Optimizer):
+    """p -= lr * buf, buf = momentum * buf + (g + weight_decay * p) (torch.optim.SGD)."""
+
+    def __init__(self, model, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(model, lr)
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+
+    def step(self):
+        self.steps += 1
+        for name, p, g in self._params():
+            d = g + self.weight_decay * p if self.weight_decay else g
+            if self.momentum:
+                buf = self.state.setdefault(name, {}).get("momentum")
+                if buf is None:
+                    buf = self.state[name]["momentum"] = np.array(d, copy=True)
+                else:
+                    buf *= self.momentum
+                    buf += d
+                d = buf
+            p -= self.lr * d
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam: bias-corrected first and second moments, L2 weight decay."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(model, lr)
+        self.b1, self.b2 = map(float, betas)
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def step(self):
+        self.steps += 1
+        t = self.steps
+        c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+        for name, p, g in self._params():
+            d = g + self.weight_decay * p if self.weight_decay else g
+            s = self.state.setdefault(name, {})
+            if "m" not in s:
+                s["m"], s["v"] = np.zeros_like(p), np.zeros_like(p)
+            m, v = s["m"], s["v"]
+            m *= self.b1
+            m += (1 - self.b1) * d
+            v *= self.b2
+            v += (1 - self.b2) * d * d
+            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most max_norm (as
+    torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
+    total = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for g in grads.values():
+            g *= coef
+    return total

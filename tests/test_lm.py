@@ -1,0 +1,262 @@
+"""Language-model stack: fused loss, optimizers, data, a full LM step per backend,
+checkpoint/resume, generation."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastrnn import backends, data as D
+from fastrnn.backends import reference
+from fastrnn.lm import RNNLM, unigram_baseline
+from fastrnn.optim import SGD, Adam, clip_grad_norm
+from fastrnn.train import CheckpointError, Trainer, load_checkpoint
+from helpers import rel_err
+
+FAST = [b for b in ("cpu",) if b in backends.available()]
+
+
+# ----- fused softmax cross-entropy -------------------------------------------------
+@pytest.mark.parametrize("name", ["reference"] + FAST)
+def test_softmax_xent_against_numpy_and_finite_differences(name):
+    be = backends.get(name)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((9, 13)) * 4
+    t = rng.integers(0, 13, 9)
+    t[3] = -1  # ignored row
+    loss, grad = be.softmax_xent(z, t, scale=0.5)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want = np.where(t >= 0, -np.log(p[np.arange(9), np.maximum(t, 0)]), 0)
+    assert rel_err(loss, want) < 1e-12
+    assert not grad[3].any()
+
+    def f():
+        return 0.5 * be.softmax_xent(z, t, want_grad=False)[0].sum()
+    for i, j in [(0, 0), (2, 5), (8, 12), (3, 4)]:
+        keep = z[i, j]
+        z[i, j] = keep + 1e-6
+        fp = f()
+        z[i, j] = keep - 1e-6
+        fm = f()
+        z[i, j] = keep
+        assert abs((fp - fm) / 2e-6 - grad[i, j]) < 1e-7
+
+
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_matmul_all_transposes(dtype):
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((37, 21)).astype(dtype)
+    b = rng.standard_normal((21, 70)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for A in (a, np.asfortranarray(a)):
+        for B_ in (b, np.ascontiguousarray(b.T).T):
+            assert rel_err(cpu.matmul(A, B_), a @ b) < tol
+    out = np.ones((37, 70), dtype)
+    cpu.matmul(a, b, out=out, accumulate=True)
+    assert rel_err(out - 1, a @ b) < tol
+    with pytest.raises(ValueError, match="expected"):
+        cpu.matmul(a, b.T)
+
+
+# ----- optimizers against hand-computed values ---------------------------------------
+class _Model:
+    def __init__(self, p, g):
+        self.p, self.grads = {"w": np.array(p, float)}, {"w": np.array(g, float)}
+
+    def named_parameters(self):
+        return list(self.p.items())
+
+
+def test_sgd_momentum_weight_decay_by_hand():
+    m = _Model([1.0, -2.0], [0.5, 0.5])
+    opt = SGD(m, lr=0.1, momentum=0.9, weight_decay=0.1)
+    opt.step()  # d = g + 0.1 p = [0.6, 0.3]; buf = d; p -= 0.1 d
+    np.testing.assert_allclose(m.p["w"], [0.94, -2.03])
+    opt.step()  # d = [0.594, 0.297]; buf = 0.9 [0.6, 0.3] + d = [1.134, 0.567]
+    np.testing.assert_allclose(m.p["w"], [0.94 - 0.1134, -2.03 - 0.0567])
+
+
+def test_adam_by_hand():
+    m = _Model([1.0], [2.0])
+    opt = Adam(m, lr=0.1)
+    opt.step()  # m = 0.2, v = 0.004; mhat = 2, vhat = 4 -> p -= 0.1 * 2 / (2 + 1e-8)
+    np.testing.assert_allclose(m.p["w"], [0.9], atol=1e-8)
+    m.grads["w"][:] = 1.0
+    opt.step()  # m = 0.18 + 0.1 = 0.28, v = 0.003996 + 0.001 = 0.004996
+    mhat, vhat = 0.28 / (1 - 0.81), 0.004996 / (1 - 0.999 ** 2)
+    np.testing.assert_allclose(m.p["w"], [0.9 - 0.1 * mhat / (np.sqrt(vhat) + 1e-8)], rtol=1e-7)
+
+
+def test_clip_grad_norm():
+    g = {"a": np.array([3.0, 0.0]), "b": np.array([4.0])}
+    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
+    total = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    g2 = {"a": np.array([0.3])}
+    clip_grad_norm(g2, 1.0)
+    assert g2["a"][0] == 0.3  # under the bound: unchanged
+
+
+# ----- data ------------------------------------------------------------------------
+def test_tokenizers_vocab_round_trip_and_unk():
+    v = D.Vocab.build("abcab", "char")
+    assert v.itos[0] == D.UNK and v.decode(v.encode("cab")) == "cab"
+    assert v.encode("z")[0] == 0
+    v2 = D.Vocab.from_json(v.to_json())
+    assert v2.itos == v.itos and v2.kind == "char"
+    w = D.Vocab.build("the cat the dog", "word", max_size=3)
+    assert len(w) == 3 and w.decode(w.encode("the cat")) in ("the cat", f"the {D.UNK}")
+
+
+def test_batchify_and_windows():
+    data = D.batchify(np.arange(23), 4)
+    assert data.shape == (5, 4) and list(data[:, 1]) == [5, 6, 7, 8, 9]
+    wins = list(D.bptt_windows(data, 2))
+    assert [x.shape[0] for _, x, _ in wins] == [2, 2] and D.num_windows(data, 2) == 2
+    _, x, y = wins[0]
+    assert np.array_equal(y[0], x[1])
+    with pytest.raises(ValueError, match="too few"):
+        D.batchify(np.arange(3), 4)
+
+
+def test_default_corpus_is_deterministic_and_capped():
+    a = D.load_corpus(None, 50_000)
+    assert len(a) == 50_000 and a == D.load_corpus(None, 50_000)
+
+
+# ----- a full LM training step on each backend matches the reference ----------------
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("cell, tie", [("lstm", False), ("gru", True)])
+def test_lm_step_matches_reference(name, cell, tie):
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 17, (6, 3)), rng.integers(0, 17, (6, 3))
+    results = []
+    for be in (name, "reference"):
+        m = RNNLM(17, 12, 2, cell, dropout=0.2, tie_weights=tie, backend=be, dtype=np.float64, seed=4)
+        loss, h = m.forward(x, y)
+        m.backward()
+        results.append((loss, dict(m.grads)))
+    (l1, g1), (l2, g2) = results
+    assert abs(l1 - l2) < 1e-12
+    for k in g1:
+        assert rel_err(g1[k], g2[k]) < 1e-10, k
+
+
+# ----- training, checkpoints, resume -----------------------------------------------
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(120)))
+    return str(p)
+
+
+def _cfg(corpus, **kw):
+    base = dict(data=corpus, hidden=16, layers=2, batch=4, bptt=8, dropout=0.1, epochs=2, seed=3)
+    base.update(kw)
+    base["_explicit"] = tuple(base)
+    return base
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(corpus, tmp_path):
+    full = Trainer(_cfg(corpus, max_steps=30), str(tmp_path / "a"), echo=lambda *a: None)
+    full.run()
+    part = Trainer(_cfg(corpus, max_steps=13), str(tmp_path / "b"), echo=lambda *a: None)
+    part.run()
+    resumed = Trainer(_cfg(corpus, max_steps=30), str(tmp_path / "b"), resume=True, echo=lambda *a: None)
+    resumed.run()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert resumed.state["step"] == 30
+
+
+def test_training_reduces_loss_below_unigram_and_logs(corpus, tmp_path):
+    t = Trainer(_cfg(corpus, epochs=3), str(tmp_path), echo=lambda *a: None)
+    res = t.run()
+    assert res["val_bits"] < res["unigram_bits"]
+    rows = open(os.path.join(str(tmp_path), "log.csv")).read().splitlines()
+    assert rows[0].startswith("epoch,step") and len(rows) == 4
+
+
+def test_corrupt_and_mismatched_checkpoints_give_clear_errors(corpus, tmp_path):
+    Trainer(_cfg(corpus, max_steps=3), str(tmp_path), echo=lambda *a: None).run()
+    ckpt = tmp_path / "checkpoint.npz"
+    with pytest.raises(CheckpointError, match="other settings.*hidden"):
+        Trainer(_cfg(corpus, hidden=32), str(tmp_path), resume=True)
+    other = tmp_path / "other.txt"
+    with pytest.raises(CheckpointError, match="other settings.*data="):
+        Trainer(_cfg(str(other)), str(tmp_path), resume=True)
+    keep = open(corpus).read()
+    with open(corpus, "w") as f:  # same path, other contents
+        f.write("completely different text " * 200)
+    with pytest.raises(CheckpointError, match="data differ"):
+        Trainer(_cfg(corpus), str(tmp_path), resume=True)
+    with open(corpus, "w") as f:
+        f.write(keep)
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="not a readable fastrnn checkpoint"):
+        load_checkpoint(str(ckpt))
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "generate", str(ckpt)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a readable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    from fastrnn.train import atomic_write
+    path = tmp_path / "f.bin"
+    atomic_write(str(path), lambda f: f.write(b"old"))
+
+    def broken(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        atomic_write(str(path), broken)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+
+
+# ----- generation ------------------------------------------------------------------
+def test_generation_is_deterministic_with_a_seed():
+    m = RNNLM(11, 8, 1, "lstm", backend="reference", seed=0).eval()
+    a = m.generate([1, 2], 20, seed=5, temperature=0.8, top_k=4)
+    assert a == m.generate([1, 2], 20, seed=5, temperature=0.8, top_k=4)
+    assert a != m.generate([1, 2], 20, seed=6, temperature=0.8, top_k=4)
+    assert m.generate([3], 6, greedy=True) == m.generate([3], 6, greedy=True)
+
+
+def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy():
+    m = RNNLM(7, 6, 1, "gru", backend="reference", dtype=np.float64, seed=1).eval()
+
+    def logprob(prompt, seq):
+        ids = np.array(list(prompt) + seq)
+        z, _ = m.logits(ids[:-1, None])
+        z = z[len(prompt) - 1:, 0]
+        lp = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+        return lp[np.arange(len(seq)), seq].sum()
+    greedy = m.generate([2], 5, greedy=True)
+    beam = m.generate([2], 5, beam=4)
+    assert logprob([2], beam) >= logprob([2], greedy) - 1e-9
+
+
+def test_train_and_generate_commands(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--hidden", "16", "--layers", "1",
+           "--batch", "4", "--bptt", "8", "--epochs", "1", "--out", out, "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "unigram-frequency baseline" in r.stdout and "bits per character" in r.stdout
+    gen = [sys.executable, "-m", "fastrnn", "generate", os.path.join(out, "checkpoint.npz"),
+           "--prompt", "def ", "--length", "30", "--seed", "7"]
+    g1 = subprocess.run(gen, capture_output=True, text=True)
+    g2 = subprocess.run(gen, capture_output=True, text=True)
+    assert g1.returncode == 0 and g1.stdout == g2.stdout and g1.stdout.startswith("def ")
+    bad = subprocess.run(cmd[:4] + ["--dropout", "1.5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "dropout" in bad.stderr
+
+
+def test_unigram_baseline():
+    ids = np.array([0, 0, 1, 1])
+    assert unigram_baseline(ids, np.array([0, 1]), 2) == pytest.approx(np.log(2))
