@@ -10,10 +10,9 @@ tokens/s table with ratios and the three targets: ratio >= 1.0 everywhere, geome
 import argparse
 import math
 import os
-import sys
-import time
 
 from fastrnn import bench, report, set_num_threads
+from fastrnn.progress import Progress
 from fastrnn.threads import get_num_threads
 
 
@@ -28,14 +27,10 @@ def main(argv=None):
     cases = bench.grid_cases(("rnn_tanh", "lstm", "gru"), (128, 512), (1, 32), (32, 256),
                              bench.MODES, ("cpu", "torch-cpu"))
     peak = bench.matmul_peak_gflops()
-    rows = []
-    for i, case in enumerate(cases):
-        if i and cases[i - 1].backend != case.backend:
-            time.sleep(bench.SETTLE_SECONDS)
-        times = bench.measure(bench.make_runner(case), repeats=args.repeats, min_repeats=5, max_seconds=2.0)
-        rows.append(bench.summarize(case, times, peak))
-        print(f"\r{i + 1}/{len(cases)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    progress = Progress(len(cases))
+    rows = bench.run_cases(cases, peak, repeats=args.repeats, min_repeats=5, max_seconds=2.0,
+                           on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} T={c.seq_len}"))
+    progress.close()
     bench.add_ratios(rows, peers=("torch-cpu",))
     ours = [r for r in rows if r["backend"] == "cpu"]
     headers = ["cell", "mode", "H", "B", "T", "fastrnn tok/s", "torch tok/s", "ratio", "fastrnn GFLOP/s"]

@@ -153,6 +153,20 @@ def measure(run, repeats=5, min_repeats=3, max_seconds=1.0, warmup=1):
     return times
 
 
+def run_cases(cases, peak_gflops, repeats=5, min_repeats=3, max_seconds=1.0, on_step=None):
+    """Measure every case in order (pausing SETTLE_SECONDS when the backend changes);
+    returns the summarized rows. on_step(case) is called after each point."""
+    rows = []
+    for i, case in enumerate(cases):
+        if i and cases[i - 1].backend != case.backend:
+            time.sleep(SETTLE_SECONDS)
+        times = measure(make_runner(case), repeats=repeats, min_repeats=min_repeats, max_seconds=max_seconds)
+        rows.append(summarize(case, times, peak_gflops))
+        if on_step:
+            on_step(case)
+    return rows
+
+
 def summarize(case, times, peak_gflops):
     med = statistics.median(times)
     tokens = case.seq_len * case.batch

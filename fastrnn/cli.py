@@ -112,7 +112,6 @@ TRAIN_KEYS = ("data", "max_bytes", "tokenizer", "vocab_size_max", "cell", "hidde
 
 def cmd_train(args, parser):
     from .train import CheckpointError, Trainer
-    from .data import load_corpus  # noqa: F401  (import errors surface before training)
     if args.threads:
         set_num_threads(args.threads)
     cfg = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
@@ -222,14 +221,9 @@ def cmd_bench(args, parser):
     print(f"fastrnn bench: {len(cases)} points, backends {', '.join(targets)}, "
           f"{get_num_threads()} threads, numpy float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     progress = Progress(len(cases), not args.no_progress)
-    rows = []
-    for i, case in enumerate(cases):
-        if i and cases[i - 1].backend != case.backend:
-            time.sleep(bench.SETTLE_SECONDS)
-        run = bench.make_runner(case)
-        times = bench.measure(run, repeats=args.repeats, max_seconds=args.max_seconds)
-        rows.append(bench.summarize(case, times, peak))
-        progress.step(f"{case.cell} {case.mode} H={case.hidden} B={case.batch} T={case.seq_len} {case.backend}")
+    rows = bench.run_cases(cases, peak, repeats=args.repeats, max_seconds=args.max_seconds,
+                           on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} "
+                                                           f"T={c.seq_len} {c.backend}"))
     progress.close()
     bench.add_ratios(rows)
     print(report.results_table(rows))

@@ -19,6 +19,15 @@ def _positive_int(name, v, minimum=1):
     return int(v)
 
 
+def _rnn_kwargs(m, nonlinearity=None):
+    """Constructor keywords shared by fastrnn and torch modules (read off either kind)."""
+    kw = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first,
+              dropout=float(m.dropout), bidirectional=m.bidirectional)
+    if nonlinearity:
+        kw["nonlinearity"] = nonlinearity
+    return kw
+
+
 class RNNBase:
     """Shared machinery of RNN, LSTM and GRU (see their docstrings)."""
 
@@ -100,13 +109,6 @@ class RNNBase:
             self._params[k][...] = v
 
     # ----- PyTorch round trips ----------------------------------------------------
-    def _torch_kwargs(self):
-        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                  dropout=self.dropout, bidirectional=self.bidirectional)
-        if self.cell.name.startswith("rnn_"):
-            kw["nonlinearity"] = self.cell.name[4:]
-        return kw
-
     @classmethod
     def from_torch(cls, module, **kw):
         """A fastrnn module with the configuration and weights of a torch.nn.RNN/LSTM/GRU
@@ -119,10 +121,7 @@ class RNNBase:
             raise TypeError(f"module: expected a {kinds[cls].__name__}, got {type(module).__name__}")
         if getattr(module, "proj_size", 0):
             raise NotImplementedError(f"proj_size > 0 is not supported (got proj_size={module.proj_size})")
-        args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-                    dropout=float(module.dropout), bidirectional=module.bidirectional)
-        if cls is RNN:
-            args["nonlinearity"] = module.nonlinearity
+        args = _rnn_kwargs(module, module.nonlinearity if cls is RNN else None)
         kw.setdefault("dtype", {torch.float64: np.float64}.get(module.weight_ih_l0.dtype, np.float32))
         m = cls(module.input_size, module.hidden_size, **args, **kw)
         m.load_state_dict({k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
@@ -133,7 +132,8 @@ class RNNBase:
         import torch
         kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(self.cell.name, torch.nn.RNN)
         dtype = torch.float64 if self.dtype == np.float64 else torch.float32
-        t = kind(self.input_size, self.hidden_size, dtype=dtype, **self._torch_kwargs())
+        nonlin = self.cell.name[4:] if self.cell.name.startswith("rnn_") else None
+        t = kind(self.input_size, self.hidden_size, dtype=dtype, **_rnn_kwargs(self, nonlin))
         t.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
         return t
 
@@ -205,7 +205,7 @@ class RNNBase:
         h0, c0 = self._split_hx(hx, B, unbatched)
         be = backends.get(backends.resolve(self.backend))
         train = self.training
-        H, D = self.hidden_size, self.num_directions
+        D = self.num_directions
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if c0 is not None else None
         saved_layers = []

@@ -81,7 +81,9 @@ class Adam(Optimizer):
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm (as
     torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
-    total = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    # einsum's own loop, not BLAS (np.vdot): waking numpy's BLAS thread pool inside a
+    # training step makes it spin beside the fastrnn kernels' OpenMP threads
+    total = float(np.sqrt(sum(float(np.einsum("i,i->", g.ravel(), g.ravel())) for g in grads.values())))
     coef = max_norm / (total + 1e-6)
     if coef < 1:
         for g in grads.values():

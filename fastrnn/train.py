@@ -3,7 +3,6 @@
 plateau, a CSV log, and checkpoints written atomically that resume exactly."""
 import csv
 import hashlib
-import io
 import json
 import os
 import time

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fastrnn import backends, data as D
-from fastrnn.backends import reference
 from fastrnn.lm import RNNLM, unigram_baseline
 from fastrnn.optim import SGD, Adam, clip_grad_norm
 from fastrnn.train import CheckpointError, Trainer, load_checkpoint

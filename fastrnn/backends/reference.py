@@ -9,6 +9,7 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
+from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
 
 name = "reference"
@@ -158,7 +159,6 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
 
 
 def _check_saved(cell, saved):
-    from ..cells import get_cell
     spec = get_cell(cell)
     if not isinstance(saved, dict) or saved.get("cell") != spec.name:
         raise ValueError(f"saved: expected the workspace of a {spec.name!r} forward_layer call")
