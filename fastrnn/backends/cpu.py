@@ -46,10 +46,10 @@ def isa():
     return ffi.string(lib.fastrnn_isa()).decode()
 
 
-def _kernels(dtype):
-    if dtype == np.float32:
-        return lib.fastrnn_forward_f32, lib.fastrnn_backward_f32, "float *"
-    return lib.fastrnn_forward_f64, lib.fastrnn_backward_f64, "double *"
+def _native(name, dtype):
+    """The C entry point fastrnn_<name>_f32/_f64 for dtype, and its pointer type."""
+    single = dtype == np.float32
+    return getattr(lib, f"fastrnn_{name}_{'f32' if single else 'f64'}"), ("float *" if single else "double *")
 
 
 def _ptr(a, ctype):
@@ -79,7 +79,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         raise ValueError("b_ih, b_hh: expected both or neither")
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
     dt, GH = x.dtype, spec.gates * H
-    fwd, _, ctype = _kernels(dt)
+    fwd, ctype = _native("forward", dt)
     lstm, gru = spec.has_cell_state, spec.name == "gru"
 
     y = np.empty((T, B, H), dt)
@@ -119,7 +119,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     dt = x.dtype
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt)
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
-    _, bwd, ctype = _kernels(dt)
+    bwd, ctype = _native("backward", dt)
     p = lambda a: _ptr(a, ctype)
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
@@ -144,7 +144,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
 
 
 # ----- language-model helpers: the same micro-kernel and thread team ------------------
-def _strides(a, name):
+def _strides(a):
     """Element strides of a 2-D array, made non-negative and integral (copy if needed)."""
     if any(s < 0 or s % a.itemsize for s in a.strides):
         a = np.ascontiguousarray(a)
@@ -164,10 +164,9 @@ def matmul(a, b, out=None, accumulate=False):
         accumulate = False
     elif out.shape != (M, N) or out.dtype != a.dtype or out.strides[1] != out.itemsize or out.strides[0] < 0:
         raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
-    a, sam, sak = _strides(a, "a")
-    b, sbk, sbn = _strides(b, "b")
-    ctype = "float *" if a.dtype == np.float32 else "double *"
-    fn = lib.fastrnn_matmul_f32 if a.dtype == np.float32 else lib.fastrnn_matmul_f64
+    a, sam, sak = _strides(a)
+    b, sbk, sbn = _strides(b)
+    fn, ctype = _native("matmul", a.dtype)
     status = fn(M, N, K, _ptr(a, ctype), sam, sak, _ptr(b, ctype), sbk, sbn, _ptr(out, ctype),
                 out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
     _check_status(status, "matmul")
@@ -184,8 +183,7 @@ def softmax_xent(logits, targets, scale=1.0, want_grad=True):
         raise ValueError(f"targets: expected shape ({N},), got {targets.shape}")
     if N and targets.max(initial=-1) >= V:
         raise ValueError(f"targets: expected values < {V} (the vocabulary size), got {targets.max()}")
-    ctype = "float *" if logits.dtype == np.float32 else "double *"
-    fn = lib.fastrnn_softmax_xent_f32 if logits.dtype == np.float32 else lib.fastrnn_softmax_xent_f64
+    fn, ctype = _native("softmax_xent", logits.dtype)
     loss = np.empty(N, logits.dtype)
     grad = np.empty_like(logits) if want_grad else None
     status = fn(N, V, _ptr(logits, ctype), _ptr(targets, "int32_t *"), _ptr(loss, ctype),
