@@ -100,6 +100,18 @@ def restore_model(meta, arrays, path, backend=None):
     return model, vocab, cfg
 
 
+def train_step(model, opt, x, y, hidden, clip):
+    """One truncated-BPTT step: loss of the window, backward, clipping, optimizer step.
+    Returns the loss (nats/token) and the hidden state to carry into the next window."""
+    model.zero_grad()
+    loss, hidden = model.forward(x, y, hidden)
+    model.backward()
+    if clip:
+        clip_grad_norm(model.grads, clip)
+    opt.step()
+    return loss, hidden
+
+
 def _fingerprint(ids):
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
 
@@ -186,12 +198,7 @@ class Trainer:
                 t_ep = time.time()
                 tok_ep = 0
                 for k, x, y in D.bptt_windows(self.train_data, c["bptt"], start=s["window"]):
-                    m.zero_grad()
-                    loss, self.hidden = m.forward(x, y, self.hidden)
-                    m.backward()
-                    if c["clip"]:
-                        clip_grad_norm(m.grads, c["clip"])
-                    self.opt.step()
+                    loss, self.hidden = train_step(m, self.opt, x, y, self.hidden, c["clip"])
                     s["step"] += 1
                     s["tokens"] += y.size
                     tok_ep += y.size
@@ -259,12 +266,7 @@ def step_rate(trainer, backend, steps):
     for k, x, y in D.bptt_windows(trainer.train_data, cfg["bptt"]):
         if k == 1:
             t0, tokens = time.perf_counter(), 0
-        model.zero_grad()
-        _, hidden = model.forward(x, y, hidden)
-        model.backward()
-        if cfg["clip"]:
-            clip_grad_norm(model.grads, cfg["clip"])
-        opt.step()
+        _, hidden = train_step(model, opt, x, y, hidden, cfg["clip"])
         tokens += y.size
         if k >= steps:
             break
