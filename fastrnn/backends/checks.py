@@ -10,10 +10,21 @@ from ..cells import get_cell
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_array(name, a, shape, dtype):
-    """Check ``a`` is an ndarray of ``dtype`` and ``shape`` (None entries match anything)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+def _is_array(a, device_ok):
+    # Numba device arrays (and the simulator's, which lack the interface) have copy_to_host
+    return isinstance(a, np.ndarray) or (device_ok and (
+        hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")))
+
+
+def _want(device_ok):
+    return "a numpy.ndarray or a CUDA device array" if device_ok else "a numpy.ndarray"
+
+
+def check_array(name, a, shape, dtype, device_ok=False):
+    """Check ``a`` is an ndarray (or, with device_ok, a CUDA array exposing numpy-style
+    .shape and .dtype) of ``dtype`` and ``shape`` (None entries match anything)."""
+    if not _is_array(a, device_ok):
+        raise TypeError(f"{name}: expected {_want(device_ok)}, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
     if a.ndim != len(shape) or any(s is not None and s != g for s, g in zip(shape, a.shape)):
@@ -37,40 +48,40 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False):
     """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths)."""
     spec = get_cell(cell)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+    if not _is_array(x, device_ok):
+        raise TypeError(f"x: expected {_want(device_ok)}, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
     T, B, I = x.shape
     dt = x.dtype
-    check_array("w_hh", w_hh, (None, None), dt)
+    check_array("w_hh", w_hh, (None, None), dt, device_ok)
     GH, H = w_hh.shape
     if GH != spec.gates * H:
         raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
-    check_array("w_ih", w_ih, (GH, I), dt)
+    check_array("w_ih", w_ih, (GH, I), dt, device_ok)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
-            check_array(name, b, (GH,), dt)
-    check_array("h0", h0, (B, H), dt)
+            check_array(name, b, (GH,), dt, device_ok)
+    check_array("h0", h0, (B, H), dt, device_ok)
     if spec.has_cell_state:
-        check_array("c0", c0, (B, H), dt)
+        check_array("c0", c0, (B, H), dt, device_ok)
     elif c0 is not None:
         raise ValueError(f"c0: cell {cell!r} has no cell state, expected None")
     return spec, T, B, I, H, check_lengths(lengths, T, B)
 
 
-def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt):
+def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=False):
     """Validate the incoming gradients of backward_layer; None means zero."""
     if dy is not None:
-        check_array("dy", dy, (T, B, H), dt)
+        check_array("dy", dy, (T, B, H), dt, device_ok)
     if dh_T is not None:
-        check_array("dh_T", dh_T, (B, H), dt)
+        check_array("dh_T", dh_T, (B, H), dt, device_ok)
     if dc_T is not None:
         if not spec.has_cell_state:
             raise ValueError(f"dc_T: cell {spec.name!r} has no cell state, expected None")
-        check_array("dc_T", dc_T, (B, H), dt)
+        check_array("dc_T", dc_T, (B, H), dt, device_ok)

@@ -1,0 +1,227 @@
+"""Check the cuda backend on a real GPU and time it against torch's cuDNN path.
+
+1. Correctness: every cell, forward and every gradient, against the NumPy reference in
+   float64 (same float32 inputs), at full sizes (H up to 1024), ragged and reversed,
+   for the persistent kernels and for the one-launch-per-step fallback.
+2. Speed: forward (inference) and forward+backward (training, dx included) of one layer,
+   float32, TF32 off, H in {256, 512, 1024}, B in {1, 8, 64, 256}, T in {32, 256, 1024},
+   against torch.nn.LSTM/GRU/RNN on cuDNN in the same run.
+Writes benchmarks/results/gpu-<device>.json (or --out) and prints a table.
+
+    python benchmarks/gpu_check.py [--cells lstm,gru,rnn_tanh] [--quick] [--out FILE]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fastrnn.backends import cuda as fcuda          # noqa: E402
+from fastrnn.backends import cuda_recurrence, cuda_dense   # noqa: E402
+from fastrnn.backends import reference as ref      # noqa: E402
+from fastrnn.cells import get_cell                 # noqa: E402
+from numba import cuda                             # noqa: E402
+
+TORCH_CELL = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not np.isfinite(a).all():
+        return float("inf")
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def check_one(cell, T, B, I, H, reverse, ragged, rng):
+    """Max relative error over y, h_T, c_T and every gradient (float32 cuda vs float64 ref)."""
+    G = get_cell(cell).gates
+    f32 = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(np.float32)
+    k = 1 / np.sqrt(H)
+    x, w_ih, w_hh = f32(T, B, I), f32(G * H, I, scale=k), f32(G * H, H, scale=k)
+    b_ih, b_hh, h0 = f32(G * H, scale=k), f32(G * H, scale=k), f32(B, H)
+    c0 = f32(B, H) if cell == "lstm" else None
+    dy, dh, dc = f32(T, B, H), f32(B, H), (f32(B, H) if cell == "lstm" else None)
+    lengths = rng.integers(0, T + 1, B) if ragged else None
+    up = lambda a: None if a is None else a.astype(np.float64)
+    r = ref.forward_layer(cell, up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh),
+                          lengths=lengths, reverse=reverse)
+    gr = ref.backward_layer(cell, r[3], up(dy), up(dh), up(dc))
+    # poison-free check: outputs are fresh device arrays; NaN anywhere fails rel()
+    c = fcuda.forward_layer(cell, cuda.to_device(x), cuda.to_device(h0),
+                            None if c0 is None else cuda.to_device(c0), cuda.to_device(w_ih),
+                            cuda.to_device(w_hh), cuda.to_device(b_ih), cuda.to_device(b_hh),
+                            lengths=lengths, reverse=reverse)
+    gc = fcuda.backward_layer(cell, c[3], cuda.to_device(dy), cuda.to_device(dh),
+                              None if dc is None else cuda.to_device(dc))
+    errs = {}
+    for name_, a, b in zip(("y", "h_T", "c_T"), c[:3], r[:3]):
+        if b is not None:
+            errs[name_] = rel(a.copy_to_host(), b)
+    for name_, a, b in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"), gc, gr):
+        if b is not None:
+            errs[name_] = rel(a.copy_to_host(), b)
+    return errs
+
+
+def correctness(cells, rng):
+    rows = []
+    shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
+              (12, 256, 64, 256, True, True), (24, 1, 128, 512, False, False),
+              (10, 70, 33, 130, True, True)]
+    for persistent in ("1", "0"):
+        os.environ[fcuda.PERSISTENT_ENV] = persistent
+        for cell in cells:
+            for T, B, I, H, rev, ragged in (shapes if persistent == "1" else shapes[2:4]):
+                p = fcuda.plan(cell, H, B)
+                errs = check_one(cell, T, B, I, H, rev, ragged, rng)
+                worst = max(errs.values())
+                rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged,
+                                 persistent=p["persistent"], max_rel_err=worst, errors=errs,
+                                 ok=bool(worst < 1e-4)))
+                print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
+                      f"persistent={p['persistent']!s:5s} max rel err {worst:.2e} "
+                      f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
+    os.environ[fcuda.PERSISTENT_ENV] = "1"
+    return rows
+
+
+def timeit(fn, min_time=0.3, min_reps=3, max_reps=50):
+    fn()
+    fn()   # warm-up: compilation, allocation
+    times, start = [], time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fastrnn_runner(cell, T, B, H, train, rng):
+    G, I = get_cell(cell).gates, H
+    dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
+    x, w_ih, w_hh, b_ih, b_hh = dev(T, B, I), dev(G * H, I), dev(G * H, H), dev(G * H), dev(G * H)
+    h0, c0 = dev(B, H), (dev(B, H) if cell == "lstm" else None)
+    dy = dev(T, B, H)
+
+    def run():
+        out = fcuda.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=train)
+        if train:
+            fcuda.backward_layer(cell, out[3], dy, None, None)
+        cuda.synchronize()
+    return run
+
+
+def torch_runner(cell, T, B, H, train):
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn_") else {}
+    m = getattr(torch.nn, TORCH_CELL[cell])(H, H, **kw).cuda()
+    x = torch.randn(T, B, H, device="cuda", requires_grad=train)
+    g = torch.randn(T, B, H, device="cuda")
+
+    def run():
+        if train:
+            out, _ = m(x)
+            out.backward(g)
+        else:
+            with torch.inference_mode():
+                m(x)
+        torch.cuda.synchronize()
+    return run
+
+
+def timing(cells, Hs, Bs, Ts, rng, budget_s):
+    rows, start = [], time.perf_counter()
+    for cell in cells:
+        for train in (False, True):
+            for H in Hs:
+                for B in Bs:
+                    for T in Ts:
+                        if time.perf_counter() - start > budget_s:
+                            print("timing budget reached; stopping the grid", flush=True)
+                            return rows
+                        p = fcuda.plan(cell, H, B, backward=False)
+                        t_f = timeit(fastrnn_runner(cell, T, B, H, train, rng))
+                        t_t = timeit(torch_runner(cell, T, B, H, train))
+                        row = dict(cell=cell, mode="train" if train else "inference", H=H, B=B, T=T,
+                                   fastrnn_s=t_f, cudnn_s=t_t, ratio=t_t / t_f,
+                                   fastrnn_tok_s=T * B / t_f, cudnn_tok_s=T * B / t_t,
+                                   persistent=p["persistent"], blocks=p["blocks"], S=p["S"],
+                                   BT=p["BT"], KC=p["KC"],
+                                   path=dict(fcuda.last_path))
+                        rows.append(row)
+                        print(f"{cell:8s} {row['mode']:9s} H={H:4d} B={B:3d} T={T:4d} fastrnn "
+                              f"{t_f * 1e3:9.3f} ms  cudnn {t_t * 1e3:9.3f} ms  ratio {row['ratio']:5.2f} "
+                              f"{row['path']}",
+                              flush=True)
+    return rows
+
+
+def kernel_resources():
+    """Registers, shared and local (spill) memory of every compiled kernel."""
+    out = []
+    def add(label, disp):
+        for sig, k in getattr(disp, "overloads", {}).items():
+            try:
+                out.append(dict(kernel=label, signature=str(sig)[:120], registers=k.regs_per_thread,
+                                static_shared_bytes=k.shared_mem_per_block,
+                                local_bytes_per_thread=k.local_mem_per_thread))
+            except Exception as exc:  # resource query not supported by this numba-cuda
+                out.append(dict(kernel=label, error=str(exc)))
+    for (code, dt, BT), ks in cuda_recurrence._CACHE.items():
+        for kname, disp in ks.items():
+            add(f"{kname}[cell={code},{dt},BT={BT}]", disp)
+    for dt, ks in cuda_dense._CACHE.items():
+        for kname, disp in zip(("matmul", "colsum", "transpose"), ks):
+            add(f"{kname}[{dt}]", disp)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", default="lstm,gru,rnn_tanh")
+    ap.add_argument("--quick", action="store_true", help="T in {32, 256} only")
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--timing-cells", default=None, help="cells to time (default: --cells)")
+    ap.add_argument("--budget", type=float, default=420, help="seconds for the timing grid")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if fcuda.unavailable_reason() or fcuda.SIMULATOR:
+        print(f"no real GPU: {fcuda.unavailable_reason() or 'simulator'}")
+        return 2
+    cells = args.cells.split(",")
+    rng = np.random.default_rng(0)
+    dev = fcuda._device_limits()[2]
+    import torch
+    import numba
+    checks = [] if args.skip_check else correctness(cells, rng)
+    Ts = (32, 256) if args.quick else (32, 256, 1024)
+    tcells = args.timing_cells.split(",") if args.timing_cells else cells
+    rows = timing(tcells, (256, 512, 1024), (1, 8, 64, 256), Ts, rng, args.budget)
+    res = dict(device=dev, describe=fcuda.describe(), date=time.strftime("%Y-%m-%d"),
+               versions=dict(numba=numba.__version__, torch=torch.__version__,
+                             cudnn=torch.backends.cudnn.version(), python=platform.python_version()),
+               tf32=False, checks=checks, all_checks_ok=all(c["ok"] for c in checks),
+               timing=rows, kernels=kernel_resources())
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   "gpu-" + dev.replace(" ", "-") + ".json")
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nwrote {out}")
+    print(f"{'cell':8s} {'mode':9s} {'H':>5s} {'B':>4s} {'T':>5s} {'fastrnn ms':>11s} {'cudnn ms':>10s} {'ratio':>6s}")
+    for r in rows:
+        print(f"{r['cell']:8s} {r['mode']:9s} {r['H']:5d} {r['B']:4d} {r['T']:5d} "
+              f"{r['fastrnn_s'] * 1e3:11.3f} {r['cudnn_s'] * 1e3:10.3f} {r['ratio']:6.2f}")
+    print("checks:", "all ok" if res["all_checks_ok"] else "FAILURES")
+    return 0 if res["all_checks_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""The cuda backend: Numba CUDA kernels for one layer-direction (DESIGN.md's contract).
+
+forward_layer: input projection (tiled matrix product, cuda_dense.py), then the whole
+recurrence in one persistent cooperative launch (cuda_recurrence.py). backward_layer:
+BPTT in one persistent launch, then the weight gradients and dx as matrix products.
+
+Arrays: numpy inputs are copied to the device and results come back as numpy; inputs
+with __cuda_array_interface__ (Numba device arrays, CuPy arrays, torch CUDA tensors) are
+used in place and results are Numba device arrays. Everything stays on the default
+stream, so work is ordered with CuPy and torch's default streams.
+"""
+import math
+import os
+import threading
+
+import numpy as np
+from numba import cuda
+
+from ..cells import get_cell
+from . import cuda_dense as dense
+from . import cuda_recurrence as rec
+from .checks import check_backward_grads, check_forward_args, check_lengths
+
+name = "cuda"
+
+SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
+# The simulator runs every thread as a Python thread: small blocks, a few "SMs".
+THREADS = 32 if SIMULATOR else 256
+STAGE_LIMIT = 32 * 1024      # bytes of h (or dgh) rows staged in shared memory per chunk
+SLICE_TERMS = 32             # at least this many summed terms per thread slice
+PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
+
+
+def unavailable_reason():
+    try:
+        if not cuda.is_available():
+            return "no CUDA GPU or driver found by numba.cuda"
+    except Exception as exc:  # a broken driver must not break import fastrnn
+        return f"numba.cuda failed: {exc}"
+    return None
+
+
+def _device_limits():
+    """(multiprocessors, max dynamic shared memory per block in bytes, device name)."""
+    if SIMULATOR:   # 3 "SMs" so that the one-launch-per-step path runs several blocks
+        return 3, 48 * 1024, "Numba CUDA simulator"
+    dev = cuda.get_current_device()
+    name_ = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    try:
+        smem = dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    except Exception:
+        smem = dev.MAX_SHARED_MEMORY_PER_BLOCK
+    return dev.MULTIPROCESSOR_COUNT, smem, name_
+
+
+def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
+    """How a layer of this shape runs: blocks, units per block, thread slices, shared
+    memory, and whether the persistent kernel is used (else one launch per step)."""
+    spec = get_cell(cell)
+    G, item = spec.gates, np.dtype(dtype).itemsize
+    nsm, smem_max, _ = _device_limits()
+    allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
+    if SIMULATOR and allow_persistent:
+        nsm = 1   # the simulator runs blocks one after another: grid sync needs one block
+    BT = 4 if B > 64 else 1
+    Bp = -(-B // BT) * BT
+    hs = -(-H // nsm)
+    blocks = -(-H // hs)
+    pairs = hs * (Bp // BT)
+    K = G * H if backward else H
+    if pairs >= THREADS:
+        S, rounds = 1, -(-pairs // THREADS)
+    else:   # split the summed index, keeping >= 32 terms per thread slice
+        S = 1
+        while S * 2 <= THREADS // pairs and S * 2 <= max(1, K // SLICE_TERMS):
+            S *= 2
+        rounds = 1
+    weights = hs * G * H * item
+    row = Bp * item
+    red = (1 if backward else G) * BT * THREADS * item if S > 1 else 0
+    KC = max(1, min(K, STAGE_LIMIT // row))          # state rows staged per chunk
+    persistent = allow_persistent and weights + red + min(K, 8) * row <= smem_max
+    if persistent:
+        KC = max(1, min(KC, (smem_max - weights - red) // row))
+    shared = (weights if persistent else 0) + KC * row + red
+    return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=S, rounds=rounds,
+                KC=KC, shared_bytes=shared, weight_bytes=weights, persistent=persistent)
+
+
+def describe():
+    """One line for `fastrnn info`."""
+    nsm, smem, dev = _device_limits()
+    return (f"{dev}, {nsm} SMs, {smem // 1024} KiB shared/block; persistent kernels while a "
+            f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
+            f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above")
+
+
+def _max_h(cell):
+    H = 64
+    while plan(cell, H * 2, 1)["persistent"] and H < (1 << 16):
+        H *= 2
+    lo, hi = H, H * 2
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if plan(cell, mid, 1)["persistent"] else (lo, mid)
+    return lo
+
+
+# ----------------------------------------------------------------------- arrays
+def _to_device(name_, a, dtype=None):
+    """(device array, came_from_host) for numpy or __cuda_array_interface__ input."""
+    if a is None:
+        return None, False
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a)), True
+    if hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__"):
+        d = a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a)
+        if not d.is_c_contiguous():
+            raise ValueError(f"{name_}: expected a C-contiguous device array")
+        return d, False
+    raise TypeError(f"{name_}: expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
+
+
+_scratch_bufs = {}
+_lock = threading.RLock()   # scratch buffers are shared: one call at a time enqueues work
+
+
+def _scratch(key, n, dtype):
+    """A reused device buffer of n elements (no cudaMalloc/cudaFree per call: those cost
+    more than a small layer's kernels). Only for arrays that die within the call; work on
+    the one default stream keeps reuse in order."""
+    dtype = np.dtype(dtype)
+    buf = _scratch_bufs.get((key, dtype))
+    if buf is None or buf.size < n:
+        buf = cuda.device_array(max(n, 1), dtype=dtype)
+        _scratch_bufs[(key, dtype)] = buf
+    return buf[:n] if n else buf[:1]
+
+
+def _flat(d):
+    return d.reshape(d.size) if d.ndim != 1 else d
+
+
+def _zeros(n, dtype):
+    a = cuda.device_array(n, dtype=dtype)
+    _fill(a, 0)
+    return a
+
+
+def _zero_scratch(key, n, dtype):
+    a = _scratch(key, n, dtype)
+    _fill(a, 0)
+    return a
+
+
+def _fill(a, value):
+    if a.size:
+        _fill_kernel[math.ceil(a.size / 256), 256](_flat(a), value)
+
+
+@cuda.jit
+def _fill_kernel(a, v):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] = v
+
+
+@cuda.jit
+def _add_kernel(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] + b[i]
+
+
+def _copy(a):
+    out = cuda.device_array(a.shape, dtype=a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
+def _host_lengths(lengths, T, B):
+    if lengths is not None and not isinstance(lengths, np.ndarray):
+        if hasattr(lengths, "copy_to_host"):
+            lengths = lengths.copy_to_host()
+        elif hasattr(lengths, "__cuda_array_interface__"):
+            lengths = cuda.as_cuda_array(lengths).copy_to_host()
+    lengths = check_lengths(lengths, T, B)
+    return np.full(B, T, np.int32) if lengths is None else lengths
+
+
+# ----------------------------------------------------------------------- launches
+_specialized = {}
+
+try:
+    from numba.cuda.typing.typeof import typeof
+except ImportError:  # older numba-cuda
+    from numba import typeof
+
+
+def _launch(kern, grid, args, shared, cooperative=False):
+    """Launch with `shared` bytes of dynamic shared memory (raising the per-kernel limit
+    above 48 KiB when needed); for cooperative launches check co-residency first."""
+    if SIMULATOR:
+        kern[grid, THREADS, 0, shared](*args)
+        return
+    key = (id(kern), tuple(typeof(a) for a in args))
+    spec = _specialized.get(key)
+    if spec is None:
+        spec = kern.specialize(*args)
+        _specialized[key] = spec
+    k = next(iter(spec.overloads.values()))
+    if shared > 48 * 1024:
+        _raise_shared_limit(k, shared)
+    if cooperative:
+        most = k.max_cooperative_grid_blocks(THREADS, shared)
+        if grid > most:
+            raise _NotCoResident(f"{grid} blocks > {most} co-resident")
+    spec[grid, THREADS, 0, shared](*args)
+
+
+class _NotCoResident(RuntimeError):
+    pass
+
+
+_raised = set()
+
+
+def _raise_shared_limit(k, nbytes):
+    key = (id(k), nbytes)
+    if key in _raised:
+        return
+    from cuda.bindings import driver as drv
+    cufunc = k._codelibrary.get_cufunc()
+    attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    dev = cuda.get_current_device().id
+    try:
+        err = drv.cuKernelSetAttribute(attr, nbytes, cufunc.handle, dev)[0]
+    except Exception:
+        err = drv.cuFuncSetAttribute(cufunc.handle, attr, nbytes)[0]
+    if int(err) != 0:
+        raise RuntimeError(f"cuda: could not allow {nbytes} bytes of shared memory (error {err})")
+    _raised.add(key)
+
+
+def _pack(w_hh, G, H, hs, blocks, backward):
+    """Pack W_hh into the per-block layout of cuda_recurrence (module docstring)."""
+    n = blocks * hs * G * H
+    out = _scratch("packed", n, w_hh.dtype)
+    _pack_kernel[math.ceil(n / 256), 256](_flat(w_hh), out, G, H, hs, backward)
+    return out
+
+
+@cuda.jit
+def _pack_kernel(w, out, G, H, hs, backward):
+    i = cuda.grid(1)
+    if i >= out.size:
+        return
+    per = hs * G * H
+    blk = i // per
+    e = i - blk * per
+    if backward:      # e = r*hs + u  ->  W_hh[r, j]
+        r = e // hs
+        j = blk * hs + (e - r * hs)
+        out[i] = w[r * H + j] if j < H else 0
+    else:             # e = k*hs*G + u*G + g  ->  W_hh[g*H + j, k]
+        k = e // (hs * G)
+        ug = e - k * hs * G
+        u = ug // G
+        j = blk * hs + u
+        out[i] = w[((ug - u * G) * H + j) * H + k] if j < H else 0
+
+
+# ----------------------------------------------------------------------- forward
+def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
+    with _lock:
+        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
+    spec = get_cell(cell)
+    (x, host), (h0, _), (c0, _), (w_ih, _), (w_hh, _), (b_ih, _), (b_hh, _) = (
+        _to_device(n, a) for n, a in (("x", x), ("h0", h0), ("c0", c0), ("w_ih", w_ih),
+                                      ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)))
+    if x is not None and x.ndim == 3 and w_hh is not None and w_hh.ndim == 2:
+        lengths = _host_lengths(lengths, x.shape[0], x.shape[1])
+    spec, T, B, I, H, _ = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None,
+                                             device_ok=True)
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: expected both or neither")
+    dt, G = x.dtype, spec.gates
+    GH = G * H
+    y = cuda.device_array((T, B, H), dtype=dt)
+    h_T = _copy(h0)
+    c_T = _copy(c0) if spec.has_cell_state else None
+    if T == 0 or B == 0 or H == 0:
+        _fill(y, 0)
+        saved = _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H, None) if train else None
+        return _out(host, y, h_T, c_T, saved)
+
+    p = plan(cell, H, B, dt)
+    Bp = p["Bp"]
+    bias, bhn = _biases(spec, b_ih, b_hh, GH, H, dt)
+    xp = _scratch("xp", T * B * GH, dt)
+    # xp[tb, n] = sum_i x[tb, i] W_ih[n, i] + bias[n]
+    if I:
+        dense.matmul(dense.Operand(_flat(x), 0, I, 0, 1, I), dense.Operand(_flat(w_ih), 0, I, 0, 1, I),
+                     _flat(xp), 0, GH, 1, T * B, GH, I, bias=bias, accumulate=False)
+    else:
+        _bias_only(xp, bias)
+    slots = T + 1 if train else 2
+    hbuf = _zeros(slots * H * Bp, dt) if train else _scratch("hbuf", 2 * H * Bp, dt)
+    _fill(hbuf, 0)
+    first = reverse * T if train else 0
+    dense.transpose(_flat(h0), 0, B, H, hbuf, first * H * Bp, Bp)
+    cst = c_T if c_T is not None else _zeros(1, dt)
+    dummy = _scratch("dummy", 1, dt)
+    gates = cuda.device_array(T * B * GH, dtype=dt) if train else dummy
+    cin = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
+    cout = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
+    hhn = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "gru" else dummy
+    lens = _scratch("lengths", B, np.int32)
+    lens.copy_to_device(lengths)
+    k = rec.kernels(spec.code, dt, p["BT"])
+    args = (_flat(xp), bhn, lens, hbuf, _flat(cst), _flat(y), _flat(h_T), gates, cin, cout, hhn)
+
+    def run(p):
+        Wf = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=False)
+        shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"])
+        if p["persistent"]:
+            return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape)
+        for s in range(T):
+            _launch(k["fwd_onestep"], p["blocks"], (Wf,) + args + (s,) + shape, p["shared_bytes"])
+        last_path["forward"] = "per-step"
+        return True
+    run(p) or run(plan(cell, H, B, dt, persistent=False))
+    saved = None
+    if train:
+        saved = _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H,
+                       dict(gates=gates, c_in=cin, c_out=cout, hh_n=hhn, hbuf=hbuf, Bp=Bp))
+    return _out(host, y, h_T, c_T, saved)
+
+
+last_path = {}   # "forward"/"backward" -> "persistent" or "per-step" (for benchmarks)
+
+
+def _run_persistent(kern, p, args):
+    """Launch the persistent kernel if the plan allows and the grid is co-resident."""
+    which = "backward" if "bwd" in getattr(kern, "py_func", kern).__name__ else "forward"
+    try:
+        _launch(kern, p["blocks"], args, p["shared_bytes"], cooperative=True)
+    except _NotCoResident:
+        return False
+    last_path[which] = "persistent"
+    return True
+
+
+def _biases(spec, b_ih, b_hh, GH, H, dt):
+    """Bias folded into the projection (b_ih + b_hh; GRU keeps b_hn apart, since it sits
+    inside r * (W_hn h + b_hn)) and the GRU's b_hn (zeros otherwise)."""
+    if b_ih is None:
+        return None, _zero_scratch("bhn", max(H, 1), dt)
+    bias = _scratch("bias", GH, dt)
+    if spec.name == "gru":
+        _add_kernel[math.ceil(2 * H / 256), 256](b_ih, b_hh, bias)   # r and z gates only
+        bias[2 * H:].copy_to_device(b_ih[2 * H:])
+        return bias, b_hh[2 * H:]
+    _add_kernel[math.ceil(GH / 256), 256](b_ih, b_hh, bias)
+    return bias, _zero_scratch("bhn", max(H, 1), dt)
+
+
+def _bias_only(xp, bias):
+    if bias is None:
+        _fill(xp, 0)
+        return
+    _bias_kernel[math.ceil(xp.size / 256), 256](_flat(xp), bias, bias.size)
+
+
+@cuda.jit
+def _bias_kernel(xp, bias, n):
+    i = cuda.grid(1)
+    if i < xp.size:
+        xp[i] = bias[i % n]
+
+
+def _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H, ws):
+    return dict(cell=spec.name, backend=name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
+                reverse=bool(reverse), host=host, T=T, B=B, H=H, ws=ws)
+
+
+def _out(host, y, h_T, c_T, saved):
+    if host:
+        return (y.copy_to_host(), h_T.copy_to_host(), None if c_T is None else c_T.copy_to_host(),
+                saved)
+    return y, h_T, c_T, saved
+
+
+# ----------------------------------------------------------------------- backward
+def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
+    """BPTT for one layer-direction. `saved` is kept (a second backward gives the same
+    result); retain is accepted for the cpu backend's signature."""
+    with _lock:
+        return _backward(cell, saved, dy, dh_T, dc_T, need_dx)
+
+
+def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
+    spec = get_cell(cell)
+    if saved is None:
+        raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
+    if not isinstance(saved, dict) or saved.get("cell") != spec.name or saved.get("backend") != name:
+        raise ValueError(f"saved: expected the workspace of a cuda {spec.name!r} forward_layer call")
+    x, w_ih, w_hh, lengths = saved["x"], saved["w_ih"], saved["w_hh"], saved["lengths"]
+    T, B, H, host, rev = saved["T"], saved["B"], saved["H"], saved["host"], int(saved["reverse"])
+    I, dt, G = x.shape[2], x.dtype, spec.gates
+    GH = G * H
+    (dy, _), (dh_T, _), (dc_T, _) = (_to_device(n, a) for n, a in (("dy", dy), ("dh_T", dh_T),
+                                                                  ("dc_T", dc_T)))
+    check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=True)
+    dw_ih = _zeros(GH * I, dt)
+    dw_hh = _zeros(GH * H, dt)
+    db_ih = _zeros(GH, dt)
+    db_hh = _zeros(GH, dt)
+    dx = cuda.device_array((T, B, I), dtype=dt) if need_dx else None
+    carry = _copy(dh_T) if dh_T is not None else _zeros(B * H, dt)
+    dc = None
+    if spec.has_cell_state:
+        dc = _copy(dc_T) if dc_T is not None else _zeros(B * H, dt)
+    dh0 = cuda.device_array((B, H), dtype=dt)
+    if T == 0 or B == 0 or H == 0:
+        if B * H:
+            dh0.copy_to_device(carry.reshape(B, H))
+        if dx is not None:
+            _fill(dx, 0)
+        return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
+
+    ws = saved["ws"]
+    p = plan(cell, H, B, dt, backward=True)
+    assert p["Bp"] == ws["Bp"]
+    Bp = p["Bp"]
+    dgi = _scratch("dgi", T * B * GH, dt)
+    dgh = _scratch("dgh", T * B * GH, dt) if spec.name == "gru" else dgi
+    dgT = _zero_scratch("dgT", 2 * GH * Bp, dt)
+    dummy = _scratch("dummy", 1, dt)
+    k = rec.kernels(spec.code, dt, p["BT"])
+    lens = _scratch("lengths", B, np.int32)
+    lens.copy_to_device(lengths)
+    tail = (rev, lens, ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"], ws["hbuf"],
+            _flat(dy) if dy is not None else dummy, dy is not None, _flat(carry),
+            _flat(dc) if dc is not None else dummy, dgi, dgh, dgT, _flat(dh0), B, H, Bp)
+
+    def run(p):
+        Wb = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=True)
+        shape = (p["hs"], p["S"], p["rounds"], p["KC"])
+        if p["persistent"]:
+            return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape)
+        for s in range(T + 1):
+            _launch(k["bwd_onestep"], p["blocks"], (Wb, s, T) + tail + shape, p["shared_bytes"])
+        last_path["backward"] = "per-step"
+        return True
+    run(p) or run(plan(cell, H, B, dt, backward=True, persistent=False))
+
+    TB = T * B
+    # dW_ih[m, i] = sum_tb dgi[tb, m] x[tb, i]
+    dense.matmul(dense.Operand(dgi, 0, 1, 0, GH, TB), dense.Operand(_flat(x), 0, 1, 0, I, TB),
+                 dw_ih, 0, I, 1, GH, I, TB, accumulate=True)
+    # dW_hh[m, j] = sum_{t,b} dgh[t, b, m] h_in(t)[j, b], h_in(t) = hbuf slot t + rev
+    dense.matmul(dense.Operand(dgh, 0, 1, B * GH, GH, B),
+                 dense.Operand(ws["hbuf"], rev * H * Bp, Bp, H * Bp, 1, B),
+                 dw_hh, 0, H, 1, GH, H, TB, accumulate=True)
+    dense.colsum(dgi, TB, GH, db_ih)
+    dense.colsum(dgh, TB, GH, db_hh)
+    if dx is not None:
+        # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
+        if I:
+            dense.matmul(dense.Operand(dgi, 0, GH, 0, 1, GH), dense.Operand(_flat(w_ih), 0, 1, 0, I, GH),
+                         _flat(dx), 0, I, 1, TB, I, GH, accumulate=False)
+    return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
+
+
+def _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H):
+    dw_ih = dw_ih[:w_ih.size].reshape(w_ih.shape)
+    dw_hh = dw_hh[:w_hh.size].reshape(w_hh.shape)
+    db_ih, db_hh = db_ih[:w_ih.shape[0]], db_hh[:w_hh.shape[0]]
+    dc0 = None if dc is None else dc.reshape(B, H)
+    out = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
+    if host:
+        return tuple(None if a is None else a.copy_to_host() for a in out)
+    return out

@@ -1,0 +1,162 @@
+"""Numba CUDA dense kernels for the cuda backend: one strided matrix product, a column
+sum and a transpose.
+
+The product covers every layout the recurrence needs (x @ W_ih^T, dG^T @ x, dG^T @ h,
+dG @ W_ih) without copies: each operand is a flat array with a base offset and strides,
+and the summed index k may be two-level, k = k1 * K2 + k2 (time, batch), so that a
+(T, H, B) state history pairs with a (T, B, G*H) gradient array directly.
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per thread
+BK = 16         # summed-index depth per shared-memory stage
+TILE_PAD = TILE + 1   # padded shared row: no bank conflicts on the k-fastest loads
+THREADS = 256
+
+
+def _kernels(nb_dtype):
+    @cuda.jit
+    def matmul(A, aoff, sam, sa1, sa2, Bm, boff, sb1, sb2, sbn, C, coff, scm, scn,
+               M, N, K, K2, bias, has_bias, accumulate):
+        """C[m, n] (+)= sum_k A(m, k) B(k, n) (+ bias[n] when has_bias)."""
+        As = cuda.shared.array((BK, TILE_PAD), nb_dtype)
+        Bs = cuda.shared.array((BK, TILE_PAD), nb_dtype)
+        acc = cuda.local.array(16, nb_dtype)
+        tid = cuda.threadIdx.x
+        tx = tid % 16
+        ty = tid // 16
+        m0 = cuda.blockIdx.y * TILE
+        n0 = cuda.blockIdx.x * TILE
+        for i in range(16):
+            acc[i] = 0
+        for k0 in range(0, K, BK):
+            for l in range(4):
+                e = tid + l * THREADS
+                # m-fastest loads when A is column-major in m, else k-fastest (coalescing)
+                if sam == 1:
+                    mm = e % TILE
+                    kk = e // TILE
+                else:
+                    kk = e % BK
+                    mm = e // BK
+                m = m0 + mm
+                k = k0 + kk
+                v = nb_dtype(0)
+                if m < M and k < K:
+                    k1 = k // K2
+                    v = A[aoff + m * sam + k1 * sa1 + (k - k1 * K2) * sa2]
+                As[kk, mm] = v
+                if sbn == 1:
+                    nn = e % TILE
+                    kk = e // TILE
+                else:
+                    kk = e % BK
+                    nn = e // BK
+                n = n0 + nn
+                k = k0 + kk
+                v = nb_dtype(0)
+                if n < N and k < K:
+                    k1 = k // K2
+                    v = Bm[boff + k1 * sb1 + (k - k1 * K2) * sb2 + n * sbn]
+                Bs[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(4):
+                    a = As[kk, ty + 16 * i]
+                    for jj in range(4):
+                        acc[i * 4 + jj] += a * Bs[kk, tx + 16 * jj]
+            cuda.syncthreads()
+        for i in range(4):
+            m = m0 + ty + 16 * i
+            if m < M:
+                for jj in range(4):
+                    n = n0 + tx + 16 * jj
+                    if n < N:
+                        v = acc[i * 4 + jj]
+                        if has_bias:
+                            v += bias[n]
+                        o = coff + m * scm + n * scn
+                        if accumulate:
+                            C[o] += v
+                        else:
+                            C[o] = v
+
+    @cuda.jit
+    def colsum(X, R, N, out):
+        """out[n] += sum over the R rows of X (R, N); blocks split rows, atomics combine."""
+        n = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if n >= N:
+            return
+        per = (R + cuda.gridDim.y - 1) // cuda.gridDim.y
+        r0 = cuda.blockIdx.y * per
+        s = nb_dtype(0)
+        for r in range(r0, min(R, r0 + per)):
+            s += X[r * N + n]
+        cuda.atomic.add(out, n, s)
+
+    @cuda.jit
+    def transpose(X, xoff, R, Cn, Y, yoff, ldy):
+        """Y[yoff + c * ldy + r] = X[xoff + r * Cn + c] for an R x Cn block of X."""
+        i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if i < R * Cn:
+            r = i // Cn
+            c = i - r * Cn
+            Y[yoff + c * ldy + r] = X[xoff + i]
+
+    return matmul, colsum, transpose
+
+
+_CACHE = {}
+
+
+def kernels(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in _CACHE:
+        from numba import from_dtype
+        _CACHE[dtype] = _kernels(from_dtype(dtype))
+    return _CACHE[dtype]
+
+
+class Operand:
+    """A flat device array read as M x K (or K x N) with a base offset and strides;
+    k = k1 * K2 + k2, with s1 the stride of k1 and s2 that of k2."""
+
+    def __init__(self, arr, off, s_outer, s1, s2, K2):
+        self.arr, self.off, self.s_outer, self.s1, self.s2, self.K2 = arr, off, s_outer, s1, s2, K2
+
+
+def matmul(a, b, c, coff, scm, scn, M, N, K, *, bias=None, accumulate=False):
+    """C[m, n] (+)= sum_k a(m, k) b(k, n); a.K2 must equal b.K2."""
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            raise ValueError("matmul with K = 0 must accumulate")
+        return
+    assert a.K2 == b.K2
+    mm, _, _ = kernels(c.dtype)
+    grid = (math.ceil(N / TILE), math.ceil(M / TILE))
+    bias_arr = bias if bias is not None else c
+    mm[grid, THREADS](a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2, b.s_outer,
+                      c, coff, scm, scn, M, N, K, a.K2, bias_arr, bias is not None, accumulate)
+
+
+def colsum(x, rows, cols, out):
+    """out[:cols] += x.reshape(rows, cols).sum(0) (x flat on the device)."""
+    if rows == 0 or cols == 0:
+        return
+    _, cs, _ = kernels(out.dtype)
+    split = max(1, min(256, rows // 64))
+    cs[(math.ceil(cols / 128), split), 128](x, rows, cols, out)
+
+
+def transpose(x, xoff, rows, cols, y, yoff, ldy):
+    """Write the rows x cols block of flat x at xoff, transposed, into flat y."""
+    n = rows * cols
+    if n == 0:
+        return
+    _, _, tr = kernels(y.dtype)
+    tr[math.ceil(n / 256), 256](x, xoff, rows, cols, y, yoff, ldy)

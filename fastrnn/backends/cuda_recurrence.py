@@ -1,0 +1,373 @@
+"""Numba CUDA recurrence kernels: forward and BPTT for one layer-direction.
+
+Work split (DESIGN.md, "how a fast backend is fast"): block `blk` owns hidden units
+j in [blk*hs, blk*hs + hs) with all G gates of each, so a step's product, gates and
+nonlinearity fuse and a step needs one grid-wide barrier.
+
+Layouts the kernels assume (flat device arrays):
+  Wf   forward weights packed per block: Wf[blk*hs*G*H + k*hs*G + u*G + g] = W_hh[g*H + j, k]
+  Wb   backward weights packed per block: Wb[blk*G*H*hs + r*hs + u]     = W_hh[r, j]
+  hbuf state history (slots, H, Bp): the product reads h[k][b] with b fastest;
+       train: slot t+rev is the input state of time t; inference: ping-pong slots 0/1
+  dgT  (2, G*H, Bp): the hidden-side gate gradients of the last step, same role in BPTT
+  xp, gates, dG  (T, B, G*H);  y, cin, cout, hhn, dy  (T, B, H);  states (B, H)
+Bp is B rounded up to the batch tile BT; its padding columns stay zero.
+
+Persistent kernels keep their block's packed weights in shared memory for the whole
+sequence and run every step in one launch, with a grid sync per step. When the weights
+do not fit on chip the same step code runs from global memory, one launch per step.
+
+A thread computes one unit x BT batches (all G gates); when there are fewer (unit,
+batch-tile) pairs than threads, S thread slices split the summed index and a shared
+scratch adds their partial sums. Every thread reaches every syncthreads (uniform loops).
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
+GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
+
+
+def _build(cell, nb_dtype, BT):
+    G = GATES[cell]
+    GB = G * BT
+    one = nb_dtype(1)
+    zero = nb_dtype(0)
+
+    @cuda.jit(device=True, inline=True)
+    def sigm(a):
+        return one / (one + math.exp(-a))
+
+    @cuda.jit(device=True, inline=True)
+    def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, sl, S,
+                       u, bq, active, acc):
+        """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
+        * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
+        at sm[so:] by the whole block (many loads in flight, then shared-memory reads)."""
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        for i in range(GB):
+            acc[i] = zero
+        for c0 in range(0, nk, KC):
+            rows = min(KC, nk - c0)
+            cuda.syncthreads()
+            for i in range(tid, rows * Bp, nt):
+                sm[so + i] = src[sb + c0 * Bp + i]
+            cuda.syncthreads()
+            if active:
+                for kk in range(sl, rows, S):
+                    hb = so + kk * Bp + bq * BT
+                    wk = wb + (c0 + kk) * wstride + u * ustride
+                    for q in range(BT):
+                        hv = sm[hb + q]
+                        for g in range(G):
+                            acc[g * BT + q] += W[wk + g * gstride] * hv
+
+    @cuda.jit(device=True, inline=True)
+    def bstaged_product(W, wb, hs, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc):
+        """acc[q] = sum_{r = sl, sl+S, ...} W[wb + r*hs + u] * src[sb + r*Bp + bq*BT + q]
+        (the transposed product of BPTT), staged like staged_product."""
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        for q in range(BT):
+            acc[q] = zero
+        for c0 in range(0, nk, KC):
+            rows = min(KC, nk - c0)
+            cuda.syncthreads()
+            for i in range(tid, rows * Bp, nt):
+                sm[so + i] = src[sb + c0 * Bp + i]
+            cuda.syncthreads()
+            if active:
+                for rr in range(sl, rows, S):
+                    w = W[wb + (c0 + rr) * hs + u]
+                    hb = so + rr * Bp + bq * BT
+                    for q in range(BT):
+                        acc[q] += w * sm[hb + q]
+
+    @cuda.jit(device=True, inline=True)
+    def reduce_slices(red, rb, acc, sl, S, tp, ntp, active):
+        """Sum the S slices' partial acc into slice 0's threads (shared scratch at rb)."""
+        cuda.syncthreads()
+        if active:
+            for i in range(GB):
+                red[rb + (sl * GB + i) * ntp + tp] = acc[i]
+        cuda.syncthreads()
+        if active and sl == 0:
+            for i in range(GB):
+                s = zero
+                for x in range(S):
+                    s += red[rb + (x * GB + i) * ntp + tp]
+                acc[i] = s
+
+    # ------------------------------------------------------------------ forward
+    @cuda.jit(device=True)
+    def fwd_step(W, wb, src, sb, sm, so, KC, red, rb, xp, bhn, lengths, hbuf, rslot, wslot, cst, y, hout,
+                 gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
+        acc = cuda.local.array(GB, nb_dtype)
+        nt = cuda.blockDim.x
+        tid = cuda.threadIdx.x
+        ntp = nt // S
+        sl = tid // ntp
+        tp = tid - sl * ntp
+        nq = Bp // BT
+        GH = G * H
+        HB = H * Bp
+        for rnd in range(rounds):
+            p = rnd * ntp + tp
+            u = p % hs
+            bq = p // hs
+            j = u0 + u
+            active = bq < nq and j < H
+            staged_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+            if S > 1:
+                reduce_slices(red, rb, acc, sl, S, tp, ntp, active)
+            if active and sl == 0:
+                for q in range(BT):
+                    b = bq * BT + q
+                    if b < B:
+                        valid = t < lengths[b]
+                        hprev = hbuf[rslot * HB + j * Bp + b]
+                        xo = (t * B + b) * GH + j
+                        if cell == LSTM:
+                            ig = sigm(acc[q] + xp[xo])
+                            fg = sigm(acc[BT + q] + xp[xo + H])
+                            gg = math.tanh(acc[2 * BT + q] + xp[xo + 2 * H])
+                            og = sigm(acc[3 * BT + q] + xp[xo + 3 * H])
+                            c = cst[b * H + j]
+                            cn = fg * c + ig * gg
+                            hn = og * math.tanh(cn)
+                            if valid:
+                                cst[b * H + j] = cn
+                            if train:
+                                gates[xo] = ig
+                                gates[xo + H] = fg
+                                gates[xo + 2 * H] = gg
+                                gates[xo + 3 * H] = og
+                                cin[(t * B + b) * H + j] = c
+                                cout[(t * B + b) * H + j] = cn
+                        elif cell == GRU:
+                            rg = sigm(acc[q] + xp[xo])
+                            zg = sigm(acc[BT + q] + xp[xo + H])
+                            hn_ = acc[2 * BT + q] + bhn[j]
+                            ng = math.tanh(xp[xo + 2 * H] + rg * hn_)
+                            hn = (one - zg) * ng + zg * hprev
+                            if train:
+                                gates[xo] = rg
+                                gates[xo + H] = zg
+                                gates[xo + 2 * H] = ng
+                                hhn[(t * B + b) * H + j] = hn_
+                        else:
+                            a = acc[q] + xp[xo]
+                            if cell == RNN_TANH:
+                                hn = math.tanh(a)
+                            else:
+                                hn = a if a > zero else zero
+                            if train:
+                                gates[xo] = hn
+                        hnew = hn if valid else hprev
+                        hbuf[wslot * HB + j * Bp + b] = hnew
+                        y[(t * B + b) * H + j] = hn if valid else zero
+                        if last:
+                            hout[b * H + j] = hnew
+
+    @cuda.jit
+    def fwd_persistent(Wf, xp, bhn, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
+                       T, B, H, Bp, hs, S, rounds, rev, train, KC):
+        """Shared memory: [packed weights | KC x Bp staged state rows | slice scratch]."""
+        sm = cuda.shared.array(0, nb_dtype)
+        blk = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        nW = hs * G * H
+        for i in range(tid, nW, nt):
+            sm[i] = Wf[blk * nW + i]
+        rb = nW + KC * Bp
+        grid = cuda.cg.this_grid()
+        for s in range(T):
+            t = T - 1 - s if rev else s
+            if train:
+                rslot = t + rev
+                wslot = t + 1 - rev
+            else:
+                rslot = s % 2
+                wslot = 1 - rslot
+            fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, sm, rb, xp, bhn, lengths, hbuf, rslot,
+                     wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
+                     S, rounds, train)
+            grid.sync()
+
+    @cuda.jit
+    def fwd_onestep(Wf, xp, bhn, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
+                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
+        """Fallback: one step per launch, weights read from global memory.
+        Shared memory: [KC x Bp staged state rows | slice scratch]."""
+        sm = cuda.shared.array(0, nb_dtype)
+        blk = cuda.blockIdx.x
+        t = T - 1 - s if rev else s
+        if train:
+            rslot = t + rev
+            wslot = t + 1 - rev
+        else:
+            rslot = s % 2
+            wslot = 1 - rslot
+        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, sm, KC * Bp, xp, bhn, lengths,
+                 hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
+                 blk * hs, S, rounds, train)
+
+    # ------------------------------------------------------------------ backward
+    @cuda.jit(device=True)
+    def bwd_step(W, wb, src, sb, sm, so, KC, red, rb, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
+                 dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds):
+        """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
+        gradients of time t; for s == T the final dh0."""
+        acc = cuda.local.array(BT, nb_dtype)
+        nt = cuda.blockDim.x
+        tid = cuda.threadIdx.x
+        ntp = nt // S
+        sl = tid // ntp
+        tp = tid - sl * ntp
+        nq = Bp // BT
+        GH = G * H
+        for rnd in range(rounds):
+            p = rnd * ntp + tp
+            u = p % hs
+            bq = p // hs
+            j = u0 + u
+            active = bq < nq and j < H
+            if s > 0:
+                bstaged_product(W, wb, hs, src, sb, sm, so, KC, Bp, GH, sl, S, u, bq, active, acc)
+            else:
+                for q in range(BT):
+                    acc[q] = zero
+            if S > 1:
+                cuda.syncthreads()
+                if active:
+                    for q in range(BT):
+                        red[rb + (sl * BT + q) * ntp + tp] = acc[q]
+                cuda.syncthreads()
+                if active and sl == 0:
+                    for q in range(BT):
+                        a = zero
+                        for x in range(S):
+                            a += red[rb + (x * BT + q) * ntp + tp]
+                        acc[q] = a
+            if active and sl == 0:
+                for q in range(BT):
+                    b = bq * BT + q
+                    if b < B:
+                        dh = carry[b * H + j] + acc[q]
+                        if s == T:
+                            dh0[b * H + j] = dh
+                            continue
+                        dho = dh
+                        if has_dy:
+                            dho += dy[(t * B + b) * H + j]
+                        valid = t < lengths[b]
+                        go = (t * B + b) * GH + j
+                        ho = (t * B + b) * H + j
+                        tb = wslot * GH * Bp + j * Bp + b
+                        if cell == LSTM:
+                            ig = gates[go]
+                            fg = gates[go + H]
+                            gg = gates[go + 2 * H]
+                            og = gates[go + 3 * H]
+                            tc = math.tanh(cout[ho])
+                            dct = dc[b * H + j] + dho * og * (one - tc * tc)
+                            di = dct * gg * ig * (one - ig)
+                            df = dct * cin[ho] * fg * (one - fg)
+                            dg = dct * ig * (one - gg * gg)
+                            do = dho * tc * og * (one - og)
+                            if not valid:
+                                di = df = dg = do = zero
+                            else:
+                                dc[b * H + j] = dct * fg
+                            dgi[go] = di
+                            dgi[go + H] = df
+                            dgi[go + 2 * H] = dg
+                            dgi[go + 3 * H] = do
+                            dgT[tb] = di
+                            dgT[tb + H * Bp] = df
+                            dgT[tb + 2 * H * Bp] = dg
+                            dgT[tb + 3 * H * Bp] = do
+                            carry[b * H + j] = zero if valid else dh
+                        elif cell == GRU:
+                            rg = gates[go]
+                            zg = gates[go + H]
+                            ng = gates[go + 2 * H]
+                            hin = hbuf[(t + rev) * H * Bp + j * Bp + b]
+                            dn = dho * (one - zg) * (one - ng * ng)
+                            dz = dho * (hin - ng) * zg * (one - zg)
+                            dr = dn * hhn[ho] * rg * (one - rg)
+                            dnh = dn * rg
+                            if not valid:
+                                dr = dz = dn = dnh = zero
+                            dgi[go] = dr
+                            dgi[go + H] = dz
+                            dgi[go + 2 * H] = dn
+                            dgh[go] = dr
+                            dgh[go + H] = dz
+                            dgh[go + 2 * H] = dnh
+                            dgT[tb] = dr
+                            dgT[tb + H * Bp] = dz
+                            dgT[tb + 2 * H * Bp] = dnh
+                            carry[b * H + j] = dho * zg if valid else dh
+                        else:
+                            yv = gates[go]
+                            if cell == RNN_TANH:
+                                dp = dho * (one - yv * yv)
+                            else:
+                                dp = dho if yv > zero else zero
+                            if not valid:
+                                dp = zero
+                            dgi[go] = dp
+                            dgT[tb] = dp
+                            carry[b * H + j] = zero if valid else dh
+
+    @cuda.jit
+    def bwd_persistent(Wb, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
+                       dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
+        """Shared memory: [packed weights | KC x Bp staged gradient rows | slice scratch]."""
+        sm = cuda.shared.array(0, nb_dtype)
+        blk = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        nW = hs * G * H
+        for i in range(tid, nW, nt):
+            sm[i] = Wb[blk * nW + i]
+        rb = nW + KC * Bp
+        grid = cuda.cg.this_grid()
+        for s in range(T + 1):
+            t = s if rev else T - 1 - s
+            rs = (s + 1) % 2          # slot the previous phase wrote
+            bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, sm, rb, s, T, t, rev, lengths, gates,
+                     cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
+                     hs, blk * hs, S, rounds)
+            grid.sync()
+
+    @cuda.jit
+    def bwd_onestep(Wb, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
+                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
+        sm = cuda.shared.array(0, nb_dtype)
+        blk = cuda.blockIdx.x
+        t = s if rev else T - 1 - s
+        rs = (s + 1) % 2
+        bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, sm, KC * Bp, s, T, t, rev,
+                 lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
+                 dh0, B, H, Bp, hs, blk * hs, S, rounds)
+
+    return dict(fwd_persistent=fwd_persistent, fwd_onestep=fwd_onestep,
+                bwd_persistent=bwd_persistent, bwd_onestep=bwd_onestep)
+
+
+_CACHE = {}
+
+
+def kernels(cell_code, dtype, BT):
+    """The four recurrence kernels for one (cell, dtype, batch tile), compiled lazily."""
+    key = (cell_code, np.dtype(dtype), BT)
+    if key not in _CACHE:
+        from numba import from_dtype
+        _CACHE[key] = _build(cell_code, from_dtype(np.dtype(dtype)), BT)
+    return _CACHE[key]
