@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fastrnn.backends import cuda as fcuda          # noqa: E402
+from fastrnn.backends import cuda_blas as blas                # noqa: E402
 from fastrnn.backends import cuda_recurrence, cuda_dense   # noqa: E402
 from fastrnn.backends import reference as ref      # noqa: E402
 from fastrnn.cells import get_cell                 # noqa: E402
@@ -76,18 +77,22 @@ def correctness(cells, rng):
               (10, 70, 33, 130, True, True)]
     for persistent in ("1", "0"):
         os.environ[fcuda.PERSISTENT_ENV] = persistent
+        # the per-step path is checked with the Numba matmul kernels, the persistent one
+        # with cuBLAS where CuPy is present: both product paths get checked
+        os.environ["FASTRNN_CUDA_MATMUL"] = "auto" if persistent == "1" else "numba"
         for cell in cells:
             for T, B, I, H, rev, ragged in (shapes if persistent == "1" else shapes[2:4]):
                 p = fcuda.plan(cell, H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
                 rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged,
-                                 persistent=p["persistent"], max_rel_err=worst, errors=errs,
+                                 persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst, errors=errs,
                                  ok=bool(worst < 1e-4)))
                 print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
                       f"persistent={p['persistent']!s:5s} max rel err {worst:.2e} "
                       f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
     os.environ[fcuda.PERSISTENT_ENV] = "1"
+    os.environ["FASTRNN_CUDA_MATMUL"] = "auto"
     return rows
 
 
@@ -178,6 +183,8 @@ def kernel_resources():
     for (code, dt, BT), ks in cuda_recurrence._CACHE.items():
         for kname, disp in ks.items():
             add(f"{kname}[cell={code},{dt},BT={BT}]", disp)
+    for (kid, types), spec in fcuda._specialized.items():
+        add(getattr(spec, "py_func", spec).__name__, spec)
     for dt, ks in cuda_dense._CACHE.items():
         for kname, disp in zip(("matmul", "colsum", "transpose"), ks):
             add(f"{kname}[{dt}]", disp)
@@ -208,7 +215,8 @@ def main(argv=None):
     res = dict(device=dev, describe=fcuda.describe(), date=time.strftime("%Y-%m-%d"),
                versions=dict(numba=numba.__version__, torch=torch.__version__,
                              cudnn=torch.backends.cudnn.version(), python=platform.python_version()),
-               tf32=False, checks=checks, all_checks_ok=all(c["ok"] for c in checks),
+               tf32=False, matmul="cuBLAS via CuPy" if blas.available() else "Numba tiled kernel",
+               checks=checks, all_checks_ok=all(c["ok"] for c in checks),
                timing=rows, kernels=kernel_resources())
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    "gpu-" + dev.replace(" ", "-") + ".json")

@@ -53,6 +53,8 @@ def available_targets():
     ok, why = [], {}
     for name in FASTRNN_BACKENDS:
         reason = backends.why_unavailable(name)
+        if name == "cuda" and not reason and os.environ.get("NUMBA_ENABLE_CUDASIM"):
+            reason = "Numba CUDA simulator (correct but far too slow to time)"
         (why.__setitem__(name, reason) if reason else ok.append(name))
     try:
         import torch
@@ -77,9 +79,7 @@ def _fastrnn_runner(case, rng):
     g = rng.standard_normal((case.seq_len, case.batch, H)).astype(np.float32)
     sync = lambda: None
     if case.backend == "cuda":
-        from numba import cuda
-        x, g = cuda.to_device(x), cuda.to_device(g)
-        sync = cuda.synchronize
+        return _cuda_runner(case, m, x, g)
     if case.mode == "inference":
         m.eval()
 
@@ -91,6 +91,25 @@ def _fastrnn_runner(case, rng):
             m(x)
             m.backward(g)
             sync()
+    return run
+
+
+def _cuda_runner(case, m, x, g):
+    """The cuda backend on device-resident data: the layer contract directly (the NumPy
+    module API would copy to and from the device at every call)."""
+    from numba import cuda
+    from .backends import cuda as be
+    w = [None if a is None else cuda.to_device(a) for a in m._layer_weights(0, 0)]
+    x, g = cuda.to_device(x), cuda.to_device(g)
+    h0 = cuda.to_device(np.zeros((case.batch, case.hidden), np.float32))
+    c0 = h0 if case.cell == "lstm" else None
+    train = case.mode != "inference"
+
+    def run():
+        out = be.forward_layer(case.cell, x, h0, c0, *w, train=train)
+        if train:
+            be.backward_layer(case.cell, out[3], g, None, None)
+        cuda.synchronize()
     return run
 
 

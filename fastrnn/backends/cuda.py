@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 from ..cells import get_cell
+from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
 from .checks import check_backward_grads, check_forward_args, check_lengths
@@ -27,6 +28,7 @@ SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
 # The simulator runs every thread as a Python thread: small blocks, a few "SMs".
 THREADS = 32 if SIMULATOR else 256
 STAGE_LIMIT = 32 * 1024      # bytes of h (or dgh) rows staged in shared memory per chunk
+PERSISTENT_SHARED_CAP = 160 * 1024
 SLICE_TERMS = 32             # at least this many summed terms per thread slice
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
 
@@ -50,7 +52,9 @@ def _device_limits():
         smem = dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     except Exception:
         smem = dev.MAX_SHARED_MEMORY_PER_BLOCK
-    return dev.MULTIPROCESSOR_COUNT, smem, name_
+    # Measured on an H100: cooperative grids of one 256-thread block per SM launched with
+    # up to 160 KiB of dynamic shared memory per block, and not with 164 KiB.
+    return dev.MULTIPROCESSOR_COUNT, min(smem, PERSISTENT_SHARED_CAP), name_
 
 
 def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
@@ -130,11 +134,14 @@ def _scratch(key, n, dtype):
     more than a small layer's kernels). Only for arrays that die within the call; work on
     the one default stream keeps reuse in order."""
     dtype = np.dtype(dtype)
-    buf = _scratch_bufs.get((key, dtype))
-    if buf is None or buf.size < n:
+    hit = _scratch_bufs.get((key, dtype))
+    if hit is None or hit[0].size < n:
         buf = cuda.device_array(max(n, 1), dtype=dtype)
-        _scratch_bufs[(key, dtype)] = buf
-    return buf[:n] if n else buf[:1]
+        hit = _scratch_bufs[(key, dtype)] = (buf, {})
+    views = hit[1]     # slicing a device array costs tens of microseconds: keep the views
+    if n not in views:
+        views[n] = hit[0][:max(n, 1)]
+    return views[n]
 
 
 def _flat(d):
@@ -302,7 +309,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     bias, bhn = _biases(spec, b_ih, b_hh, GH, H, dt)
     xp = _scratch("xp", T * B * GH, dt)
     # xp[tb, n] = sum_i x[tb, i] W_ih[n, i] + bias[n]
-    if I:
+    if I and blas.available():
+        blas.projection(x, w_ih, bias, xp, T * B, GH, I)
+    elif I:
         dense.matmul(dense.Operand(_flat(x), 0, I, 0, 1, I), dense.Operand(_flat(w_ih), 0, I, 0, 1, I),
                      _flat(xp), 0, GH, 1, T * B, GH, I, bias=bias, accumulate=False)
     else:
@@ -459,6 +468,10 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     run(p) or run(plan(cell, H, B, dt, backward=True, persistent=False))
 
     TB = T * B
+    if blas.available():
+        blas.gradients(dgi, dgh, x, ws["hbuf"], w_ih, dw_ih, dw_hh, db_ih, db_hh, dx,
+                       T, B, I, H, GH, Bp, rev)
+        return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
     # dW_ih[m, i] = sum_tb dgi[tb, m] x[tb, i]
     dense.matmul(dense.Operand(dgi, 0, 1, 0, GH, TB), dense.Operand(_flat(x), 0, 1, 0, I, TB),
                  dw_ih, 0, I, 1, GH, I, TB, accumulate=True)
@@ -468,11 +481,10 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
                  dw_hh, 0, H, 1, GH, H, TB, accumulate=True)
     dense.colsum(dgi, TB, GH, db_ih)
     dense.colsum(dgh, TB, GH, db_hh)
-    if dx is not None:
+    if dx is not None and I:
         # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
-        if I:
-            dense.matmul(dense.Operand(dgi, 0, GH, 0, 1, GH), dense.Operand(_flat(w_ih), 0, 1, 0, I, GH),
-                         _flat(dx), 0, I, 1, TB, I, GH, accumulate=False)
+        dense.matmul(dense.Operand(dgi, 0, GH, 0, 1, GH), dense.Operand(_flat(w_ih), 0, 1, 0, I, GH),
+                     _flat(dx), 0, I, 1, TB, I, GH, accumulate=False)
     return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
 
 

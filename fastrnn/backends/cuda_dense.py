@@ -9,7 +9,7 @@ and the summed index k may be two-level, k = k1 * K2 + k2 (time, batch), so that
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, int32
 
 TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per thread
 BK = 16         # summed-index depth per shared-memory stage
@@ -46,7 +46,9 @@ def _kernels(nb_dtype):
                 k = k0 + kk
                 v = nb_dtype(0)
                 if m < M and k < K:
-                    k1 = k // K2
+                    k1 = 0
+                    if K2 < K:   # two-level index only when needed: integer division is slow
+                        k1 = int32(k) // int32(K2)
                     v = A[aoff + m * sam + k1 * sa1 + (k - k1 * K2) * sa2]
                 As[kk, mm] = v
                 if sbn == 1:
@@ -59,7 +61,9 @@ def _kernels(nb_dtype):
                 k = k0 + kk
                 v = nb_dtype(0)
                 if n < N and k < K:
-                    k1 = k // K2
+                    k1 = 0
+                    if K2 < K:
+                        k1 = int32(k) // int32(K2)
                     v = Bm[boff + k1 * sb1 + (k - k1 * K2) * sb2 + n * sbn]
                 Bs[kk, nn] = v
             cuda.syncthreads()

@@ -1,0 +1,134 @@
+"""The cuda backend against the NumPy reference. In CI this runs under the Numba CUDA
+simulator (NUMBA_ENABLE_CUDASIM=1, set by .ci/run) at small sizes; on a machine with a
+GPU the same tests run the real kernels (benchmarks/gpu_check.py checks full sizes)."""
+import numpy as np
+import pytest
+
+from fastrnn import backends
+from fastrnn.backends import reference as ref
+from fastrnn.cells import get_cell
+
+pytestmark = pytest.mark.skipif("cuda" not in backends.available(),
+                                reason=f"cuda backend unavailable: {backends.why_unavailable('cuda')}")
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+@pytest.fixture
+def cu():
+    from fastrnn.backends import cuda
+    return cuda
+
+
+def make(cell, T, B, I, H, dt, rng, bias=True):
+    G = get_cell(cell).gates
+    f = lambda *s: rng.standard_normal(s).astype(dt)
+    w = dict(w_ih=f(G * H, I) * 0.4, w_hh=f(G * H, H) * 0.4,
+             b_ih=f(G * H) if bias else None, b_hh=f(G * H) if bias else None)
+    return (f(T, B, I), f(B, H), f(B, H) if cell == "lstm" else None, w,
+            f(T, B, H), f(B, H), f(B, H) if cell == "lstm" else None)
+
+
+def compare(cu, cell, T, B, I, H, *, reverse=False, ragged=False, dt=np.float64, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    x, h0, c0, w, dy, dh, dc = make(cell, T, B, I, H, dt, rng, bias)
+    lengths = rng.integers(0, T + 1, B) if ragged else None
+    r = ref.forward_layer(cell, x, h0, c0, **w, lengths=lengths, reverse=reverse)
+    c = cu.forward_layer(cell, x, h0, c0, **w, lengths=lengths, reverse=reverse)
+    tol = 1e-10 if dt == np.float64 else 2e-5
+    for a, b in zip(c[:3], r[:3]):
+        if b is not None:
+            assert isinstance(a, np.ndarray)
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    gr = ref.backward_layer(cell, r[3], dy, dh, dc)
+    gc = cu.backward_layer(cell, c[3], dy, dh, dc)
+    for name, a, b in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"), gc, gr):
+        if b is None:
+            assert a is None, name
+        else:
+            np.testing.assert_allclose(a, b, rtol=10 * tol, atol=10 * tol, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("persistent", ["1", "0"])
+def test_matches_reference_ragged_both_directions(cu, cell, persistent, monkeypatch):
+    monkeypatch.setenv(cu.PERSISTENT_ENV, persistent)
+    compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=False, seed=1)
+    compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=True, seed=2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_float32_no_bias(cu, cell):
+    compare(cu, cell, 3, 2, 3, 4, dt=np.float32, bias=False)
+
+
+def test_split_summed_index_and_batch_tiles(cu, monkeypatch):
+    # thread slices splitting the summed index (S > 1) and 4-batch register tiles (B > 64)
+    monkeypatch.setattr(cu, "SLICE_TERMS", 2)
+    assert cu.plan("lstm", 8, 1)["S"] > 1
+    compare(cu, "lstm", 3, 1, 2, 8, ragged=False)
+    compare(cu, "gru", 2, 1, 2, 8, reverse=True)
+    assert cu.plan("gru", 2, 66)["BT"] == 4
+    compare(cu, "gru", 2, 66, 2, 2, ragged=True)
+
+
+def test_chunked_staging(cu, monkeypatch):
+    # fewer staged rows than the summed length: several chunks per step
+    monkeypatch.setattr(cu, "STAGE_LIMIT", 3 * 8)
+    assert cu.plan("lstm", 6, 2)["KC"] < 6
+    compare(cu, "lstm", 3, 2, 2, 6, ragged=True, reverse=True)
+
+
+def test_device_arrays_in_device_arrays_out(cu):
+    from numba import cuda
+    rng = np.random.default_rng(3)
+    x, h0, c0, w, dy, dh, dc = make("lstm", 3, 2, 2, 4, np.float64, rng)
+    r = ref.forward_layer("lstm", x, h0, c0, **w)
+    dev = {k: cuda.to_device(v) for k, v in w.items()}
+    c = cu.forward_layer("lstm", cuda.to_device(x), cuda.to_device(h0), cuda.to_device(c0), **dev)
+    assert not isinstance(c[0], np.ndarray) and hasattr(c[0], "copy_to_host")
+    np.testing.assert_allclose(c[0].copy_to_host(), r[0], rtol=1e-10, atol=1e-12)
+    g = cu.backward_layer("lstm", c[3], cuda.to_device(dy), None, None)
+    gr = ref.backward_layer("lstm", r[3], dy, None, None)
+    np.testing.assert_allclose(g[4].copy_to_host(), gr[4], rtol=1e-9, atol=1e-12)
+
+
+def test_empty_sequence_passes_state(cu):
+    rng = np.random.default_rng(4)
+    x, h0, c0, w, *_ = make("lstm", 0, 2, 3, 4, np.float64, rng)
+    y, hT, cT, saved = cu.forward_layer("lstm", x, h0, c0, **w)
+    assert y.shape == (0, 2, 4)
+    np.testing.assert_array_equal(hT, h0)
+    np.testing.assert_array_equal(cT, c0)
+
+
+def test_bad_arguments_name_the_argument(cu):
+    rng = np.random.default_rng(5)
+    x, h0, c0, w, *_ = make("gru", 2, 2, 3, 4, np.float64, rng)
+    with pytest.raises(ValueError, match="h0"):
+        cu.forward_layer("gru", x, h0[:1], None, **w)
+    with pytest.raises(TypeError, match="x"):
+        cu.forward_layer("gru", [[1.0]], h0, None, **w)
+    with pytest.raises(ValueError, match="lengths"):
+        cu.forward_layer("gru", x, h0, None, **w, lengths=[3, 1])
+    with pytest.raises(ValueError, match="saved"):
+        cu.backward_layer("gru", None, None, None, None)
+
+
+def test_plan_reports_fallback(cu, monkeypatch):
+    assert cu.plan("lstm", 16, 4)["persistent"]
+    monkeypatch.setenv(cu.PERSISTENT_ENV, "0")
+    assert not cu.plan("lstm", 16, 4)["persistent"]
+    assert "persistent" in cu.describe()
+
+
+def test_layers_module_runs_on_cuda_backend():
+    from fastrnn.layers import GRU
+    rng = np.random.default_rng(6)
+    m_ref = GRU(3, 4, num_layers=2, bidirectional=True, backend="reference", dtype=np.float64, seed=0)
+    m_cu = GRU(3, 4, num_layers=2, bidirectional=True, backend="cuda", dtype=np.float64, seed=0)
+    x = rng.standard_normal((3, 2, 3))
+    (yr, hr), (yc, hc) = m_ref(x), m_cu(x)
+    np.testing.assert_allclose(yc, yr, rtol=1e-10, atol=1e-12)
+    g = rng.standard_normal(yr.shape)
+    np.testing.assert_allclose(m_cu.backward(g)[0], m_ref.backward(g)[0], rtol=1e-9, atol=1e-12)
