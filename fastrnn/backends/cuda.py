@@ -1,6 +1,7 @@
 """The cuda backend: Numba CUDA kernels for one layer-direction (DESIGN.md's contract).
 
-forward_layer: input projection (tiled matrix product, cuda_dense.py), then the whole
+forward_layer: input projection (a matrix product: cuda_blas.py where CuPy is installed,
+else cuda_dense.py; both have the same two entry points), then the whole
 recurrence in one persistent cooperative launch (cuda_recurrence.py). backward_layer:
 BPTT in one persistent launch, then the weight gradients and dx as matrix products.
 
@@ -21,6 +22,7 @@ from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
 from .checks import check_backward_grads, check_forward_args, check_lengths
+from .cuda_dense import flat as _flat
 
 name = "cuda"
 
@@ -111,7 +113,7 @@ def _max_h(cell):
 
 
 # ----------------------------------------------------------------------- arrays
-def _to_device(name_, a, dtype=None):
+def _to_device(name_, a):
     """(device array, came_from_host) for numpy or __cuda_array_interface__ input."""
     if a is None:
         return None, False
@@ -142,10 +144,6 @@ def _scratch(key, n, dtype):
     if n not in views:
         views[n] = hit[0][:max(n, 1)]
     return views[n]
-
-
-def _flat(d):
-    return d.reshape(d.size) if d.ndim != 1 else d
 
 
 def _zeros(n, dtype):
@@ -284,7 +282,6 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
-    spec = get_cell(cell)
     (x, host), (h0, _), (c0, _), (w_ih, _), (w_hh, _), (b_ih, _), (b_hh, _) = (
         _to_device(n, a) for n, a in (("x", x), ("h0", h0), ("c0", c0), ("w_ih", w_ih),
                                       ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)))
@@ -309,16 +306,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     bias, bhn = _biases(spec, b_ih, b_hh, GH, H, dt)
     xp = _scratch("xp", T * B * GH, dt)
     # xp[tb, n] = sum_i x[tb, i] W_ih[n, i] + bias[n]
-    if I and blas.available():
-        blas.projection(x, w_ih, bias, xp, T * B, GH, I)
-    elif I:
-        dense.matmul(dense.Operand(_flat(x), 0, I, 0, 1, I), dense.Operand(_flat(w_ih), 0, I, 0, 1, I),
-                     _flat(xp), 0, GH, 1, T * B, GH, I, bias=bias, accumulate=False)
+    if I:
+        _products().projection(x, w_ih, bias, xp, T * B, GH, I)
     else:
         _bias_only(xp, bias)
     slots = T + 1 if train else 2
-    hbuf = _zeros(slots * H * Bp, dt) if train else _scratch("hbuf", 2 * H * Bp, dt)
-    _fill(hbuf, 0)
+    hbuf = _zeros(slots * H * Bp, dt) if train else _zero_scratch("hbuf", 2 * H * Bp, dt)
     first = reverse * T if train else 0
     dense.transpose(_flat(h0), 0, B, H, hbuf, first * H * Bp, Bp)
     cst = c_T if c_T is not None else _zeros(1, dt)
@@ -336,7 +329,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
         Wf = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=False)
         shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"])
         if p["persistent"]:
-            return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape)
+            return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape, "forward")
         for s in range(T):
             _launch(k["fwd_onestep"], p["blocks"], (Wf,) + args + (s,) + shape, p["shared_bytes"])
         last_path["forward"] = "per-step"
@@ -352,15 +345,19 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
 last_path = {}   # "forward"/"backward" -> "persistent" or "per-step" (for benchmarks)
 
 
-def _run_persistent(kern, p, args):
-    """Launch the persistent kernel if the plan allows and the grid is co-resident."""
-    which = "backward" if "bwd" in getattr(kern, "py_func", kern).__name__ else "forward"
+def _run_persistent(kern, p, args, which):
+    """Launch the persistent kernel if the grid is co-resident; False if it is not."""
     try:
         _launch(kern, p["blocks"], args, p["shared_bytes"], cooperative=True)
     except _NotCoResident:
         return False
     last_path[which] = "persistent"
     return True
+
+
+def _products():
+    """cuBLAS through CuPy where present (cuda_blas), else the Numba kernels (cuda_dense)."""
+    return blas if blas.available() else dense
 
 
 def _biases(spec, b_ih, b_hh, GH, H, dt):
@@ -460,31 +457,15 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
         Wb = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=True)
         shape = (p["hs"], p["S"], p["rounds"], p["KC"])
         if p["persistent"]:
-            return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape)
+            return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape, "backward")
         for s in range(T + 1):
             _launch(k["bwd_onestep"], p["blocks"], (Wb, s, T) + tail + shape, p["shared_bytes"])
         last_path["backward"] = "per-step"
         return True
     run(p) or run(plan(cell, H, B, dt, backward=True, persistent=False))
 
-    TB = T * B
-    if blas.available():
-        blas.gradients(dgi, dgh, x, ws["hbuf"], w_ih, dw_ih, dw_hh, db_ih, db_hh, dx,
-                       T, B, I, H, GH, Bp, rev)
-        return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
-    # dW_ih[m, i] = sum_tb dgi[tb, m] x[tb, i]
-    dense.matmul(dense.Operand(dgi, 0, 1, 0, GH, TB), dense.Operand(_flat(x), 0, 1, 0, I, TB),
-                 dw_ih, 0, I, 1, GH, I, TB, accumulate=True)
-    # dW_hh[m, j] = sum_{t,b} dgh[t, b, m] h_in(t)[j, b], h_in(t) = hbuf slot t + rev
-    dense.matmul(dense.Operand(dgh, 0, 1, B * GH, GH, B),
-                 dense.Operand(ws["hbuf"], rev * H * Bp, Bp, H * Bp, 1, B),
-                 dw_hh, 0, H, 1, GH, H, TB, accumulate=True)
-    dense.colsum(dgi, TB, GH, db_ih)
-    dense.colsum(dgh, TB, GH, db_hh)
-    if dx is not None and I:
-        # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
-        dense.matmul(dense.Operand(dgi, 0, GH, 0, 1, GH), dense.Operand(_flat(w_ih), 0, 1, 0, I, GH),
-                     _flat(dx), 0, I, 1, TB, I, GH, accumulate=False)
+    _products().gradients(dgi, dgh, x, ws["hbuf"], w_ih, dw_ih, dw_hh, db_ih, db_hh, dx,
+                          T, B, I, H, GH, Bp, rev)
     return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
 
 

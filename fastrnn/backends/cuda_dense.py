@@ -18,6 +18,27 @@ THREADS = 256
 
 
 def _kernels(nb_dtype):
+    @cuda.jit(device=True, inline=True)
+    def load_tile(X, off, so, s1, s2, o0, O, k0, K, K2, e, dst):
+        """Element e of a TILE (outer index o) x BK (summed index k) operand tile into
+        dst[k, o]; X(o, k) = X[off + o*so + k1*s1 + k2*s2], k = k1*K2 + k2; 0 outside."""
+        # o-fastest loads when the operand is contiguous in o, else k-fastest (coalescing)
+        if so == 1:
+            oo = e % TILE
+            kk = e // TILE
+        else:
+            kk = e % BK
+            oo = e // BK
+        o = o0 + oo
+        k = k0 + kk
+        v = nb_dtype(0)
+        if o < O and k < K:
+            k1 = 0
+            if K2 < K:   # two-level index only when needed: integer division is slow
+                k1 = int32(k) // int32(K2)
+            v = X[off + o * so + k1 * s1 + (k - k1 * K2) * s2]
+        dst[kk, oo] = v
+
     @cuda.jit
     def matmul(A, aoff, sam, sa1, sa2, Bm, boff, sb1, sb2, sbn, C, coff, scm, scn,
                M, N, K, K2, bias, has_bias, accumulate):
@@ -35,37 +56,8 @@ def _kernels(nb_dtype):
         for k0 in range(0, K, BK):
             for l in range(4):
                 e = tid + l * THREADS
-                # m-fastest loads when A is column-major in m, else k-fastest (coalescing)
-                if sam == 1:
-                    mm = e % TILE
-                    kk = e // TILE
-                else:
-                    kk = e % BK
-                    mm = e // BK
-                m = m0 + mm
-                k = k0 + kk
-                v = nb_dtype(0)
-                if m < M and k < K:
-                    k1 = 0
-                    if K2 < K:   # two-level index only when needed: integer division is slow
-                        k1 = int32(k) // int32(K2)
-                    v = A[aoff + m * sam + k1 * sa1 + (k - k1 * K2) * sa2]
-                As[kk, mm] = v
-                if sbn == 1:
-                    nn = e % TILE
-                    kk = e // TILE
-                else:
-                    kk = e % BK
-                    nn = e // BK
-                n = n0 + nn
-                k = k0 + kk
-                v = nb_dtype(0)
-                if n < N and k < K:
-                    k1 = 0
-                    if K2 < K:
-                        k1 = int32(k) // int32(K2)
-                    v = Bm[boff + k1 * sb1 + (k - k1 * K2) * sb2 + n * sbn]
-                Bs[kk, nn] = v
+                load_tile(A, aoff, sam, sa1, sa2, m0, M, k0, K, K2, e, As)
+                load_tile(Bm, boff, sbn, sb1, sb2, n0, N, k0, K, K2, e, Bs)
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(4):
@@ -124,6 +116,11 @@ def kernels(dtype):
     return _CACHE[dtype]
 
 
+def flat(d):
+    """A device array as 1-D (a view; the kernels take flat arrays with offsets)."""
+    return d.reshape(d.size) if d.ndim != 1 else d
+
+
 class Operand:
     """A flat device array read as M x K (or K x N) with a base offset and strides;
     k = k1 * K2 + k2, with s1 the stride of k1 and s2 that of k2."""
@@ -164,3 +161,27 @@ def transpose(x, xoff, rows, cols, y, yoff, ldy):
         return
     _, _, tr = kernels(y.dtype)
     tr[math.ceil(n / 256), 256](x, xoff, rows, cols, y, yoff, ldy)
+
+
+# The same two entry points as cuda_blas (the backend uses whichever is available).
+def projection(x, w_ih, bias, out, TB, GH, I):
+    """out (TB, GH) = x (TB, I) @ w_ih^T (+ bias)."""
+    matmul(Operand(flat(x), 0, I, 0, 1, I), Operand(flat(w_ih), 0, I, 0, 1, I),
+           flat(out), 0, GH, 1, TB, GH, I, bias=bias, accumulate=False)
+
+
+def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, H, GH, Bp, rev):
+    """dW_ih += dgi^T x, dW_hh += dgh^T h_in, db += column sums, dx = dgi W_ih."""
+    TB = T * B
+    # dW_ih[m, i] = sum_tb dgi[tb, m] x[tb, i]
+    matmul(Operand(dgi, 0, 1, 0, GH, TB), Operand(flat(x), 0, 1, 0, I, TB),
+           dw_ih, 0, I, 1, GH, I, TB, accumulate=True)
+    # dW_hh[m, j] = sum_{t,b} dgh[t, b, m] h_in(t)[j, b], h_in(t) = hbuf slot t + rev
+    matmul(Operand(dgh, 0, 1, B * GH, GH, B), Operand(hbuf, rev * H * Bp, Bp, H * Bp, 1, B),
+           dw_hh, 0, H, 1, GH, H, TB, accumulate=True)
+    colsum(dgi, TB, GH, db_ih)
+    colsum(dgh, TB, GH, db_hh)
+    if dx is not None and I:
+        # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
+        matmul(Operand(dgi, 0, GH, 0, 1, GH), Operand(flat(w_ih), 0, 1, 0, I, GH),
+               flat(dx), 0, I, 1, TB, I, GH, accumulate=False)

@@ -40,89 +40,103 @@ def _build(cell, nb_dtype, BT):
     def sigm(a):
         return one / (one + math.exp(-a))
 
-    @cuda.jit(device=True, inline=True)
-    def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, sl, S,
-                       u, bq, active, acc):
-        """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
-        * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
-        at sm[so:] by the whole block (many loads in flight, then shared-memory reads)."""
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        for i in range(GB):
-            acc[i] = zero
-        for c0 in range(0, nk, KC):
-            rows = min(KC, nk - c0)
-            cuda.syncthreads()
-            for i in range(tid, rows * Bp, nt):
-                sm[so + i] = src[sb + c0 * Bp + i]
+    def tile_ops(NG):
+        """The staged product and the slice reduction for a thread tile of NG rows x BT
+        sequences: NG = G (all gates of a unit, forward) or 1 (one unit, BPTT)."""
+        NB = NG * BT
+
+        @cuda.jit(device=True, inline=True)
+        def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, sl, S,
+                           u, bq, active, acc):
+            """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
+            * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
+            at sm[so:] by the whole block (many loads in flight, then shared-memory reads).
+            nk = 0 gives acc = 0."""
+            tid = cuda.threadIdx.x
+            nt = cuda.blockDim.x
+            for i in range(NB):
+                acc[i] = zero
+            for c0 in range(0, nk, KC):
+                rows = min(KC, nk - c0)
+                cuda.syncthreads()
+                for i in range(tid, rows * Bp, nt):
+                    sm[so + i] = src[sb + c0 * Bp + i]
+                cuda.syncthreads()
+                if active:
+                    for kk in range(sl, rows, S):
+                        hb = so + kk * Bp + bq * BT
+                        wk = wb + (c0 + kk) * wstride + u * ustride
+                        for q in range(BT):
+                            hv = sm[hb + q]
+                            for g in range(NG):
+                                acc[g * BT + q] += W[wk + g * gstride] * hv
+
+        @cuda.jit(device=True, inline=True)
+        def reduce_slices(red, rb, acc, sl, S, tp, ntp, active):
+            """Sum the S slices' partial acc into slice 0's threads (shared scratch at rb)."""
             cuda.syncthreads()
             if active:
-                for kk in range(sl, rows, S):
-                    hb = so + kk * Bp + bq * BT
-                    wk = wb + (c0 + kk) * wstride + u * ustride
-                    for q in range(BT):
-                        hv = sm[hb + q]
-                        for g in range(G):
-                            acc[g * BT + q] += W[wk + g * gstride] * hv
+                for i in range(NB):
+                    red[rb + (sl * NB + i) * ntp + tp] = acc[i]
+            cuda.syncthreads()
+            if active and sl == 0:
+                for i in range(NB):
+                    s = zero
+                    for x in range(S):
+                        s += red[rb + (x * NB + i) * ntp + tp]
+                    acc[i] = s
+
+        return staged_product, reduce_slices
+
+    fwd_product, fwd_reduce = tile_ops(G)
+    bwd_product, bwd_reduce = tile_ops(1)
 
     @cuda.jit(device=True, inline=True)
-    def bstaged_product(W, wb, hs, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc):
-        """acc[q] = sum_{r = sl, sl+S, ...} W[wb + r*hs + u] * src[sb + r*Bp + bq*BT + q]
-        (the transposed product of BPTT), staged like staged_product."""
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        for q in range(BT):
-            acc[q] = zero
-        for c0 in range(0, nk, KC):
-            rows = min(KC, nk - c0)
-            cuda.syncthreads()
-            for i in range(tid, rows * Bp, nt):
-                sm[so + i] = src[sb + c0 * Bp + i]
-            cuda.syncthreads()
-            if active:
-                for rr in range(sl, rows, S):
-                    w = W[wb + (c0 + rr) * hs + u]
-                    hb = so + rr * Bp + bq * BT
-                    for q in range(BT):
-                        acc[q] += w * sm[hb + q]
+    def thread_slice(S):
+        """(slice sl, position tp in it, threads per slice ntp): S slices split the summed index."""
+        ntp = cuda.blockDim.x // S
+        sl = cuda.threadIdx.x // ntp
+        return sl, cuda.threadIdx.x - sl * ntp, ntp
 
     @cuda.jit(device=True, inline=True)
-    def reduce_slices(red, rb, acc, sl, S, tp, ntp, active):
-        """Sum the S slices' partial acc into slice 0's threads (shared scratch at rb)."""
-        cuda.syncthreads()
-        if active:
-            for i in range(GB):
-                red[rb + (sl * GB + i) * ntp + tp] = acc[i]
-        cuda.syncthreads()
-        if active and sl == 0:
-            for i in range(GB):
-                s = zero
-                for x in range(S):
-                    s += red[rb + (x * GB + i) * ntp + tp]
-                acc[i] = s
+    def tile_of(rnd, tp, ntp, hs, u0, nq, H):
+        """(unit u in the block, batch tile bq, hidden unit j, active) of round rnd."""
+        p = rnd * ntp + tp
+        u = p % hs
+        bq = p // hs
+        j = u0 + u
+        return u, bq, j, bq < nq and j < H
+
+    @cuda.jit(device=True, inline=True)
+    def load_block_weights(sm, Wp, nW):
+        """Copy this block's packed weight slice (nW values) into shared memory."""
+        base = cuda.blockIdx.x * nW
+        for i in range(cuda.threadIdx.x, nW, cuda.blockDim.x):
+            sm[i] = Wp[base + i]
+
+    @cuda.jit(device=True, inline=True)
+    def fwd_slots(s, T, rev, train):
+        """(time t of step s, state slot read, state slot written): train keeps every
+        state (slot t + rev is the input of time t), inference ping-pongs slots 0/1."""
+        t = T - 1 - s if rev else s
+        if train:
+            return t, t + rev, t + 1 - rev
+        return t, s % 2, 1 - s % 2
 
     # ------------------------------------------------------------------ forward
     @cuda.jit(device=True)
     def fwd_step(W, wb, src, sb, sm, so, KC, red, rb, xp, bhn, lengths, hbuf, rslot, wslot, cst, y, hout,
                  gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
         acc = cuda.local.array(GB, nb_dtype)
-        nt = cuda.blockDim.x
-        tid = cuda.threadIdx.x
-        ntp = nt // S
-        sl = tid // ntp
-        tp = tid - sl * ntp
+        sl, tp, ntp = thread_slice(S)
         nq = Bp // BT
         GH = G * H
         HB = H * Bp
         for rnd in range(rounds):
-            p = rnd * ntp + tp
-            u = p % hs
-            bq = p // hs
-            j = u0 + u
-            active = bq < nq and j < H
-            staged_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
             if S > 1:
-                reduce_slices(red, rb, acc, sl, S, tp, ntp, active)
+                fwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
             if active and sl == 0:
                 for q in range(BT):
                     b = bq * BT + q
@@ -178,21 +192,12 @@ def _build(cell, nb_dtype, BT):
         """Shared memory: [packed weights | KC x Bp staged state rows | slice scratch]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
         nW = hs * G * H
-        for i in range(tid, nW, nt):
-            sm[i] = Wf[blk * nW + i]
+        load_block_weights(sm, Wf, nW)
         rb = nW + KC * Bp
         grid = cuda.cg.this_grid()
         for s in range(T):
-            t = T - 1 - s if rev else s
-            if train:
-                rslot = t + rev
-                wslot = t + 1 - rev
-            else:
-                rslot = s % 2
-                wslot = 1 - rslot
+            t, rslot, wslot = fwd_slots(s, T, rev, train)
             fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, sm, rb, xp, bhn, lengths, hbuf, rslot,
                      wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
                      S, rounds, train)
@@ -205,13 +210,7 @@ def _build(cell, nb_dtype, BT):
         Shared memory: [KC x Bp staged state rows | slice scratch]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
-        t = T - 1 - s if rev else s
-        if train:
-            rslot = t + rev
-            wslot = t + 1 - rev
-        else:
-            rslot = s % 2
-            wslot = 1 - rslot
+        t, rslot, wslot = fwd_slots(s, T, rev, train)
         fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, sm, KC * Bp, xp, bhn, lengths,
                  hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
                  blk * hs, S, rounds, train)
@@ -223,36 +222,16 @@ def _build(cell, nb_dtype, BT):
         """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
         gradients of time t; for s == T the final dh0."""
         acc = cuda.local.array(BT, nb_dtype)
-        nt = cuda.blockDim.x
-        tid = cuda.threadIdx.x
-        ntp = nt // S
-        sl = tid // ntp
-        tp = tid - sl * ntp
+        sl, tp, ntp = thread_slice(S)
         nq = Bp // BT
         GH = G * H
         for rnd in range(rounds):
-            p = rnd * ntp + tp
-            u = p % hs
-            bq = p // hs
-            j = u0 + u
-            active = bq < nq and j < H
-            if s > 0:
-                bstaged_product(W, wb, hs, src, sb, sm, so, KC, Bp, GH, sl, S, u, bq, active, acc)
-            else:
-                for q in range(BT):
-                    acc[q] = zero
+            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            # rec = sum_r W_hh[r, j] dgh_prev[r, b]; none before the first step (s = 0)
+            bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, GH if s > 0 else 0, sl, S, u, bq,
+                        active, acc)
             if S > 1:
-                cuda.syncthreads()
-                if active:
-                    for q in range(BT):
-                        red[rb + (sl * BT + q) * ntp + tp] = acc[q]
-                cuda.syncthreads()
-                if active and sl == 0:
-                    for q in range(BT):
-                        a = zero
-                        for x in range(S):
-                            a += red[rb + (x * BT + q) * ntp + tp]
-                        acc[q] = a
+                bwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
             if active and sl == 0:
                 for q in range(BT):
                     b = bq * BT + q
@@ -331,11 +310,8 @@ def _build(cell, nb_dtype, BT):
         """Shared memory: [packed weights | KC x Bp staged gradient rows | slice scratch]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
         nW = hs * G * H
-        for i in range(tid, nW, nt):
-            sm[i] = Wb[blk * nW + i]
+        load_block_weights(sm, Wb, nW)
         rb = nW + KC * Bp
         grid = cuda.cg.this_grid()
         for s in range(T + 1):
