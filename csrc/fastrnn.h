@@ -25,13 +25,15 @@
 #define FASTRNN_EINVAL 2
 
 int fastrnn_forward_f32(int cell, int T, int B, int I, int H, int reverse, int chunk,
-                        const float *x, const float *w_ih, const float *w_hh, const float *b_ih,
-                        const float *b_hh, const float *h0, const float *c0, const int32_t *lengths,
+                        const float *x, const float *w_ih, const float *w_hh, const float *packed,
+                        const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                        const int32_t *lengths,
                         float *y, float *h_T, float *c_T,
                         float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
 int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int chunk,
-                        const double *x, const double *w_ih, const double *w_hh, const double *b_ih,
-                        const double *b_hh, const double *h0, const double *c0, const int32_t *lengths,
+                        const double *x, const double *w_ih, const double *w_hh, const double *packed,
+                        const double *b_ih, const double *b_hh, const double *h0, const double *c0,
+                        const int32_t *lengths,
                         double *y, double *h_T, double *c_T,
                         double *h_in, double *gates, double *c_in, double *c_out, double *hh_n, int nthreads);
 
@@ -40,17 +42,29 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
  * Outputs: dx (T,B,I) (NULL: not computed), dh_0, dc_0 (B,H; dc_0 LSTM only), and the
  * parameter gradients dw_ih, dw_hh, db_ih, db_hh (overwritten, not accumulated). */
 int fastrnn_backward_f32(int cell, int T, int B, int I, int H, int reverse,
-                         const float *x, const float *w_ih, const float *w_hh,
+                         const float *x, const float *w_ih, const float *w_hh, const float *packed,
                          const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
                          const float *h_in, const float *gates, const float *c_in, const float *c_out,
                          const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
                          float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int nthreads);
 int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
-                         const double *x, const double *w_ih, const double *w_hh,
+                         const double *x, const double *w_ih, const double *w_hh, const double *packed,
                          const double *dy, const double *dh_T, const double *dc_T, const int32_t *lengths,
                          const double *h_in, const double *gates, const double *c_in, const double *c_out,
                          const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
                          double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int nthreads);
+
+/* Weights packed once for many calls (DESIGN.md: once per parameter version): the size
+ * in values of the buffer for calls with `nthreads` threads (0 on bad arguments), and the
+ * packing itself. Pass the buffer as `packed` to forward and backward while w_ih and w_hh
+ * are unchanged, with the same nthreads; NULL makes each call pack its own. If the
+ * OpenMP runtime grants a different team size, the call packs its own too. */
+size_t fastrnn_packed_size_f32(int cell, int I, int H, int nthreads);
+size_t fastrnn_packed_size_f64(int cell, int I, int H, int nthreads);
+int fastrnn_pack_f32(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
+                     int nthreads);
+int fastrnn_pack_f64(int cell, int I, int H, const double *w_ih, const double *w_hh, double *packed,
+                     int nthreads);
 
 /* Language-model helpers on the same kernels and threads.
  * matmul: C (M x N, row stride ldc) = A (M x K) B (K x N) [+ C if accumulate], with

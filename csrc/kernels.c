@@ -160,26 +160,37 @@ static int bad_args(int cell, int T, int B, int I, int H, int nthreads)
 
 #define DEFINE_ENTRY_POINTS(R, suffix)                                                         \
 int fastrnn_forward_##suffix(int cell, int T, int B, int I, int H, int reverse, int chunk,     \
-                             const R *x, const R *w_ih, const R *w_hh, const R *b_ih,           \
-                             const R *b_hh, const R *h0, const R *c0, const int32_t *lengths,   \
-                             R *y, R *h_T, R *c_T,                                              \
+                             const R *x, const R *w_ih, const R *w_hh, const R *packed,         \
+                             const R *b_ih, const R *b_hh, const R *h0, const R *c0,            \
+                             const int32_t *lengths, R *y, R *h_T, R *c_T,                      \
                              R *h_in, R *gates, R *c_in, R *c_out, R *hh_n, int nthreads)       \
 {                                                                                              \
     if (bad_args(cell, T, B, I, H, nthreads)) return FASTRNN_EINVAL;                           \
-    DISPATCH(forward, suffix, cell, T, B, I, H, reverse, chunk, x, w_ih, w_hh, b_ih, b_hh, h0, \
-             c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)               \
+    DISPATCH(forward, suffix, cell, T, B, I, H, reverse, chunk, x, w_ih, w_hh, packed, b_ih,   \
+             b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)     \
 }                                                                                              \
 int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,               \
-                              const R *x, const R *w_ih, const R *w_hh,                         \
+                              const R *x, const R *w_ih, const R *w_hh, const R *packed,        \
                               const R *dy, const R *dh_T, const R *dc_T, const int32_t *lengths, \
                               const R *h_in, const R *gates, const R *c_in, const R *c_out,     \
                               const R *hh_n, R *dgi, R *dgh_n, R *dx, R *dh_0, R *dc_0,         \
                               R *dw_ih, R *dw_hh, R *db_ih, R *db_hh, int nthreads)             \
 {                                                                                              \
     if (bad_args(cell, T, B, I, H, nthreads)) return FASTRNN_EINVAL;                           \
-    DISPATCH(backward, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, dy, dh_T, dc_T,       \
+    DISPATCH(backward, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, packed, dy, dh_T, dc_T, \
              lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0, dc_0, dw_ih,       \
              dw_hh, db_ih, db_hh, nthreads)                                                    \
+}                                                                                              \
+size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
+{                                                                                              \
+    if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;                                        \
+    DISPATCH(packed_layout, suffix, cell, I, H, nthreads, -1, NULL, NULL, NULL)                \
+}                                                                                              \
+int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, R *packed,     \
+                          int nthreads)                                                        \
+{                                                                                              \
+    if (bad_args(cell, 0, 0, I, H, nthreads)) return FASTRNN_EINVAL;                           \
+    DISPATCH(pack_weights, suffix, cell, I, H, w_ih, w_hh, packed, nthreads)                   \
 }
 
 DEFINE_ENTRY_POINTS(float, f32)

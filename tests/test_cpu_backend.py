@@ -99,6 +99,54 @@ def test_thread_counts_give_the_same_result():
             assert rel_err(a, b) < 1e-6
 
 
+def test_weights_are_packed_once_per_version():
+    """Repeated calls reuse the packed weights; any in-place change (an optimizer step or an
+    edit by hand) is seen at the next call, and backward follows the live weights too."""
+    from fastrnn.backends import cpu, reference
+    rng = np.random.default_rng(5)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 6, 3, 5, 33, np.float64)
+    dy = rng.standard_normal((6, 3, 33))
+    cpu.packed_cache.clear()
+    packs = cpu.packed_cache.packs
+
+    def both(backward=True):
+        out = []
+        for be in (cpu, reference):
+            y, h, c, s = be.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            out.append((y, h, c) + (be.backward_layer("lstm", s, dy, None, None) if backward else ()))
+        return out
+
+    first = both()
+    again = both()
+    assert cpu.packed_cache.packs == packs + 1
+    for a, b in zip(again[0], first[0]):
+        assert a is None or np.array_equal(a, b)
+    w_hh[3, 7] += 0.25          # an edit by hand to the live array
+    w_ih -= 0.01 * w_ih         # an SGD-like step
+    edited = both()
+    assert cpu.packed_cache.packs == packs + 2
+    assert rel_err(edited[0][0], first[0][0]) > 1e-6
+    for a, b in zip(*edited):
+        if b is not None:
+            assert rel_err(a, b) < 1e-10
+    # changed between forward and backward: the backward uses the weights as they are now
+    y, h, c, s = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    y_r, h_r, c_r, s_r = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    w_hh[0, 0] = -w_hh[0, 0]
+    for a, b in zip(cpu.backward_layer("lstm", s, dy, None, None), reference.backward_layer("lstm", s_r, dy, None, None)):
+        if b is not None:
+            assert rel_err(a, b) < 1e-10
+    # another thread count is another packing
+    saved_threads = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(3)
+        y3 = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
+    finally:
+        fastrnn.set_num_threads(saved_threads)
+    y_r = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
+    assert rel_err(y3, y_r) < 1e-10
+
+
 def test_concurrent_calls_from_python_threads():
     """8 Python threads at once (the GIL is released in the kernels) match serial calls."""
     cpu = backends.get("cpu")

@@ -28,7 +28,7 @@ typedef struct {
 static double loss(problem *p)
 {
     double y[T * B * H], hT[B * H], cT[B * H];
-    int rc = fastrnn_forward_f64(p->cell, T, B, I, H, p->reverse, 2, p->x, p->w_ih, p->w_hh, p->b_ih,
+    int rc = fastrnn_forward_f64(p->cell, T, B, I, H, p->reverse, 2, p->x, p->w_ih, p->w_hh, NULL, p->b_ih,
                                  p->b_hh, p->h0, p->c0, p->ragged ? p->lengths : NULL, y, hT, cT,
                                  NULL, NULL, NULL, NULL, NULL, 2);
     CHECK(rc == 0, "forward rc %d", rc);
@@ -72,15 +72,20 @@ static void gradcheck(int cell, int reverse, int ragged)
         c_in[T * B * H], c_out[T * B * H], hh_n[T * B * H];
     static double dgi[T * B * 4 * H], dgh_n[T * B * H], dx[T * B * I], dh0[B * H], dc0[B * H],
         dw_ih[4 * H * I], dw_hh[4 * H * H], db_ih[4 * H], db_hh[4 * H];
-    int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, p.w_ih, p.w_hh, p.b_ih, p.b_hh,
+    /* the analytic gradients run on weights packed once (finite differences pack per call) */
+    size_t np = fastrnn_packed_size_f64(cell, I, H, 2);
+    double *packed = malloc(np * sizeof(double));
+    CHECK(np > 0 && packed && fastrnn_pack_f64(cell, I, H, p.w_ih, p.w_hh, packed, 2) == 0, "pack");
+    int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, p.w_ih, p.w_hh, packed, p.b_ih, p.b_hh,
                                  p.h0, p.c0, ragged ? p.lengths : NULL, y, hT, cT, h_in, gates,
                                  c_in, c_out, hh_n, 2);
     CHECK(rc == 0, "forward rc %d", rc);
-    rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, p.w_ih, p.w_hh, p.wy, p.wh,
+    rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, p.w_ih, p.w_hh, packed, p.wy, p.wh,
                               cell == FASTRNN_LSTM ? p.wc : NULL, ragged ? p.lengths : NULL, h_in,
                               gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh0, dc0, dw_ih, dw_hh,
                               db_ih, db_hh, 2);
     CHECK(rc == 0, "backward rc %d", rc);
+    free(packed);
     fd_check(&p, p.x, dx, T * B * I, "x");
     fd_check(&p, p.h0, dh0, B * H, "h0");
     if (cell == FASTRNN_LSTM) fd_check(&p, p.c0, dc0, B * H, "c0");
@@ -108,16 +113,24 @@ static void precision_and_threads(int cell)
     for (size_t i = 0; i < nwh; i++) whd[i] = whf[i] = (float)(0.3 * urand(&s));
     for (int i = 0; i < GH; i++) bd[i] = bf[i] = (float)urand(&s);
     int32_t lengths[B2] = {9, 1, 4, 9, 0, 7};
-    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, bf, bf, h0f, c0f, lengths, yf,
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, NULL, bf, bf, h0f, c0f, lengths, yf,
                               hTf, cTf, NULL, NULL, NULL, NULL, NULL, 1) == 0, "f32 forward");
-    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, bf, bf, h0f, c0f, lengths, y3,
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, NULL, bf, bf, h0f, c0f, lengths, y3,
                               hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward 3 threads");
-    CHECK(fastrnn_forward_f64(cell, T2, B2, I2, H2, 1, 4, xd, wid, whd, bd, bd, h0d, c0d, lengths, yd,
+    CHECK(fastrnn_forward_f64(cell, T2, B2, I2, H2, 1, 4, xd, wid, whd, NULL, bd, bd, h0d, c0d, lengths, yd,
                               hTd, cTd, NULL, NULL, NULL, NULL, NULL, 2) == 0, "f64 forward");
     double num = 0, den = 0;
     for (size_t i = 0; i < ny; i++) { num += (yf[i] - yd[i]) * (yf[i] - yd[i]); den += yd[i] * yd[i]; }
     CHECK(sqrt(num / (den > 0 ? den : 1)) < 1e-5, "cell %d: f32 vs f64 rel err %g", cell, sqrt(num / den));
     CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: 1 vs 3 threads differ", cell);
+    /* weights packed once for 3 threads give the same bits as packing in the call */
+    size_t np = fastrnn_packed_size_f32(cell, I2, H2, 3);
+    float *packed = malloc(np * sizeof(float));
+    CHECK(np > 0 && packed && fastrnn_pack_f32(cell, I2, H2, wif, whf, packed, 3) == 0, "f32 pack");
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, packed, bf, bf, h0f, c0f, lengths,
+                              y3, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward packed");
+    CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: packed weights differ", cell);
+    free(packed);
     free(xf); free(wif); free(whf); free(bf); free(xd); free(wid); free(whd); free(bd);
     free(yf); free(y3); free(yd);
 }
@@ -125,13 +138,13 @@ static void precision_and_threads(int cell)
 static void rejects_bad_arguments(void)
 {
     float v[64] = {0}, out[64];
-    CHECK(fastrnn_forward_f32(7, 1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(7, 1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "bad cell accepted");
-    CHECK(fastrnn_forward_f32(0, -1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, -1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "T < 0 accepted");
-    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 0, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 0, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "H = 0 accepted");
-    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, v, v, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 0) == FASTRNN_EINVAL, "0 threads accepted");
 }
 

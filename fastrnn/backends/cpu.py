@@ -12,6 +12,7 @@ import numpy as np
 from ..cells import get_cell
 from ..threads import get_num_threads
 from .checks import check_backward_grads, check_forward_args
+from .packed_weights import PackedWeightsCache
 from .pool import ArrayPool
 
 name = "cpu"
@@ -23,15 +24,35 @@ except ImportError as exc:  # extension not built (no compiler or OpenMP at inst
     ffi = lib = None
     _import_error = exc
 
-# The kernels compute the input projection this many values (T*B*G*H) at a time, so
-# inference memory stays O(B*H) however long the sequence (DESIGN.md: train=False keeps
-# no workspace), while each chunk is still one large matrix product.
-PROJECTION_CHUNK_VALUES = 1 << 22
+# The kernels compute the input projection a chunk of steps at a time, each thread for its
+# own columns: this many bytes per thread, so the chunk is still in L2 when the time loop
+# reads it back step by step (a chunk that spills to L3 made B=32 epilogues 20-40% slower),
+# and inference memory stays O(B*H) however long the sequence (DESIGN.md: train=False keeps
+# no workspace).
+PROJECTION_CHUNK_BYTES = 1 << 19
 
 # Training workspace and backward scratch are recycled: backward_layer consumes its
 # `saved` and returns the buffers here for the next forward_layer.
 workspace_pool = ArrayPool()
 _WORKSPACE = ("h_in", "gates", "c_in", "c_out", "hh_n")
+
+
+def _pack(code, I, H, w_ih, w_hh, nthreads):
+    """W_ih and W_hh packed into the kernels' per-thread panels for `nthreads` threads."""
+    single = w_ih.dtype == np.float32
+    suffix, ctype = ("f32", "float *") if single else ("f64", "double *")
+    size = getattr(lib, f"fastrnn_packed_size_{suffix}")(code, I, H, nthreads)
+    if size == 0:
+        raise RuntimeError(f"fastrnn cpu pack: kernel rejected its arguments (I={I}, H={H})")
+    packed = np.empty(size, w_ih.dtype)
+    status = getattr(lib, f"fastrnn_pack_{suffix}")(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype),
+                                                    _ptr(packed, ctype), nthreads)
+    _check_status(status, "pack")
+    return packed
+
+
+# Packed weights by parameter version (see packed_weights.py); clear() frees them.
+packed_cache = PackedWeightsCache(_pack)
 
 
 def unavailable_reason():
@@ -68,9 +89,10 @@ def _contig(a):
     return None if a is None else np.ascontiguousarray(a)
 
 
-def _chunk_steps(T, B, GH):
-    """Steps per input-projection chunk: bounded memory however long the sequence."""
-    return max(1, min(T, PROJECTION_CHUNK_VALUES // max(1, B * GH)))
+def _chunk_steps(T, B, GH, itemsize, threads):
+    """Steps per input-projection chunk (at least 1, at most T)."""
+    per_step = max(1, B * GH * itemsize // max(1, threads))
+    return max(1, min(T, PROJECTION_CHUNK_BYTES // per_step))
 
 
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
@@ -90,10 +112,12 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         names = ("h_in", "gates") + (("c_in", "c_out") if lstm else ()) + (("hh_n",) if gru else ())
         ws = {n: workspace_pool.empty((T, B, GH if n == "gates" else H), dt) for n in names}
     p = lambda a: _ptr(a, ctype)
-    status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH),
-                 p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
+    nth = get_num_threads()
+    packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
+    status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
+                 p(x), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
                  p(y), p(h_T), p(c_T), p(ws.get("h_in")), p(ws.get("gates")), p(ws.get("c_in")),
-                 p(ws.get("c_out")), p(ws.get("hh_n")), get_num_threads())
+                 p(ws.get("c_out")), p(ws.get("hh_n")), nth)
     _check_status(status, "forward")
     saved = None
     if train:
@@ -121,6 +145,10 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
     bwd, ctype = _native("backward", dt)
     p = lambda a: _ptr(a, ctype)
+    nth = get_num_threads()
+    # normally the forward's packing; the weights as they are now if they changed since
+    # (as the reference backend, which reads the live arrays)
+    packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
@@ -129,11 +157,11 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
     dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
     db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
-    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), p(w_ih), p(w_hh),
+    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), p(w_ih), p(w_hh), p(packed),
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                  p(saved["h_in"]), p(saved["gates"]), p(saved.get("c_in")), p(saved.get("c_out")),
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
-                 p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), get_num_threads())
+                 p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), nth)
     _check_status(status, "backward")
     workspace_pool.release(dgi, dgh_n)
     if not retain:

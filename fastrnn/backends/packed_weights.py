@@ -1,0 +1,60 @@
+"""Weights packed once per parameter version for the cpu kernels (DESIGN.md, "How a fast
+backend is fast", point 3).
+
+Packing W_ih and W_hh into the kernels' per-thread panels cost 1-3 ms a call at H=512
+(most of a short sequence's time at batch 1). The cache keeps the packed buffer per
+(weights, thread count) and reuses it while the weights are bit-for-bit what was packed:
+a snapshot is compared at every call (about 0.1 ms per 4 MB), so any change — an
+optimizer step, load_state_dict, or an edit by hand to the live arrays — repacks.
+"""
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+
+def _same_bits(a, b):
+    """Bitwise equality (NaN payloads and signed zeros included) of two same-shape arrays."""
+    u = np.dtype(f"u{a.itemsize}")
+    return np.array_equal(a.view(u), b.view(u))
+
+
+class PackedWeightsCache:
+    """Least-recently-used map (cell, dtype, shapes, data pointers, threads) -> packed buffer.
+    `pack(code, I, H, w_ih, w_hh, nthreads)` returns a freshly packed array."""
+
+    def __init__(self, pack, capacity=16):
+        self._pack = pack
+        self.capacity = capacity
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+        self.packs = 0  # how many times weights were packed (tests and `fastrnn info` read it)
+
+    def get(self, code, w_ih, w_hh, nthreads):
+        """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H)."""
+        key = (code, w_ih.dtype.str, w_ih.shape, w_hh.shape, w_ih.ctypes.data, w_hh.ctypes.data, nthreads)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is not None:
+            snap_ih, snap_hh, packed = entry
+            if _same_bits(snap_ih, w_ih) and _same_bits(snap_hh, w_hh):
+                return packed
+        # a new version (or new weights): pack it and keep a snapshot to recognise it by
+        packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads)
+        entry = (w_ih.copy(), w_hh.copy(), packed)
+        with self._lock:
+            self.packs += 1
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return packed
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
