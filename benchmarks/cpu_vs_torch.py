@@ -26,6 +26,10 @@ def main(argv=None):
         set_num_threads(args.threads)
     cases = bench.grid_cases(("rnn_tanh", "lstm", "gru"), (128, 512), (1, 32), (32, 256),
                              bench.MODES, ("cpu", "torch-cpu"))
+    # each point's two backends back to back: this shared 2-core machine drifts by up to 2x
+    # over minutes, so a ratio is only fair between measurements taken close together
+    point = lambda c: (c.cell, c.mode, c.hidden, c.batch, c.seq_len)
+    cases.sort(key=lambda c: point(c) + (c.backend != "cpu",))
     peak = bench.matmul_peak_gflops()
     progress = Progress(len(cases))
     rows = bench.run_cases(cases, peak, repeats=args.repeats, min_repeats=5, max_seconds=2.0,

