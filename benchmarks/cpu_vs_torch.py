@@ -19,21 +19,19 @@ from fastrnn.threads import get_num_threads
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu-vs-torch.json"))
     args = p.parse_args(argv)
     if args.threads:
         set_num_threads(args.threads)
     cases = bench.grid_cases(("rnn_tanh", "lstm", "gru"), (128, 512), (1, 32), (32, 256),
                              bench.MODES, ("cpu", "torch-cpu"))
-    # each point's two backends back to back: this shared 2-core machine drifts by up to 2x
-    # over minutes, so a ratio is only fair between measurements taken close together
-    point = lambda c: (c.cell, c.mode, c.hidden, c.batch, c.seq_len)
-    cases.sort(key=lambda c: point(c) + (c.backend != "cpu",))
     peak = bench.matmul_peak_gflops()
-    progress = Progress(len(cases))
-    rows = bench.run_cases(cases, peak, repeats=args.repeats, min_repeats=5, max_seconds=2.0,
-                           on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} T={c.seq_len}"))
+    progress = Progress(len(cases) // 2)
+    # the two backends of a point take turns call by call: this shared 2-core machine drifts
+    # by up to 2x over minutes, so a ratio is fair only between interleaved measurements
+    rows = bench.run_paired(cases, peak, repeats=args.repeats, max_seconds=4.0,
+                            on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} T={c.seq_len}"))
     progress.close()
     bench.add_ratios(rows, peers=("torch-cpu",))
     ours = [r for r in rows if r["backend"] == "cpu"]

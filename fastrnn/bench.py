@@ -186,6 +186,32 @@ def run_cases(cases, peak_gflops, repeats=5, min_repeats=3, max_seconds=1.0, on_
     return rows
 
 
+def run_paired(cases, peak_gflops, repeats=9, max_seconds=4.0, on_step=None):
+    """Like run_cases, but the backends of each point take turns call by call (after one
+    warm-up each), so slow drift of a shared machine hits both sides of a ratio alike.
+    Returns one summarized row per case; on_step(case) is called after each point."""
+    points = {}
+    for case in cases:
+        points.setdefault((case.cell, case.mode, case.hidden, case.batch, case.seq_len), []).append(case)
+    rows = []
+    for group in points.values():
+        runs = [make_runner(c) for c in group]
+        for run in runs:
+            run()
+        times = [[] for _ in group]
+        spent = 0.0
+        while len(times[0]) < repeats and (len(times[0]) < 5 or spent < max_seconds):
+            for run, ts in zip(runs, times):
+                t = time.perf_counter()
+                run()
+                ts.append(time.perf_counter() - t)
+                spent += ts[-1]
+        rows += [summarize(c, ts, peak_gflops) for c, ts in zip(group, times)]
+        if on_step:
+            on_step(group[0])
+    return rows
+
+
 def summarize(case, times, peak_gflops):
     med = statistics.median(times)
     tokens = case.seq_len * case.batch
