@@ -90,3 +90,14 @@ def test_compare_rejects_a_file_that_is_not_a_run(tmp_path):
     bad.write_text('{"hello": 1}')
     r = run_cli(["bench", "--compare", str(bad), str(bad)], cwd=tmp_path)
     assert r.returncode == 2 and "not a fastrnn bench result" in r.stderr
+
+
+def test_run_paired_interleaves_backends_per_point():
+    """run_paired gives one row per case, same point for both backends, with repeat times."""
+    from fastrnn import bench
+    cases = bench.grid_cases(("gru",), (8,), (2,), (3, 5), ("inference",), ("reference", "cpu"))
+    order = []
+    rows = bench.run_paired(cases, 100.0, repeats=4, max_seconds=0.0, on_step=order.append)
+    assert len(rows) == len(cases) and len(order) == 2
+    assert [(r["seq_len"], r["backend"]) for r in rows] == [(3, "reference"), (3, "cpu"), (5, "reference"), (5, "cpu")]
+    assert all(r["repeats"] == 4 and r["tokens_per_s"] > 0 for r in rows)
