@@ -18,6 +18,9 @@ static int omp_get_thread_num_(void) { return 0; }
 int fastrnn_omp_max_threads(void) { return 1; }
 #endif
 
+/* gates per hidden unit: LSTM i f g o, GRU r z n, plain RNN 1 */
+static int gates_of(int cell) { return cell == FASTRNN_LSTM ? 4 : cell == FASTRNN_GRU ? 3 : 1; }
+
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 

@@ -39,14 +39,13 @@ _WORKSPACE = ("h_in", "gates", "c_in", "c_out", "hh_n")
 
 def _pack(code, I, H, w_ih, w_hh, nthreads):
     """W_ih and W_hh packed into the kernels' per-thread panels for `nthreads` threads."""
-    single = w_ih.dtype == np.float32
-    suffix, ctype = ("f32", "float *") if single else ("f64", "double *")
-    size = getattr(lib, f"fastrnn_packed_size_{suffix}")(code, I, H, nthreads)
+    packed_size, _ = _native("packed_size", w_ih.dtype)
+    pack, ctype = _native("pack", w_ih.dtype)
+    size = packed_size(code, I, H, nthreads)
     if size == 0:
         raise RuntimeError(f"fastrnn cpu pack: kernel rejected its arguments (I={I}, H={H})")
     packed = np.empty(size, w_ih.dtype)
-    status = getattr(lib, f"fastrnn_pack_{suffix}")(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype),
-                                                    _ptr(packed, ctype), nthreads)
+    status = pack(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype), _ptr(packed, ctype), nthreads)
     _check_status(status, "pack")
     return packed
 
