@@ -7,6 +7,10 @@
  *   lengths (B) valid steps per sequence, or NULL: step t of sequence b is valid when
  *   t < lengths[b]; invalid steps keep the state and write y = 0. reverse runs t = T-1..0.
  * The input projection x W_ih^T is computed `chunk` steps at a time (memory O(chunk*B*G*H)).
+ * Lookup input (tokens != NULL): x is a (V, I) table and the input of step t, sequence b
+ *   is its row tokens[t*B + b] (each in [0, V), checked by the caller), as for a first
+ *   layer fed by an embedding. The V rows are projected once instead of T*B inputs, and
+ *   backward's dx is the table's gradient (V, I): the embedding folds into W_ih.
  * Training workspace (all NULL for inference), indexed by time step t:
  *   h_in (T,B,H) state before step t, gates (T,B,G*H) post-activation gates,
  *   c_in, c_out (T,B,H) LSTM cell state before/after, hh_n (T,B,H) GRU W_hn h + b_hn.
@@ -25,13 +29,15 @@
 #define FASTRNN_EINVAL 2
 
 int fastrnn_forward_f32(int cell, int T, int B, int I, int H, int reverse, int chunk,
-                        const float *x, const float *w_ih, const float *w_hh, const float *packed,
+                        const float *x, int V, const int32_t *tokens,
+                        const float *w_ih, const float *w_hh, const float *packed,
                         const float *b_ih, const float *b_hh, const float *h0, const float *c0,
                         const int32_t *lengths,
                         float *y, float *h_T, float *c_T,
                         float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
 int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int chunk,
-                        const double *x, const double *w_ih, const double *w_hh, const double *packed,
+                        const double *x, int V, const int32_t *tokens,
+                        const double *w_ih, const double *w_hh, const double *packed,
                         const double *b_ih, const double *b_hh, const double *h0, const double *c0,
                         const int32_t *lengths,
                         double *y, double *h_T, double *c_T,
@@ -39,16 +45,18 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
 
 /* Backward over the whole sequence from the forward's workspace. dy (T,B,H), dh_T and
  * dc_T (B,H) may be NULL (zero). Scratch: dgi (T,B,G*H) and, for GRU, dgh_n (T,B,H).
- * Outputs: dx (T,B,I) (NULL: not computed), dh_0, dc_0 (B,H; dc_0 LSTM only), and the
- * parameter gradients dw_ih, dw_hh, db_ih, db_hh (overwritten, not accumulated). */
+ * Outputs: dx (T,B,I), or the table's (V,I) with tokens (NULL: not computed), dh_0, dc_0
+ * (B,H; dc_0 LSTM only), and the parameter gradients dw_ih, dw_hh, db_ih, db_hh (overwritten, not accumulated). */
 int fastrnn_backward_f32(int cell, int T, int B, int I, int H, int reverse,
-                         const float *x, const float *w_ih, const float *w_hh, const float *packed,
+                         const float *x, int V, const int32_t *tokens,
+                         const float *w_ih, const float *w_hh, const float *packed,
                          const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
                          const float *h_in, const float *gates, const float *c_in, const float *c_out,
                          const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
                          float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int nthreads);
 int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
-                         const double *x, const double *w_ih, const double *w_hh, const double *packed,
+                         const double *x, int V, const int32_t *tokens,
+                         const double *w_ih, const double *w_hh, const double *packed,
                          const double *dy, const double *dh_T, const double *dc_T, const int32_t *lengths,
                          const double *h_in, const double *gates, const double *c_in, const double *c_out,
                          const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
@@ -82,6 +90,18 @@ int fastrnn_softmax_xent_f32(int N, int V, const float *logits, const int32_t *t
                              float *loss, float *grad, float scale, int nthreads);
 int fastrnn_softmax_xent_f64(int N, int V, const double *logits, const int32_t *targets,
                              double *loss, double *grad, double scale, int nthreads);
+
+/* One torch.optim.Adam step over n values in place (p, g, m, v contiguous):
+ * d = g + weight_decay p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
+ * p -= step m / (sqrt(v / c2) + eps), with step = lr / (1 - b1^t), c2 = 1 - b2^t. */
+int fastrnn_adam_f32(size_t n, float *p, const float *g, float *m, float *v, double step, double b1,
+                     double b2, double c2, double eps, double weight_decay, int nthreads);
+int fastrnn_adam_f64(size_t n, double *p, const double *g, double *m, double *v, double step, double b1,
+                     double b2, double c2, double eps, double weight_decay, int nthreads);
+
+/* 1 when the n bytes at a and b are equal: the packed-weights cache's version check
+ * (memcmp: 3x faster than NumPy's elementwise comparison). */
+int fastrnn_same_bytes(const void *a, const void *b, size_t n);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);

@@ -138,6 +138,11 @@ static int isa(void)
     return v;
 }
 
+int fastrnn_same_bytes(const void *a, const void *b, size_t n)
+{
+    return memcmp(a, b, n) == 0;
+}
+
 const char *fastrnn_isa(void)
 {
     static const char *names[] = {"generic", "avx2", "avx512"};
@@ -163,26 +168,29 @@ static int bad_args(int cell, int T, int B, int I, int H, int nthreads)
 
 #define DEFINE_ENTRY_POINTS(R, suffix)                                                         \
 int fastrnn_forward_##suffix(int cell, int T, int B, int I, int H, int reverse, int chunk,     \
-                             const R *x, const R *w_ih, const R *w_hh, const R *packed,         \
+                             const R *x, int V, const int32_t *tokens,                          \
+                             const R *w_ih, const R *w_hh, const R *packed,                     \
                              const R *b_ih, const R *b_hh, const R *h0, const R *c0,            \
                              const int32_t *lengths, R *y, R *h_T, R *c_T,                      \
                              R *h_in, R *gates, R *c_in, R *c_out, R *hh_n, int nthreads)       \
 {                                                                                              \
-    if (bad_args(cell, T, B, I, H, nthreads)) return FASTRNN_EINVAL;                           \
-    DISPATCH(forward, suffix, cell, T, B, I, H, reverse, chunk, x, w_ih, w_hh, packed, b_ih,   \
-             b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)     \
+    if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;      \
+    DISPATCH(forward, suffix, cell, T, B, I, H, reverse, chunk, x, V, tokens, w_ih, w_hh,      \
+             packed, b_ih, b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n,  \
+             nthreads)                                                                         \
 }                                                                                              \
 int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,               \
-                              const R *x, const R *w_ih, const R *w_hh, const R *packed,        \
+                              const R *x, int V, const int32_t *tokens,                         \
+                              const R *w_ih, const R *w_hh, const R *packed,                    \
                               const R *dy, const R *dh_T, const R *dc_T, const int32_t *lengths, \
                               const R *h_in, const R *gates, const R *c_in, const R *c_out,     \
                               const R *hh_n, R *dgi, R *dgh_n, R *dx, R *dh_0, R *dc_0,         \
                               R *dw_ih, R *dw_hh, R *db_ih, R *db_hh, int nthreads)             \
 {                                                                                              \
-    if (bad_args(cell, T, B, I, H, nthreads)) return FASTRNN_EINVAL;                           \
-    DISPATCH(backward, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, packed, dy, dh_T, dc_T, \
-             lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0, dc_0, dw_ih,       \
-             dw_hh, db_ih, db_hh, nthreads)                                                    \
+    if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;      \
+    DISPATCH(backward, suffix, cell, T, B, I, H, reverse, x, V, tokens, w_ih, w_hh, packed,    \
+             dy, dh_T, dc_T, lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0,     \
+             dc_0, dw_ih, dw_hh, db_ih, db_hh, nthreads)                                       \
 }                                                                                              \
 size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
 {                                                                                              \
@@ -213,6 +221,18 @@ int fastrnn_softmax_xent_##suffix(int N, int V, const R *logits, const int32_t *
     if (N < 0 || V < 1 || nthreads < 1) return FASTRNN_EINVAL;                                 \
     DISPATCH(softmax_xent, suffix, N, V, logits, targets, loss, grad, scale, nthreads)         \
 }
+
+#define DEFINE_OPTIM_ENTRY_POINTS(R, suffix)                                                   \
+int fastrnn_adam_##suffix(size_t n, R *p, const R *g, R *m, R *v, double step, double b1,      \
+                          double b2, double c2, double eps, double weight_decay, int nthreads)  \
+{                                                                                              \
+    if (nthreads < 1 || !(c2 > 0)) return FASTRNN_EINVAL;                                      \
+    DISPATCH(adam, suffix, n, p, g, m, v, (R)step, (R)b1, (R)b2, (R)c2, (R)eps,                \
+             (R)weight_decay, nthreads)                                                        \
+}
+
+DEFINE_OPTIM_ENTRY_POINTS(float, f32)
+DEFINE_OPTIM_ENTRY_POINTS(double, f64)
 
 DEFINE_DENSE_ENTRY_POINTS(float, f32)
 DEFINE_DENSE_ENTRY_POINTS(double, f64)

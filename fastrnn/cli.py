@@ -140,13 +140,14 @@ def cmd_train(args, parser):
     print(f"{res['steps']} steps, {res['tokens']:,} tokens in {res['elapsed_s']:.0f} s; "
           f"checkpoint {res['checkpoint']}, log {trainer.log_path}")
     if args.compare_reference:
-        from .train import step_rate
-        rates = {b: step_rate(trainer, b, args.compare_reference) for b in ("cpu", "reference")
-                 if b in backends.available()}
+        from .train import step_rates
+        rates = step_rates(trainer, [b for b in ("cpu", "reference") if b in backends.available()],
+                           args.compare_reference)
         line = ", ".join(f"{b} {r:,.0f} tokens/s" for b, r in rates.items())
         if len(rates) == 2:
             line += f": cpu/reference = {rates['cpu'] / rates['reference']:.1f}x"
-        print(f"training speed, same model and batches ({args.compare_reference} steps each): {line}")
+        print(f"training speed, same model and batches ({args.compare_reference} steps each, "
+              f"taking turns; median step): {line}")
     return 0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import backends
 from .cells import get_cell
+from .lookup import Lookup
 
 
 def _positive_int(name, v, minimum=1):
@@ -180,30 +181,40 @@ class RNNBase:
             return np.zeros((L, B, H), self.dtype), None
         return self._check_state("hx", hx, B, unbatched), None
 
-    def forward(self, x, hx=None, lengths=None):
-        """Run the stack. x is (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
-
-        Returns out, h_n (out, (h_n, c_n) for LSTM) in the input's layout; out is zero past
-        each sequence's length.
-        """
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+    def _time_major(self, x, lengths):
+        """x as a time-major (T, B, I) array (or Lookup), and whether it was unbatched."""
+        lookup = isinstance(x, Lookup)
+        if not (lookup or isinstance(x, np.ndarray)):
+            raise TypeError(f"x: expected a numpy.ndarray or a fastrnn.Lookup, got {type(x).__name__}")
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the module's dtype), got {x.dtype}")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (T, B, {self.input_size}), (B, T, {self.input_size}) "
                              f"with batch_first or (T, {self.input_size}) unbatched, got {x.shape}")
         unbatched = x.ndim == 2
-        if unbatched:
-            if lengths is not None:
-                raise ValueError("lengths: expected None for unbatched (2-D) input")
-            xt = x[:, None, :]
-        else:
-            xt = x.transpose(1, 0, 2) if self.batch_first else x
-        xt = np.ascontiguousarray(xt)
+        if unbatched and lengths is not None:
+            raise ValueError("lengths: expected None for unbatched (2-D) input")
+        if lookup:
+            if unbatched:
+                return Lookup(x.table, x.ids[:, None]), True
+            return (x.transpose_ids() if self.batch_first else x), False
+        xt = x[:, None, :] if unbatched else (x.transpose(1, 0, 2) if self.batch_first else x)
+        return np.ascontiguousarray(xt), unbatched
+
+    def forward(self, x, hx=None, lengths=None):
+        """Run the stack. x is (T, B, I), (B, T, I) with batch_first, or unbatched (T, I);
+        or a fastrnn.Lookup (embedding rows by id), whose gradient is the table's.
+
+        Returns out, h_n (out, (h_n, c_n) for LSTM) in the input's layout; out is zero past
+        each sequence's length.
+        """
+        xt, unbatched = self._time_major(x, lengths)
         T, B = xt.shape[:2]
         h0, c0 = self._split_hx(hx, B, unbatched)
         be = backends.get(backends.resolve(self.backend))
+        lookup = xt if isinstance(xt, Lookup) else None
+        if lookup is not None and not getattr(be, "accepts_lookup", False):
+            xt = lookup.dense()   # this backend takes dense x; backward scatters dx into the table
         train = self.training
         D = self.num_directions
         h_n = np.empty_like(h0)
@@ -232,7 +243,8 @@ class RNNBase:
             inp = out
         self._saved = None
         if train:
-            self._saved = dict(layers=saved_layers, backend=be, T=T, B=B, unbatched=unbatched)
+            self._saved = dict(layers=saved_layers, backend=be, T=T, B=B, unbatched=unbatched,
+                               scatter=lookup if lookup is not None and xt is not lookup else None)
         out = inp
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
@@ -244,7 +256,8 @@ class RNNBase:
     # ----- backward ---------------------------------------------------------------
     def backward(self, grad_out, grad_hn=None):
         """Backprop through the last forward. Accumulates parameter gradients into
-        ``self.grads`` and returns grad_x, grad_hx (grad_hx is (dh_0, dc_0) for LSTM)."""
+        ``self.grads`` and returns grad_x, grad_hx (grad_hx is (dh_0, dc_0) for LSTM).
+        For a Lookup input, grad_x is the gradient for its table (V, I)."""
         s = self._saved
         if s is None:
             raise ValueError("backward: no saved forward pass; call forward in training mode "
@@ -282,10 +295,14 @@ class RNNBase:
                     self.grads[f"bias_hh_{sfx}"] += db_hh
             dy = dx
         self._saved = None
+        if s["scatter"] is not None:   # a Lookup input expanded for the backend: the table's gradient
+            dx = s["scatter"].table_grad(dx)
+        table_grad = dx is not None and dx.ndim == 2   # a Lookup's (V, I) gradient has no time axis
         if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dh0 = dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
+            dx = dx if table_grad else dx[:, 0]
+        elif self.batch_first and not table_grad:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return (dx, (dh0, dc0)) if self.cell.has_cell_state else (dx, dh0)
 

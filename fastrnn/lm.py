@@ -9,6 +9,7 @@ import numpy as np
 
 from . import backends
 from .layers import GRU, LSTM, RNN
+from .lookup import Lookup
 
 LN2 = math.log(2.0)
 
@@ -18,17 +19,6 @@ def _dense_ops(backend_name):
     name = backends.resolve(backend_name)
     mod = backends.get("cpu" if name == "cpu" else "reference")
     return mod.matmul, mod.softmax_xent
-
-
-def _add_rows(target, index, rows):
-    """target[index[n]] += rows[n] for every n (repeated indices add up). Sorting by index
-    and summing each run with reduceat is ~5x faster than np.add.at here."""
-    if index.size == 0:
-        return
-    order = np.argsort(index, kind="stable")
-    sorted_index = index[order]
-    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
-    target[sorted_index[starts]] += np.add.reduceat(rows[order], starts, axis=0)
 
 
 class RNNLM:
@@ -58,7 +48,10 @@ class RNNLM:
         self.decoder_weight = self.embedding if tie_weights else \
             self._rng.uniform(-1 / math.sqrt(H), 1 / math.sqrt(H), (V, H)).astype(dtype)
         self.decoder_bias = np.zeros(V, dtype)
-        self.grads = OrderedDict((n, np.zeros_like(p)) for n, p in self.named_parameters())
+        # the RNN stack's gradients are its own arrays: its backward accumulates into them
+        rnn_grads = {f"rnn.{n}": g for n, g in self.rnn.grads.items()}
+        self.grads = OrderedDict((n, rnn_grads[n] if n in rnn_grads else np.zeros_like(p))
+                                 for n, p in self.named_parameters())
         self.training = True
         self._cache = None
 
@@ -131,8 +124,14 @@ class RNNLM:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config["vocab_size"]):
             raise ValueError(f"tokens: expected ids in [0, {self.config['vocab_size']}), "
                              f"got [{tokens.min()}, {tokens.max()}]")
-        emb, self._emb_mask = self._dropout(self.embedding[tokens])
-        out, hidden = self.rnn(np.ascontiguousarray(emb), hidden)
+        lookup = Lookup(self.embedding, tokens)
+        if self.training and self.config["dropout"] > 0:
+            emb, self._emb_mask = self._dropout(lookup.dense())
+            emb = np.ascontiguousarray(emb)
+        else:
+            # rows by token: the cpu backend folds the embedding into layer 0's projection
+            emb, self._emb_mask = lookup, None
+        out, hidden = self.rnn(emb, hidden)
         out, self._out_mask = self._dropout(out)
         return out, hidden
 
@@ -167,13 +166,10 @@ class RNNLM:
         dout = matmul(dlogits, self.decoder_weight).reshape(T, B, H)
         if self._out_mask is not None:
             dout *= self._out_mask
-        self.rnn.zero_grad()
-        demb, _ = self.rnn.backward(dout)
-        for n, g in self.rnn.grads.items():
-            self.grads[f"rnn.{n}"] += g
+        demb, _ = self.rnn.backward(dout)   # the table's gradient when the input was a Lookup
         if self._emb_mask is not None:
-            demb *= self._emb_mask
-        _add_rows(self.grads["embedding.weight"], tokens.reshape(-1), demb.reshape(T * B, -1))
+            demb = Lookup(self.embedding, tokens).table_grad(demb * self._emb_mask)
+        self.grads["embedding.weight"] += demb
 
     # ----- evaluation and generation ----------------------------------------------
     def evaluate(self, data, bptt=128):

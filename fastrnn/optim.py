@@ -2,6 +2,8 @@
 update rules (torch.optim.SGD / Adam), plus clipping by global norm."""
 import numpy as np
 
+from . import backends
+
 
 class Optimizer:
     def __init__(self, model, lr):
@@ -14,6 +16,12 @@ class Optimizer:
 
     def _params(self):
         return [(n, p, self.model.grads[n]) for n, p in self.model.named_parameters()]
+
+    def _cpu_backend(self):
+        """The cpu backend module when the model runs on it (its fused optimizer kernels),
+        else None: other backends' models step in NumPy, as the reference does."""
+        name = getattr(self.model, "backend", "reference")
+        return backends.get("cpu") if backends.resolve(name) == "cpu" else None
 
     def state_dict(self):
         """Arrays keyed 'name/slot' plus the step count and lr (for checkpoints)."""
@@ -54,7 +62,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam: bias-corrected first and second moments, L2 weight decay."""
+    """torch.optim.Adam: bias-corrected first and second moments, L2 weight decay. A model
+    on the cpu backend steps in one fused C pass per parameter (csrc/optim.inc)."""
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr)
@@ -65,12 +74,17 @@ class Adam(Optimizer):
         self.steps += 1
         t = self.steps
         c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+        cpu = self._cpu_backend()
         for name, p, g in self._params():
-            d = g + self.weight_decay * p if self.weight_decay else g
             s = self.state.setdefault(name, {})
             if "m" not in s:
                 s["m"], s["v"] = np.zeros_like(p), np.zeros_like(p)
             m, v = s["m"], s["v"]
+            if cpu is not None and all(a.flags.c_contiguous and a.dtype == p.dtype for a in (p, g, m, v)):
+                cpu.adam_step(p, g, m, v, step=self.lr / c1, b1=self.b1, b2=self.b2, c2=c2,
+                              eps=self.eps, weight_decay=self.weight_decay)
+                continue
+            d = g + self.weight_decay * p if self.weight_decay else g
             m *= self.b1
             m += (1 - self.b1) * d
             v *= self.b2

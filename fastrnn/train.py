@@ -255,19 +255,36 @@ class Trainer:
                     vocab_size=len(self.vocab), checkpoint=self.ckpt)
 
 
-def step_rate(trainer, backend, steps):
-    """Training tokens/s of `backend` on trainer's model, data and settings: a copy of the
-    model takes `steps` optimizer steps (first one as warm-up), original left untouched."""
-    cfg = dict(trainer.cfg, backend=backend)
-    model = build_model(cfg, len(trainer.vocab))
-    model.load_state_dict(trainer.model.state_dict())
-    opt = build_optimizer(cfg, model)
-    hidden, t0, tokens = None, None, 0
-    for k, x, y in D.bptt_windows(trainer.train_data, cfg["bptt"]):
-        if k == 1:
-            t0, tokens = time.perf_counter(), 0
-        _, hidden = train_step(model, opt, x, y, hidden, cfg["clip"])
-        tokens += y.size
-        if k >= steps:
-            break
-    return tokens / (time.perf_counter() - t0)
+def step_rates(trainer, names, steps):
+    """Training tokens/s of each backend in `names` on trainer's model, data and settings:
+    the median over `steps` optimizer steps of tokens / step time. Each backend trains its
+    own copy of the model (the original is untouched). The backends take turns in short
+    runs of steps, so a machine whose speed drifts (shared hosts do, by up to 2x over
+    minutes) slows them alike. Each run starts after a pause and an unmeasured step: NumPy's
+    BLAS threads spin for ~0.1 s after the reference's products, and the OpenMP kernels
+    beside them ran 2x slower; a run after a pause starts with idle thread pools."""
+    runs = {}
+    for b in names:
+        cfg = dict(trainer.cfg, backend=b)
+        model = build_model(cfg, len(trainer.vocab))
+        model.load_state_dict(trainer.model.state_dict())
+        runs[b] = dict(clip=cfg["clip"], model=model, opt=build_optimizer(cfg, model), hidden=None,
+                       rates=[], windows=_endless_windows(trainer.train_data, trainer.cfg["bptt"]))
+    per_turn = max(2, -(-steps // 3))
+    while any(len(r["rates"]) < steps for r in runs.values()):
+        for r in runs.values():
+            if len(runs) > 1:
+                time.sleep(0.3)
+            for i in range(1 + min(per_turn, steps - len(r["rates"]))):
+                x, y = next(r["windows"])
+                t0 = time.perf_counter()
+                _, r["hidden"] = train_step(r["model"], r["opt"], x, y, r["hidden"], r["clip"])
+                if i > 0:
+                    r["rates"].append(y.size / (time.perf_counter() - t0))
+    return {b: float(np.median(r["rates"])) if r["rates"] else float("nan") for b, r in runs.items()}
+
+
+def _endless_windows(data, bptt):
+    while True:
+        for _, x, y in D.bptt_windows(data, bptt):
+            yield x, y

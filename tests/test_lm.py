@@ -63,8 +63,9 @@ def test_cpu_matmul_all_transposes(dtype):
 
 # ----- optimizers against hand-computed values ---------------------------------------
 class _Model:
-    def __init__(self, p, g):
-        self.p, self.grads = {"w": np.array(p, float)}, {"w": np.array(g, float)}
+    def __init__(self, p, g, backend="reference", dtype=float):
+        self.p, self.grads = {"w": np.array(p, dtype)}, {"w": np.array(g, dtype)}
+        self.backend = backend
 
     def named_parameters(self):
         return list(self.p.items())
@@ -79,8 +80,9 @@ def test_sgd_momentum_weight_decay_by_hand():
     np.testing.assert_allclose(m.p["w"], [0.94 - 0.1134, -2.03 - 0.0567])
 
 
-def test_adam_by_hand():
-    m = _Model([1.0], [2.0])
+@pytest.mark.parametrize("backend", ["reference"] + FAST)
+def test_adam_by_hand(backend):
+    m = _Model([1.0], [2.0], backend)
     opt = Adam(m, lr=0.1)
     opt.step()  # m = 0.2, v = 0.004; mhat = 2, vhat = 4 -> p -= 0.1 * 2 / (2 + 1e-8)
     np.testing.assert_allclose(m.p["w"], [0.9], atol=1e-8)
@@ -88,6 +90,28 @@ def test_adam_by_hand():
     opt.step()  # m = 0.18 + 0.1 = 0.28, v = 0.003996 + 0.001 = 0.004996
     mhat, vhat = 0.28 / (1 - 0.81), 0.004996 / (1 - 0.999 ** 2)
     np.testing.assert_allclose(m.p["w"], [0.9 - 0.1 * mhat / (np.sqrt(vhat) + 1e-8)], rtol=1e-7)
+
+
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+def test_fused_cpu_adam_matches_numpy_adam(dtype, rtol):
+    """The cpu backend's one-pass Adam against the NumPy steps, weight decay included, on
+    arrays big enough to be split over threads."""
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(100_003).astype(dtype)
+    models = {b: _Model(p0, np.zeros_like(p0), b, dtype) for b in ("reference", "cpu")}
+    opts = {b: Adam(mdl, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1) for b, mdl in models.items()}
+    for _ in range(5):
+        g = rng.standard_normal(p0.size).astype(dtype)
+        for b in models:
+            models[b].grads["w"][:] = g
+            opts[b].step()
+    ref, fused = models["reference"].p["w"], models["cpu"].p["w"]
+    assert not np.array_equal(ref, p0)
+    np.testing.assert_allclose(fused, ref, rtol=rtol, atol=rtol)
+    for slot in ("m", "v"):
+        np.testing.assert_allclose(opts["cpu"].state["w"][slot], opts["reference"].state["w"][slot],
+                                   rtol=rtol, atol=rtol)
 
 
 def test_clip_grad_norm():
@@ -244,9 +268,13 @@ def test_train_and_generate_commands(corpus, tmp_path):
     out = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--hidden", "16", "--layers", "1",
            "--batch", "4", "--bptt", "8", "--epochs", "1", "--out", out, "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd + ["--compare-reference", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "unigram-frequency baseline" in r.stdout and "bits per character" in r.stdout
+    speed = [ln for ln in r.stdout.splitlines() if ln.startswith("training speed")]
+    assert len(speed) == 1 and "reference" in speed[0] and "nan" not in speed[0]
+    if FAST:
+        assert "cpu/reference = " in speed[0]
     gen = [sys.executable, "-m", "fastrnn", "generate", os.path.join(out, "checkpoint.npz"),
            "--prompt", "def ", "--length", "30", "--seed", "7"]
     g1 = subprocess.run(gen, capture_output=True, text=True)

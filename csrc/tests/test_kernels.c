@@ -3,6 +3,7 @@
  *   both directions, full and ragged batches, with dx, dh_0, dc_0 and every weight;
  * - float32 against float64 on the same inputs;
  * - 1 thread against 3 threads (bitwise: each unit is computed the same way);
+ * - lookup input (rows of a table picked by tokens) against the same rows given as x;
  * - rejected arguments. */
 #include <math.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@ typedef struct {
 static double loss(problem *p)
 {
     double y[T * B * H], hT[B * H], cT[B * H];
-    int rc = fastrnn_forward_f64(p->cell, T, B, I, H, p->reverse, 2, p->x, p->w_ih, p->w_hh, NULL, p->b_ih,
+    int rc = fastrnn_forward_f64(p->cell, T, B, I, H, p->reverse, 2, p->x, 0, NULL, p->w_ih, p->w_hh, NULL, p->b_ih,
                                  p->b_hh, p->h0, p->c0, p->ragged ? p->lengths : NULL, y, hT, cT,
                                  NULL, NULL, NULL, NULL, NULL, 2);
     CHECK(rc == 0, "forward rc %d", rc);
@@ -76,11 +77,11 @@ static void gradcheck(int cell, int reverse, int ragged)
     size_t np = fastrnn_packed_size_f64(cell, I, H, 2);
     double *packed = malloc(np * sizeof(double));
     CHECK(np > 0 && packed && fastrnn_pack_f64(cell, I, H, p.w_ih, p.w_hh, packed, 2) == 0, "pack");
-    int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, p.w_ih, p.w_hh, packed, p.b_ih, p.b_hh,
+    int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, 0, NULL, p.w_ih, p.w_hh, packed, p.b_ih, p.b_hh,
                                  p.h0, p.c0, ragged ? p.lengths : NULL, y, hT, cT, h_in, gates,
                                  c_in, c_out, hh_n, 2);
     CHECK(rc == 0, "forward rc %d", rc);
-    rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, p.w_ih, p.w_hh, packed, p.wy, p.wh,
+    rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, 0, NULL, p.w_ih, p.w_hh, packed, p.wy, p.wh,
                               cell == FASTRNN_LSTM ? p.wc : NULL, ragged ? p.lengths : NULL, h_in,
                               gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh0, dc0, dw_ih, dw_hh,
                               db_ih, db_hh, 2);
@@ -113,11 +114,11 @@ static void precision_and_threads(int cell)
     for (size_t i = 0; i < nwh; i++) whd[i] = whf[i] = (float)(0.3 * urand(&s));
     for (int i = 0; i < GH; i++) bd[i] = bf[i] = (float)urand(&s);
     int32_t lengths[B2] = {9, 1, 4, 9, 0, 7};
-    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, NULL, bf, bf, h0f, c0f, lengths, yf,
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, 0, NULL, wif, whf, NULL, bf, bf, h0f, c0f, lengths, yf,
                               hTf, cTf, NULL, NULL, NULL, NULL, NULL, 1) == 0, "f32 forward");
-    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, NULL, bf, bf, h0f, c0f, lengths, y3,
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, 0, NULL, wif, whf, NULL, bf, bf, h0f, c0f, lengths, y3,
                               hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward 3 threads");
-    CHECK(fastrnn_forward_f64(cell, T2, B2, I2, H2, 1, 4, xd, wid, whd, NULL, bd, bd, h0d, c0d, lengths, yd,
+    CHECK(fastrnn_forward_f64(cell, T2, B2, I2, H2, 1, 4, xd, 0, NULL, wid, whd, NULL, bd, bd, h0d, c0d, lengths, yd,
                               hTd, cTd, NULL, NULL, NULL, NULL, NULL, 2) == 0, "f64 forward");
     double num = 0, den = 0;
     for (size_t i = 0; i < ny; i++) { num += (yf[i] - yd[i]) * (yf[i] - yd[i]); den += yd[i] * yd[i]; }
@@ -127,7 +128,7 @@ static void precision_and_threads(int cell)
     size_t np = fastrnn_packed_size_f32(cell, I2, H2, 3);
     float *packed = malloc(np * sizeof(float));
     CHECK(np > 0 && packed && fastrnn_pack_f32(cell, I2, H2, wif, whf, packed, 3) == 0, "f32 pack");
-    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, wif, whf, packed, bf, bf, h0f, c0f, lengths,
+    CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, 0, NULL, wif, whf, packed, bf, bf, h0f, c0f, lengths,
                               y3, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward packed");
     CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: packed weights differ", cell);
     free(packed);
@@ -135,17 +136,71 @@ static void precision_and_threads(int cell)
     free(yf); free(y3); free(yd);
 }
 
+/* Lookup input: forward and backward with x = table[tokens] given as a table and tokens
+ * match the same inputs given densely; the table's gradient is dx summed per token. */
+static void lookup_matches_dense(int cell, int reverse)
+{
+    enum { T3 = 7, B3 = 5, V3 = 6, I3 = 9, H3 = 40, NTH = 3 };
+    const int G = gates_of(cell), GH = G * H3;
+    unsigned s = 555u + cell * 2 + reverse;
+    static double table[V3 * I3], x[T3 * B3 * I3], w_ih[4 * H3 * I3], w_hh[4 * H3 * H3], b[4 * H3];
+    static double h0[B3 * H3], c0[B3 * H3], dy[T3 * B3 * H3];
+    static double y[2][T3 * B3 * H3], hT[2][B3 * H3], cT[2][B3 * H3], h_in[2][T3 * B3 * H3],
+        gates[2][T3 * B3 * 4 * H3], c_in[2][T3 * B3 * H3], c_out[2][T3 * B3 * H3], hh_n[2][T3 * B3 * H3];
+    static double dgi[T3 * B3 * 4 * H3], dgh_n[T3 * B3 * H3], dx[T3 * B3 * I3], dtable[V3 * I3],
+        dh0[2][B3 * H3], dc0[2][B3 * H3], dw_ih[2][4 * H3 * I3], dw_hh[2][4 * H3 * H3],
+        db_ih[2][4 * H3], db_hh[2][4 * H3];
+    int32_t tokens[T3 * B3], lengths[B3] = {7, 3, 0, 7, 5};
+    for (int i = 0; i < V3 * I3; i++) table[i] = urand(&s);
+    for (int i = 0; i < T3 * B3; i++) tokens[i] = (int32_t)((i * 7 + i / 3) % (V3 - 1));  /* row V3-1 unused */
+    for (int i = 0; i < T3 * B3; i++) memcpy(x + (size_t)i * I3, table + (size_t)tokens[i] * I3, I3 * sizeof(double));
+    for (int i = 0; i < GH * I3; i++) w_ih[i] = 0.5 * urand(&s);
+    for (int i = 0; i < GH * H3; i++) w_hh[i] = 0.5 * urand(&s);
+    for (int i = 0; i < GH; i++) b[i] = urand(&s);
+    for (int i = 0; i < B3 * H3; i++) { h0[i] = urand(&s); c0[i] = urand(&s); }
+    for (int i = 0; i < T3 * B3 * H3; i++) dy[i] = urand(&s);
+    for (int k = 0; k < 2; k++) {  /* k = 0: dense x, k = 1: lookup */
+        const double *in = k ? table : x;
+        const int32_t *tok = k ? tokens : NULL;
+        CHECK(fastrnn_forward_f64(cell, T3, B3, I3, H3, reverse, 2, in, V3, tok, w_ih, w_hh, NULL, b, b, h0, c0,
+                                  lengths, y[k], hT[k], cT[k], h_in[k], gates[k], c_in[k], c_out[k], hh_n[k],
+                                  NTH) == 0, "lookup forward %d", k);
+        CHECK(fastrnn_backward_f64(cell, T3, B3, I3, H3, reverse, in, V3, tok, w_ih, w_hh, NULL, dy, NULL, NULL,
+                                   lengths, h_in[k], gates[k], c_in[k], c_out[k], hh_n[k], dgi, dgh_n,
+                                   k ? dtable : dx, dh0[k], dc0[k], dw_ih[k], dw_hh[k], db_ih[k], db_hh[k],
+                                   NTH) == 0, "lookup backward %d", k);
+    }
+    double want[V3 * I3] = {0};
+    for (int i = 0; i < T3 * B3; i++)
+        for (int q = 0; q < I3; q++) want[tokens[i] * I3 + q] += dx[(size_t)i * I3 + q];
+    struct { const char *name; const double *a, *b; int n; } cmp[] = {
+        {"y", y[0], y[1], T3 * B3 * H3}, {"h_T", hT[0], hT[1], B3 * H3},
+        {"dh0", dh0[0], dh0[1], B3 * H3}, {"dw_ih", dw_ih[0], dw_ih[1], GH * I3},
+        {"dw_hh", dw_hh[0], dw_hh[1], GH * H3}, {"db_ih", db_ih[0], db_ih[1], GH},
+        {"dtable", want, dtable, V3 * I3}};
+    for (size_t c = 0; c < sizeof cmp / sizeof cmp[0]; c++)
+        for (int i = 0; i < cmp[c].n; i++)
+            if (fabs(cmp[c].a[i] - cmp[c].b[i]) > 1e-12 * (1 + fabs(cmp[c].a[i]))) {
+                CHECK(0, "cell %d rev %d: lookup %s[%d] %.15g vs dense %.15g", cell, reverse, cmp[c].name, i,
+                      cmp[c].b[i], cmp[c].a[i]);
+                break;
+            }
+}
+
 static void rejects_bad_arguments(void)
 {
     float v[64] = {0}, out[64];
-    CHECK(fastrnn_forward_f32(7, 1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(7, 1, 1, 1, 1, 0, 1, v, 0, NULL, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "bad cell accepted");
-    CHECK(fastrnn_forward_f32(0, -1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, -1, 1, 1, 1, 0, 1, v, 0, NULL, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "T < 0 accepted");
-    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 0, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 0, 0, 1, v, 0, NULL, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "H = 0 accepted");
-    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, 0, NULL, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 0) == FASTRNN_EINVAL, "0 threads accepted");
+    int32_t tok[1] = {0};
+    CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, 0, tok, v, v, NULL, v, v, v, v, NULL, out, out, out,
+                              NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "empty lookup table accepted");
 }
 
 int main(void)
@@ -155,6 +210,8 @@ int main(void)
         for (int reverse = 0; reverse <= 1; reverse++)
             for (int ragged = 0; ragged <= 1; ragged++) gradcheck(cell, reverse, ragged);
         precision_and_threads(cell);
+        lookup_matches_dense(cell, 0);
+        lookup_matches_dense(cell, 1);
     }
     rejects_bad_arguments();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);

@@ -6,8 +6,7 @@ unchecked shape or dtype. Errors name the argument, the expected and the receive
 import numpy as np
 
 from ..cells import get_cell
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ..lookup import FLOAT_DTYPES, Lookup
 
 
 def _is_array(a, device_ok):
@@ -49,9 +48,13 @@ def check_lengths(lengths, T, B):
 
 
 def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False):
-    """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths)."""
+    """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths).
+    x may be a Lookup (validated when made) with (T, B) ids, for backends that take one."""
     spec = get_cell(cell)
-    if not _is_array(x, device_ok):
+    if isinstance(x, Lookup):
+        if x.ids.ndim != 2:
+            raise ValueError(f"x: expected a Lookup with (T, B) ids, got ids of shape {x.ids.shape}")
+    elif not _is_array(x, device_ok):
         raise TypeError(f"x: expected {_want(device_ok)}, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")

@@ -10,12 +10,16 @@ The C code never sees an unchecked array: checks.py validates, this file makes c
 import numpy as np
 
 from ..cells import get_cell
+from ..lookup import Lookup
 from ..threads import get_num_threads
 from .checks import check_backward_grads, check_forward_args
 from .packed_weights import PackedWeightsCache
 from .pool import ArrayPool
 
 name = "cpu"
+# forward_layer takes a Lookup x (embedding rows by token): the kernels fold the table
+# into the input projection when it has fewer rows than the T*B inputs (lookup.py)
+accepts_lookup = True
 
 try:
     from .._fastrnn_cpu import ffi, lib
@@ -50,8 +54,14 @@ def _pack(code, I, H, w_ih, w_hh, nthreads):
     return packed
 
 
+def _same_bits(a, b):
+    """Bit-for-bit equality of two C-contiguous arrays of one shape and dtype (memcmp)."""
+    return bool(lib.fastrnn_same_bytes(ffi.cast("void *", a.ctypes.data),
+                                       ffi.cast("void *", b.ctypes.data), a.nbytes))
+
+
 # Packed weights by parameter version (see packed_weights.py); clear() frees them.
-packed_cache = PackedWeightsCache(_pack)
+packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits)
 
 
 def unavailable_reason():
@@ -94,10 +104,22 @@ def _chunk_steps(T, B, GH, itemsize, threads):
     return max(1, min(T, PROJECTION_CHUNK_BYTES // per_step))
 
 
+def _lookup_input(x, T, B):
+    """(x for the kernel, tokens or None, V, the Lookup to scatter dx through or None).
+    A table with more rows than there are inputs is cheaper expanded."""
+    if not isinstance(x, Lookup):
+        return x, None, 0, None
+    V = x.table.shape[0]
+    if V > T * B:
+        return x.dense(), None, 0, x
+    return x.table, np.ascontiguousarray(x.ids, dtype=np.int32).reshape(-1), V, None
+
+
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither")
+    x, tokens, V, expanded = _lookup_input(x, T, B)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
     dt, GH = x.dtype, spec.gates * H
     fwd, ctype = _native("forward", dt)
@@ -114,20 +136,21 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     nth = get_num_threads()
     packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
     status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
-                 p(x), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
+                 p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
                  p(y), p(h_T), p(c_T), p(ws.get("h_in")), p(ws.get("gates")), p(ws.get("c_in")),
                  p(ws.get("c_out")), p(ws.get("hh_n")), nth)
     _check_status(status, "forward")
     saved = None
     if train:
-        saved = dict(ws, cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
-                     reverse=bool(reverse))
+        saved = dict(ws, cell=spec.name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
+                     w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=bool(reverse))
     return y, h_T, c_T, saved
 
 
 def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     """BPTT of one layer-direction. Consumes `saved` (its buffers are recycled) unless
-    retain=True, which allows another backward over the same forward."""
+    retain=True, which allows another backward over the same forward. For a Lookup input,
+    dx is the table's gradient (V, I)."""
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     spec = get_cell(cell)
@@ -135,8 +158,9 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
         raise ValueError("saved: already used by a backward_layer call (each forward allows one backward)")
     if not isinstance(saved, dict) or saved.get("cell") != spec.name or "gates" not in saved:
         raise ValueError(f"saved: expected the workspace of a {spec.name!r} cpu forward_layer call")
-    x, w_ih, w_hh = saved["x"], saved["w_ih"], saved["w_hh"]
-    T, B, I = x.shape
+    x, tokens, w_ih, w_hh = saved["x"], saved["tokens"], saved["w_ih"], saved["w_hh"]
+    T, B, I = saved["T"], saved["B"], x.shape[-1]
+    V = x.shape[0] if tokens is not None else 0
     H = w_hh.shape[1]
     GH = spec.gates * H
     dt = x.dtype
@@ -151,17 +175,19 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
-    dx = np.empty((T, B, I), dt) if need_dx else None
+    dx = np.empty(x.shape, dt) if need_dx else None   # (V, I) with tokens
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
     dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
     db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
-    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), p(w_ih), p(w_hh), p(packed),
+    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed),
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                  p(saved["h_in"]), p(saved["gates"]), p(saved.get("c_in")), p(saved.get("c_out")),
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
                  p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), nth)
     _check_status(status, "backward")
+    if dx is not None and saved["expanded"] is not None:
+        dx = saved["expanded"].table_grad(dx)
     workspace_pool.release(dgi, dgh_n)
     if not retain:
         workspace_pool.release(*(saved.get(n) for n in _WORKSPACE))
@@ -198,6 +224,21 @@ def matmul(a, b, out=None, accumulate=False):
                 out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
     _check_status(status, "matmul")
     return out
+
+
+def adam_step(p, g, m, v, *, step, b1, b2, c2, eps, weight_decay):
+    """One fused torch.optim.Adam step in place (see csrc/optim.inc): p, g, m, v are
+    contiguous arrays of one float dtype and size."""
+    arrays = (("p", p), ("g", g), ("m", m), ("v", v))
+    for name, a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype != p.dtype or a.size != p.size or not a.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous {p.dtype} array of {p.size} values")
+    if p.dtype not in (np.float32, np.float64) or not p.flags.writeable:
+        raise ValueError(f"p: expected a writeable float32 or float64 array, got {p.dtype}")
+    fn, ctype = _native("adam", p.dtype)
+    status = fn(p.size, *(_ptr(a, ctype) for _, a in arrays), float(step), float(b1), float(b2),
+                float(c2), float(eps), float(weight_decay), get_num_threads())
+    _check_status(status, "adam")
 
 
 def softmax_xent(logits, targets, scale=1.0, want_grad=True):
