@@ -35,12 +35,13 @@ def test_cpu_layer_lookup_matches_dense_reference(cell, dtype, V):
         y, hT, cT, saved = cpu.forward_layer(cell, Lookup(table, ids), h0, c0, w_ih, w_hh, b_ih, b_hh,
                                              lengths=lengths, reverse=reverse)
         as64 = lambda a: None if a is None else a.astype(np.float64)
-        y_r, hT_r, _, saved_r = reference.forward_layer(cell, as64(table[ids]), *map(as64, (h0, c0, w_ih, w_hh, b_ih, b_hh)),
-                                                        lengths=lengths, reverse=reverse)
+        args64 = map(as64, (table[ids], h0, c0, w_ih, w_hh, b_ih, b_hh))
+        y_r, hT_r, _, saved_r = reference.forward_layer(cell, *args64, lengths=lengths, reverse=reverse)
         tol_o, tol_g = (1e-5, 1e-4) if dtype == np.float32 else (1e-10, 1e-10)
         assert rel_err(y, y_r) < tol_o and rel_err(hT, hT_r) < tol_o
         dtable, dh0, _, dw_ih, dw_hh, db_ih, _ = cpu.backward_layer(cell, saved, dy, None, None)
-        dx_r, dh0_r, _, dw_ih_r, dw_hh_r, db_ih_r, _ = reference.backward_layer(cell, saved_r, as64(dy), None, None)
+        dx_r, dh0_r, _, dw_ih_r, dw_hh_r, db_ih_r, _ = reference.backward_layer(cell, saved_r, as64(dy),
+                                                                                None, None)
         assert dtable.shape == (V, I)
         assert rel_err(dtable, _table_grad_by_hand(ids, dx_r, V)) < tol_g
         for a, b in ((dh0, dh0_r), (dw_ih, dw_ih_r), (dw_hh, dw_hh_r), (db_ih, db_ih_r)):

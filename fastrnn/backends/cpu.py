@@ -180,7 +180,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
     dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
     db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
-    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed),
+    status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"),
+                 p(w_ih), p(w_hh), p(packed),
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                  p(saved["h_in"]), p(saved["gates"]), p(saved.get("c_in")), p(saved.get("c_out")),
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
