@@ -212,9 +212,10 @@ class RNNBase:
         T, B = xt.shape[:2]
         h0, c0 = self._split_hx(hx, B, unbatched)
         be = backends.get(backends.resolve(self.backend))
-        lookup = xt if isinstance(xt, Lookup) else None
-        if lookup is not None and not getattr(be, "accepts_lookup", False):
-            xt = lookup.dense()   # this backend takes dense x; backward scatters dx into the table
+        table_input = isinstance(xt, Lookup)
+        scatter = None   # a Lookup expanded for a backend that takes dense x: backward scatters dx
+        if table_input and not getattr(be, "accepts_lookup", False):
+            xt, scatter = xt.dense(), xt
         train = self.training
         D = self.num_directions
         h_n = np.empty_like(h0)
@@ -244,7 +245,7 @@ class RNNBase:
         self._saved = None
         if train:
             self._saved = dict(layers=saved_layers, backend=be, T=T, B=B, unbatched=unbatched,
-                               scatter=lookup if lookup is not None and xt is not lookup else None)
+                               table_input=table_input, scatter=scatter)
         out = inp
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
@@ -295,9 +296,9 @@ class RNNBase:
                     self.grads[f"bias_hh_{sfx}"] += db_hh
             dy = dx
         self._saved = None
-        if s["scatter"] is not None:   # a Lookup input expanded for the backend: the table's gradient
+        if s["scatter"] is not None:
             dx = s["scatter"].table_grad(dx)
-        table_grad = dx is not None and dx.ndim == 2   # a Lookup's (V, I) gradient has no time axis
+        table_grad = s["table_input"]   # a Lookup's (V, I) gradient has no time axis
         if unbatched:
             dh0 = dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]

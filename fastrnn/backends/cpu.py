@@ -136,7 +136,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     nth = get_num_threads()
     packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
     status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
-                 p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh), p(h0), p(c0), _ptr(lengths, "int32_t *"),
+                 p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
+                 p(h0), p(c0), _ptr(lengths, "int32_t *"),
                  p(y), p(h_T), p(c_T), p(ws.get("h_in")), p(ws.get("gates")), p(ws.get("c_in")),
                  p(ws.get("c_out")), p(ws.get("hh_n")), nth)
     _check_status(status, "forward")
