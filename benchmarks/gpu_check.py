@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fastrnn.backends import cuda as fcuda          # noqa: E402
 from fastrnn.backends import cuda_blas as blas                # noqa: E402
-from fastrnn.backends import cuda_recurrence, cuda_dense   # noqa: E402
+from fastrnn.backends import cuda_launch                   # noqa: E402
 from fastrnn.backends import reference as ref      # noqa: E402
 from fastrnn.cells import get_cell                 # noqa: E402
 from numba import cuda                             # noqa: E402
@@ -172,22 +172,15 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
 def kernel_resources():
     """Registers, shared and local (spill) memory of every compiled kernel."""
     out = []
-    def add(label, disp):
-        for sig, k in getattr(disp, "overloads", {}).items():
-            try:
-                out.append(dict(kernel=label, signature=str(sig)[:120], registers=k.regs_per_thread,
-                                static_shared_bytes=k.shared_mem_per_block,
-                                local_bytes_per_thread=k.local_mem_per_thread))
-            except Exception as exc:  # resource query not supported by this numba-cuda
-                out.append(dict(kernel=label, error=str(exc)))
-    for (code, dt, BT), ks in cuda_recurrence._CACHE.items():
-        for kname, disp in ks.items():
-            add(f"{kname}[cell={code},{dt},BT={BT}]", disp)
-    for (kid, types), spec in fcuda._specialized.items():
-        add(getattr(spec, "py_func", spec).__name__, spec)
-    for dt, ks in cuda_dense._CACHE.items():
-        for kname, disp in zip(("matmul", "colsum", "transpose"), ks):
-            add(f"{kname}[{dt}]", disp)
+    def add(label, k):
+        try:
+            out.append(dict(kernel=label, signature=str(k.argument_types)[:160],
+                            registers=k.regs_per_thread, static_shared_bytes=k.shared_mem_per_block,
+                            local_bytes_per_thread=k.local_mem_per_thread))
+        except Exception as exc:  # resource query not supported by this numba-cuda
+            out.append(dict(kernel=label, error=str(exc)))
+    for label, k in cuda_launch.compiled_kernels():
+        add(label, k)
     return out
 
 

@@ -22,7 +22,7 @@ from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
 from .checks import check_backward_grads, check_forward_args, check_lengths
-from .cuda_dense import flat as _flat
+from .cuda_launch import NotCoResident, launch
 
 name = "cuda"
 
@@ -46,6 +46,17 @@ def unavailable_reason():
 
 def _device_limits():
     """(multiprocessors, max dynamic shared memory per block in bytes, device name)."""
+    key = None if SIMULATOR else cuda.get_current_device().id
+    hit = _limits_cache.get(key)
+    if hit is None:
+        hit = _limits_cache[key] = _query_limits()
+    return hit
+
+
+_limits_cache = {}
+
+
+def _query_limits():
     if SIMULATOR:   # 3 "SMs" so that the one-launch-per-step path runs several blocks
         return 3, 48 * 1024, "Numba CUDA simulator"
     dev = cuda.get_current_device()
@@ -62,6 +73,18 @@ def _device_limits():
 def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
+    key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
+           _device_limits())
+    hit = _plans.get(key)
+    if hit is None:
+        hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
+    return dict(hit)
+
+
+_plans = {}
+
+
+def _plan(cell, H, B, dtype, backward, persistent):
     spec = get_cell(cell)
     G, item = spec.gates, np.dtype(dtype).itemsize
     nsm, smem_max, _ = _device_limits()
@@ -160,7 +183,7 @@ def _zero_scratch(key, n, dtype):
 
 def _fill(a, value):
     if a.size:
-        _fill_kernel[math.ceil(a.size / 256), 256](_flat(a), value)
+        launch(_fill_kernel, math.ceil(a.size / 256), 256, (a, value))
 
 
 @cuda.jit
@@ -171,16 +194,33 @@ def _fill_kernel(a, v):
 
 
 @cuda.jit
-def _add_kernel(a, b, out):
+def _copy_kernel(src, dst):
     i = cuda.grid(1)
-    if i < out.size:
-        out[i] = a[i] + b[i]
+    if i < dst.size:
+        dst[i] = src[i]
 
 
 def _copy(a):
+    """A new device array equal to `a` (a kernel: cheaper to issue than a driver memcpy)."""
     out = cuda.device_array(a.shape, dtype=a.dtype)
-    out.copy_to_device(a)
+    if a.size:
+        launch(_copy_kernel, math.ceil(a.size / 256), 256, (a, out))
     return out
+
+
+_lengths_cache = {}
+
+
+def _device_lengths(lengths):
+    """The lengths on the device; the last few distinct vectors stay cached (a host to
+    device copy per call costs more than a short layer's kernels)."""
+    key = lengths.tobytes()
+    hit = _lengths_cache.get(key)
+    if hit is None:
+        if len(_lengths_cache) >= 16:
+            _lengths_cache.pop(next(iter(_lengths_cache)))
+        hit = _lengths_cache[key] = cuda.to_device(lengths)
+    return hit
 
 
 def _host_lengths(lengths, T, B):
@@ -194,64 +234,17 @@ def _host_lengths(lengths, T, B):
 
 
 # ----------------------------------------------------------------------- launches
-_specialized = {}
-
-try:
-    from numba.cuda.typing.typeof import typeof
-except ImportError:  # older numba-cuda
-    from numba import typeof
-
-
 def _launch(kern, grid, args, shared, cooperative=False):
-    """Launch with `shared` bytes of dynamic shared memory (raising the per-kernel limit
-    above 48 KiB when needed); for cooperative launches check co-residency first."""
-    if SIMULATOR:
-        kern[grid, THREADS, 0, shared](*args)
-        return
-    key = (id(kern), tuple(typeof(a) for a in args))
-    spec = _specialized.get(key)
-    if spec is None:
-        spec = kern.specialize(*args)
-        _specialized[key] = spec
-    k = next(iter(spec.overloads.values()))
-    if shared > 48 * 1024:
-        _raise_shared_limit(k, shared)
-    if cooperative:
-        most = k.max_cooperative_grid_blocks(THREADS, shared)
-        if grid > most:
-            raise _NotCoResident(f"{grid} blocks > {most} co-resident")
-    spec[grid, THREADS, 0, shared](*args)
-
-
-class _NotCoResident(RuntimeError):
-    pass
-
-
-_raised = set()
-
-
-def _raise_shared_limit(k, nbytes):
-    key = (id(k), nbytes)
-    if key in _raised:
-        return
-    from cuda.bindings import driver as drv
-    cufunc = k._codelibrary.get_cufunc()
-    attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    dev = cuda.get_current_device().id
-    try:
-        err = drv.cuKernelSetAttribute(attr, nbytes, cufunc.handle, dev)[0]
-    except Exception:
-        err = drv.cuFuncSetAttribute(cufunc.handle, attr, nbytes)[0]
-    if int(err) != 0:
-        raise RuntimeError(f"cuda: could not allow {nbytes} bytes of shared memory (error {err})")
-    _raised.add(key)
+    """A recurrence kernel launch: THREADS per block, `shared` bytes of dynamic shared
+    memory; cooperative launches raise NotCoResident when the grid cannot be resident."""
+    launch(kern, grid, THREADS, args, shared, cooperative)
 
 
 def _pack(w_hh, G, H, hs, blocks, backward):
     """Pack W_hh into the per-block layout of cuda_recurrence (module docstring)."""
     n = blocks * hs * G * H
     out = _scratch("packed", n, w_hh.dtype)
-    _pack_kernel[math.ceil(n / 256), 256](_flat(w_hh), out, G, H, hs, backward)
+    launch(_pack_kernel, math.ceil(n / 256), 256, (w_hh, out, G, H, hs, backward))
     return out
 
 
@@ -303,27 +296,26 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
 
     p = plan(cell, H, B, dt)
     Bp = p["Bp"]
-    bias, bhn = _biases(spec, b_ih, b_hh, GH, H, dt)
+    dummy = _scratch("dummy", 1, dt)
+    has_bias = b_ih is not None
     xp = _scratch("xp", T * B * GH, dt)
-    # xp[tb, n] = sum_i x[tb, i] W_ih[n, i] + bias[n]
+    # xp[tb, n] = sum_i x[tb, i] W_ih[n, i]; the recurrence kernel adds the biases
     if I:
-        _products().projection(x, w_ih, bias, xp, T * B, GH, I)
+        _products().projection(x, w_ih, None, xp, T * B, GH, I)
     else:
-        _bias_only(xp, bias)
+        _fill(xp, 0)
     slots = T + 1 if train else 2
     hbuf = _zeros(slots * H * Bp, dt) if train else _zero_scratch("hbuf", 2 * H * Bp, dt)
     first = reverse * T if train else 0
-    dense.transpose(_flat(h0), 0, B, H, hbuf, first * H * Bp, Bp)
-    cst = c_T if c_T is not None else _zeros(1, dt)
-    dummy = _scratch("dummy", 1, dt)
+    dense.transpose(h0, 0, B, H, hbuf, first * H * Bp, Bp)
+    cst = c_T if c_T is not None else dummy
     gates = cuda.device_array(T * B * GH, dtype=dt) if train else dummy
     cin = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
     cout = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
     hhn = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "gru" else dummy
-    lens = _scratch("lengths", B, np.int32)
-    lens.copy_to_device(lengths)
     k = rec.kernels(spec.code, dt, p["BT"])
-    args = (_flat(xp), bhn, lens, hbuf, _flat(cst), _flat(y), _flat(h_T), gates, cin, cout, hhn)
+    args = (xp, b_ih if has_bias else dummy, b_hh if has_bias else dummy, has_bias,
+            _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
     def run(p):
         Wf = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=False)
@@ -349,7 +341,7 @@ def _run_persistent(kern, p, args, which):
     """Launch the persistent kernel if the grid is co-resident; False if it is not."""
     try:
         _launch(kern, p["blocks"], args, p["shared_bytes"], cooperative=True)
-    except _NotCoResident:
+    except NotCoResident:
         return False
     last_path[which] = "persistent"
     return True
@@ -358,34 +350,6 @@ def _run_persistent(kern, p, args, which):
 def _products():
     """cuBLAS through CuPy where present (cuda_blas), else the Numba kernels (cuda_dense)."""
     return blas if blas.available() else dense
-
-
-def _biases(spec, b_ih, b_hh, GH, H, dt):
-    """Bias folded into the projection (b_ih + b_hh; GRU keeps b_hn apart, since it sits
-    inside r * (W_hn h + b_hn)) and the GRU's b_hn (zeros otherwise)."""
-    if b_ih is None:
-        return None, _zero_scratch("bhn", max(H, 1), dt)
-    bias = _scratch("bias", GH, dt)
-    if spec.name == "gru":
-        _add_kernel[math.ceil(2 * H / 256), 256](b_ih, b_hh, bias)   # r and z gates only
-        bias[2 * H:].copy_to_device(b_ih[2 * H:])
-        return bias, b_hh[2 * H:]
-    _add_kernel[math.ceil(GH / 256), 256](b_ih, b_hh, bias)
-    return bias, _zero_scratch("bhn", max(H, 1), dt)
-
-
-def _bias_only(xp, bias):
-    if bias is None:
-        _fill(xp, 0)
-        return
-    _bias_kernel[math.ceil(xp.size / 256), 256](_flat(xp), bias, bias.size)
-
-
-@cuda.jit
-def _bias_kernel(xp, bias, n):
-    i = cuda.grid(1)
-    if i < xp.size:
-        xp[i] = bias[i % n]
 
 
 def _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H, ws):
@@ -421,22 +385,22 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     (dy, _), (dh_T, _), (dc_T, _) = (_to_device(n, a) for n, a in (("dy", dy), ("dh_T", dh_T),
                                                                   ("dc_T", dc_T)))
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=True)
-    dw_ih = _zeros(GH * I, dt)
-    dw_hh = _zeros(GH * H, dt)
-    db_ih = _zeros(GH, dt)
-    db_hh = _zeros(GH, dt)
+    # the weight and bias gradients are written whole by the products (no zeroing)
+    dw_ih = cuda.device_array((GH, I), dtype=dt)
+    dw_hh = cuda.device_array((GH, H), dtype=dt)
+    db_ih = cuda.device_array(GH, dtype=dt)
+    db_hh = cuda.device_array(GH, dtype=dt)
     dx = cuda.device_array((T, B, I), dtype=dt) if need_dx else None
-    carry = _copy(dh_T) if dh_T is not None else _zeros(B * H, dt)
+    carry = _copy(dh_T) if dh_T is not None else _zeros((B, H), dt)
     dc = None
     if spec.has_cell_state:
-        dc = _copy(dc_T) if dc_T is not None else _zeros(B * H, dt)
-    dh0 = cuda.device_array((B, H), dtype=dt)
+        dc = _copy(dc_T) if dc_T is not None else _zeros((B, H), dt)
     if T == 0 or B == 0 or H == 0:
-        if B * H:
-            dh0.copy_to_device(carry.reshape(B, H))
-        if dx is not None:
-            _fill(dx, 0)
-        return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
+        for a in (dw_ih, dw_hh, db_ih, db_hh, dx):
+            if a is not None:
+                _fill(a, 0)
+        return _grads_out(host, dx, carry, dc, dw_ih, dw_hh, db_ih, db_hh)
+    dh0 = cuda.device_array((B, H), dtype=dt)
 
     ws = saved["ws"]
     p = plan(cell, H, B, dt, backward=True)
@@ -447,11 +411,9 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     dgT = _zero_scratch("dgT", 2 * GH * Bp, dt)
     dummy = _scratch("dummy", 1, dt)
     k = rec.kernels(spec.code, dt, p["BT"])
-    lens = _scratch("lengths", B, np.int32)
-    lens.copy_to_device(lengths)
-    tail = (rev, lens, ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"], ws["hbuf"],
-            _flat(dy) if dy is not None else dummy, dy is not None, _flat(carry),
-            _flat(dc) if dc is not None else dummy, dgi, dgh, dgT, _flat(dh0), B, H, Bp)
+    tail = (rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
+            ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
+            dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
         Wb = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=True)
@@ -466,14 +428,10 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
 
     _products().gradients(dgi, dgh, x, ws["hbuf"], w_ih, dw_ih, dw_hh, db_ih, db_hh, dx,
                           T, B, I, H, GH, Bp, rev)
-    return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H)
+    return _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh)
 
 
-def _grads_out(host, dx, dh0, dc, dw_ih, dw_hh, db_ih, db_hh, w_ih, w_hh, B, H):
-    dw_ih = dw_ih[:w_ih.size].reshape(w_ih.shape)
-    dw_hh = dw_hh[:w_hh.size].reshape(w_hh.shape)
-    db_ih, db_hh = db_ih[:w_ih.shape[0]], db_hh[:w_hh.shape[0]]
-    dc0 = None if dc is None else dc.reshape(B, H)
+def _grads_out(host, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh):
     out = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
     if host:
         return tuple(None if a is None else a.copy_to_host() for a in out)

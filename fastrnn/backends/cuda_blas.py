@@ -35,18 +35,17 @@ def projection(x, w_ih, bias, out, TB, GH, I):
 
 
 def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, H, GH, Bp, rev):
-    """dW_ih += dgi^T x, dW_hh += dgh^T h_in, db += column sums, dx = dgi W_ih."""
+    """dW_ih = dgi^T x, dW_hh = dgh^T h_in, db = column sums, dx = dgi W_ih (all written)."""
     cp = _cp
     TB = T * B
     gi = cp.asarray(dgi).reshape(TB, GH)
     gh = cp.asarray(dgh).reshape(TB, GH)
-    x2 = cp.asarray(x).reshape(TB, I)
     # h_in(t) is hbuf slot t + rev, stored (H, Bp): make it (T*B, H) once
     h_in = cp.ascontiguousarray(cp.asarray(hbuf).reshape(-1, H, Bp)[rev:rev + T, :, :B]
                                 .transpose(0, 2, 1)).reshape(TB, H)
-    cp.asarray(dw_ih).reshape(GH, I)[...] += gi.T @ x2
-    cp.asarray(dw_hh).reshape(GH, H)[...] += gh.T @ h_in
-    cp.asarray(db_ih)[...] += gi.sum(axis=0)
-    cp.asarray(db_hh)[...] += gh.sum(axis=0)
+    cp.matmul(gi.T, cp.asarray(x).reshape(TB, I), out=cp.asarray(dw_ih).reshape(GH, I))
+    cp.matmul(gh.T, h_in, out=cp.asarray(dw_hh).reshape(GH, H))
+    gi.sum(axis=0, out=cp.asarray(db_ih).reshape(GH))
+    gh.sum(axis=0, out=cp.asarray(db_hh).reshape(GH))
     if dx is not None and I:
-        cp.matmul(gi, cp.asarray(w_ih), out=cp.asarray(dx).reshape(TB, I))
+        cp.matmul(gi, cp.asarray(w_ih).reshape(GH, I), out=cp.asarray(dx).reshape(TB, I))

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import cuda, int32
 
+from .cuda_launch import launch
+
 TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per thread
 BK = 16         # summed-index depth per shared-memory stage
 TILE_PAD = TILE + 1   # padded shared row: no bank conflicts on the k-fastest loads
@@ -116,11 +118,6 @@ def kernels(dtype):
     return _CACHE[dtype]
 
 
-def flat(d):
-    """A device array as 1-D (a view; the kernels take flat arrays with offsets)."""
-    return d.reshape(d.size) if d.ndim != 1 else d
-
-
 class Operand:
     """A flat device array read as M x K (or K x N) with a base offset and strides;
     k = k1 * K2 + k2, with s1 the stride of k1 and s2 that of k2."""
@@ -141,8 +138,9 @@ def matmul(a, b, c, coff, scm, scn, M, N, K, *, bias=None, accumulate=False):
     mm, _, _ = kernels(c.dtype)
     grid = (math.ceil(N / TILE), math.ceil(M / TILE))
     bias_arr = bias if bias is not None else c
-    mm[grid, THREADS](a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2, b.s_outer,
-                      c, coff, scm, scn, M, N, K, a.K2, bias_arr, bias is not None, accumulate)
+    launch(mm, grid, THREADS, (a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2,
+                               b.s_outer, c, coff, scm, scn, M, N, K, a.K2, bias_arr,
+                               bias is not None, accumulate))
 
 
 def colsum(x, rows, cols, out):
@@ -151,7 +149,7 @@ def colsum(x, rows, cols, out):
         return
     _, cs, _ = kernels(out.dtype)
     split = max(1, min(256, rows // 64))
-    cs[(math.ceil(cols / 128), split), 128](x, rows, cols, out)
+    launch(cs, (math.ceil(cols / 128), split), 128, (x, rows, cols, out))
 
 
 def transpose(x, xoff, rows, cols, y, yoff, ldy):
@@ -160,28 +158,36 @@ def transpose(x, xoff, rows, cols, y, yoff, ldy):
     if n == 0:
         return
     _, _, tr = kernels(y.dtype)
-    tr[math.ceil(n / 256), 256](x, xoff, rows, cols, y, yoff, ldy)
+    launch(tr, math.ceil(n / 256), 256, (x, xoff, rows, cols, y, yoff, ldy))
 
 
 # The same two entry points as cuda_blas (the backend uses whichever is available).
 def projection(x, w_ih, bias, out, TB, GH, I):
     """out (TB, GH) = x (TB, I) @ w_ih^T (+ bias)."""
-    matmul(Operand(flat(x), 0, I, 0, 1, I), Operand(flat(w_ih), 0, I, 0, 1, I),
-           flat(out), 0, GH, 1, TB, GH, I, bias=bias, accumulate=False)
+    matmul(Operand(x, 0, I, 0, 1, I), Operand(w_ih, 0, I, 0, 1, I),
+           out, 0, GH, 1, TB, GH, I, bias=bias, accumulate=False)
 
 
 def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, H, GH, Bp, rev):
-    """dW_ih += dgi^T x, dW_hh += dgh^T h_in, db += column sums, dx = dgi W_ih."""
+    """dW_ih = dgi^T x, dW_hh = dgh^T h_in, db = column sums, dx = dgi W_ih (all written)."""
     TB = T * B
     # dW_ih[m, i] = sum_tb dgi[tb, m] x[tb, i]
-    matmul(Operand(dgi, 0, 1, 0, GH, TB), Operand(flat(x), 0, 1, 0, I, TB),
-           dw_ih, 0, I, 1, GH, I, TB, accumulate=True)
+    matmul(Operand(dgi, 0, 1, 0, GH, TB), Operand(x, 0, 1, 0, I, TB),
+           dw_ih, 0, I, 1, GH, I, TB)
     # dW_hh[m, j] = sum_{t,b} dgh[t, b, m] h_in(t)[j, b], h_in(t) = hbuf slot t + rev
     matmul(Operand(dgh, 0, 1, B * GH, GH, B), Operand(hbuf, rev * H * Bp, Bp, H * Bp, 1, B),
-           dw_hh, 0, H, 1, GH, H, TB, accumulate=True)
-    colsum(dgi, TB, GH, db_ih)
-    colsum(dgh, TB, GH, db_hh)
+           dw_hh, 0, H, 1, GH, H, TB)
+    for db, g in ((db_ih, dgi), (db_hh, dgh)):
+        launch(_zero, math.ceil(GH / 256), 256, (db,))   # colsum adds with atomics
+        colsum(g, TB, GH, db)
     if dx is not None and I:
         # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
-        matmul(Operand(dgi, 0, GH, 0, 1, GH), Operand(flat(w_ih), 0, 1, 0, I, GH),
-               flat(dx), 0, I, 1, TB, I, GH, accumulate=False)
+        matmul(Operand(dgi, 0, GH, 0, 1, GH), Operand(w_ih, 0, 1, 0, I, GH),
+               dx, 0, I, 1, TB, I, GH)
+
+
+@cuda.jit
+def _zero(out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = 0

@@ -10,7 +10,8 @@ Layouts the kernels assume (flat device arrays):
   hbuf state history (slots, H, Bp): the product reads h[k][b] with b fastest;
        train: slot t+rev is the input state of time t; inference: ping-pong slots 0/1
   dgT  (2, G*H, Bp): the hidden-side gate gradients of the last step, same role in BPTT
-  xp, gates, dG  (T, B, G*H);  y, cin, cout, hhn, dy  (T, B, H);  states (B, H)
+  xp, gates, dG  (T, B, G*H); xp holds x W_ih^T without biases (the forward adds them)
+  y, cin, cout, hhn, dy  (T, B, H);  states (B, H)
 Bp is B rounded up to the batch tile BT; its padding columns stay zero.
 
 Persistent kernels keep their block's packed weights in shared memory for the whole
@@ -125,31 +126,56 @@ def _build(cell, nb_dtype, BT):
 
     # ------------------------------------------------------------------ forward
     @cuda.jit(device=True)
-    def fwd_step(W, wb, src, sb, sm, so, KC, red, rb, xp, bhn, lengths, hbuf, rslot, wslot, cst, y, hout,
-                 gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
+    def fwd_step(W, wb, src, sb, sm, so, KC, red, rb, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
+                 cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
         acc = cuda.local.array(GB, nb_dtype)
+        xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
+        hp = cuda.local.array(BT, nb_dtype)   # previous h
+        cp = cuda.local.array(BT, nb_dtype)   # previous c (LSTM)
         sl, tp, ntp = thread_slice(S)
         nq = Bp // BT
         GH = G * H
         HB = H * Bp
         for rnd in range(rounds):
             u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            owner = active and sl == 0
+            if owner:
+                # Issue the step's global loads before the product: they arrive while it runs.
+                for g in range(G):
+                    bias = zero
+                    if has_bias:
+                        bias = b_ih[g * H + j]
+                        if not (cell == GRU and g == 2):   # b_hn sits inside r * (.)
+                            bias += b_hh[g * H + j]
+                    for q in range(BT):
+                        b = bq * BT + q
+                        if b < B:
+                            xv[g * BT + q] = xp[(t * B + b) * GH + g * H + j] + bias
+                for q in range(BT):
+                    b = bq * BT + q
+                    if b < B:
+                        hp[q] = hbuf[rslot * HB + j * Bp + b]
+                        if cell == LSTM:
+                            cp[q] = cst[b * H + j]
             fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
             if S > 1:
                 fwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
-            if active and sl == 0:
+            if owner:
+                bhn = zero
+                if cell == GRU and has_bias:
+                    bhn = b_hh[2 * H + j]
                 for q in range(BT):
                     b = bq * BT + q
                     if b < B:
                         valid = t < lengths[b]
-                        hprev = hbuf[rslot * HB + j * Bp + b]
+                        hprev = hp[q]
                         xo = (t * B + b) * GH + j
                         if cell == LSTM:
-                            ig = sigm(acc[q] + xp[xo])
-                            fg = sigm(acc[BT + q] + xp[xo + H])
-                            gg = math.tanh(acc[2 * BT + q] + xp[xo + 2 * H])
-                            og = sigm(acc[3 * BT + q] + xp[xo + 3 * H])
-                            c = cst[b * H + j]
+                            ig = sigm(acc[q] + xv[q])
+                            fg = sigm(acc[BT + q] + xv[BT + q])
+                            gg = math.tanh(acc[2 * BT + q] + xv[2 * BT + q])
+                            og = sigm(acc[3 * BT + q] + xv[3 * BT + q])
+                            c = cp[q]
                             cn = fg * c + ig * gg
                             hn = og * math.tanh(cn)
                             if valid:
@@ -162,10 +188,10 @@ def _build(cell, nb_dtype, BT):
                                 cin[(t * B + b) * H + j] = c
                                 cout[(t * B + b) * H + j] = cn
                         elif cell == GRU:
-                            rg = sigm(acc[q] + xp[xo])
-                            zg = sigm(acc[BT + q] + xp[xo + H])
-                            hn_ = acc[2 * BT + q] + bhn[j]
-                            ng = math.tanh(xp[xo + 2 * H] + rg * hn_)
+                            rg = sigm(acc[q] + xv[q])
+                            zg = sigm(acc[BT + q] + xv[BT + q])
+                            hn_ = acc[2 * BT + q] + bhn
+                            ng = math.tanh(xv[2 * BT + q] + rg * hn_)
                             hn = (one - zg) * ng + zg * hprev
                             if train:
                                 gates[xo] = rg
@@ -173,7 +199,7 @@ def _build(cell, nb_dtype, BT):
                                 gates[xo + 2 * H] = ng
                                 hhn[(t * B + b) * H + j] = hn_
                         else:
-                            a = acc[q] + xp[xo]
+                            a = acc[q] + xv[q]
                             if cell == RNN_TANH:
                                 hn = math.tanh(a)
                             else:
@@ -187,8 +213,8 @@ def _build(cell, nb_dtype, BT):
                             hout[b * H + j] = hnew
 
     @cuda.jit
-    def fwd_persistent(Wf, xp, bhn, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
-                       T, B, H, Bp, hs, S, rounds, rev, train, KC):
+    def fwd_persistent(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout,
+                       hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC):
         """Shared memory: [packed weights | KC x Bp staged state rows | slice scratch]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
@@ -198,64 +224,88 @@ def _build(cell, nb_dtype, BT):
         grid = cuda.cg.this_grid()
         for s in range(T):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
-            fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, sm, rb, xp, bhn, lengths, hbuf, rslot,
-                     wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
-                     S, rounds, train)
+            fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, sm, rb, xp, b_ih, b_hh, has_bias, lengths,
+                     hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
+                     blk * hs, S, rounds, train)
             grid.sync()
 
     @cuda.jit
-    def fwd_onestep(Wf, xp, bhn, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
+    def fwd_onestep(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
                     s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
         """Fallback: one step per launch, weights read from global memory.
         Shared memory: [KC x Bp staged state rows | slice scratch]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         t, rslot, wslot = fwd_slots(s, T, rev, train)
-        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, sm, KC * Bp, xp, bhn, lengths,
-                 hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
-                 blk * hs, S, rounds, train)
+        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, sm, KC * Bp, xp, b_ih, b_hh,
+                 has_bias, lengths, hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1,
+                 B, H, Bp, hs, blk * hs, S, rounds, train)
 
     # ------------------------------------------------------------------ backward
+    # values BPTT reads per (unit, sequence) and step, loaded before the step's product
+    NPF = {LSTM: 9, GRU: 7}.get(cell, 3) * BT
+
     @cuda.jit(device=True)
     def bwd_step(W, wb, src, sb, sm, so, KC, red, rb, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
                  dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds):
         """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
         gradients of time t; for s == T the final dh0."""
         acc = cuda.local.array(BT, nb_dtype)
+        pf = cuda.local.array(NPF, nb_dtype)   # pf[v * BT + q]: value v of sequence q
         sl, tp, ntp = thread_slice(S)
         nq = Bp // BT
         GH = G * H
         for rnd in range(rounds):
             u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            owner = active and sl == 0
+            if owner and s < T:
+                # Issue the step's global loads before the product: they arrive while it runs.
+                for q in range(BT):
+                    b = bq * BT + q
+                    if b < B:
+                        go = (t * B + b) * GH + j
+                        ho = (t * B + b) * H + j
+                        pf[q] = carry[b * H + j]
+                        pf[BT + q] = dy[ho] if has_dy else zero
+                        pf[2 * BT + q] = gates[go]
+                        if cell == LSTM:
+                            pf[3 * BT + q] = gates[go + H]
+                            pf[4 * BT + q] = gates[go + 2 * H]
+                            pf[5 * BT + q] = gates[go + 3 * H]
+                            pf[6 * BT + q] = cout[ho]
+                            pf[7 * BT + q] = cin[ho]
+                            pf[8 * BT + q] = dc[b * H + j]
+                        elif cell == GRU:
+                            pf[3 * BT + q] = gates[go + H]
+                            pf[4 * BT + q] = gates[go + 2 * H]
+                            pf[5 * BT + q] = hbuf[(t + rev) * H * Bp + j * Bp + b]
+                            pf[6 * BT + q] = hhn[ho]
             # rec = sum_r W_hh[r, j] dgh_prev[r, b]; none before the first step (s = 0)
             bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, GH if s > 0 else 0, sl, S, u, bq,
                         active, acc)
             if S > 1:
                 bwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
-            if active and sl == 0:
+            if owner:
                 for q in range(BT):
                     b = bq * BT + q
                     if b < B:
-                        dh = carry[b * H + j] + acc[q]
                         if s == T:
-                            dh0[b * H + j] = dh
+                            dh0[b * H + j] = carry[b * H + j] + acc[q]
                             continue
-                        dho = dh
-                        if has_dy:
-                            dho += dy[(t * B + b) * H + j]
+                        dh = pf[q] + acc[q]
+                        dho = dh + pf[BT + q]
                         valid = t < lengths[b]
                         go = (t * B + b) * GH + j
-                        ho = (t * B + b) * H + j
                         tb = wslot * GH * Bp + j * Bp + b
                         if cell == LSTM:
-                            ig = gates[go]
-                            fg = gates[go + H]
-                            gg = gates[go + 2 * H]
-                            og = gates[go + 3 * H]
-                            tc = math.tanh(cout[ho])
-                            dct = dc[b * H + j] + dho * og * (one - tc * tc)
+                            ig = pf[2 * BT + q]
+                            fg = pf[3 * BT + q]
+                            gg = pf[4 * BT + q]
+                            og = pf[5 * BT + q]
+                            tc = math.tanh(pf[6 * BT + q])
+                            dct = pf[8 * BT + q] + dho * og * (one - tc * tc)
                             di = dct * gg * ig * (one - ig)
-                            df = dct * cin[ho] * fg * (one - fg)
+                            df = dct * pf[7 * BT + q] * fg * (one - fg)
                             dg = dct * ig * (one - gg * gg)
                             do = dho * tc * og * (one - og)
                             if not valid:
@@ -272,13 +322,13 @@ def _build(cell, nb_dtype, BT):
                             dgT[tb + 3 * H * Bp] = do
                             carry[b * H + j] = zero if valid else dh
                         elif cell == GRU:
-                            rg = gates[go]
-                            zg = gates[go + H]
-                            ng = gates[go + 2 * H]
-                            hin = hbuf[(t + rev) * H * Bp + j * Bp + b]
+                            rg = pf[2 * BT + q]
+                            zg = pf[3 * BT + q]
+                            ng = pf[4 * BT + q]
+                            hin = pf[5 * BT + q]
                             dn = dho * (one - zg) * (one - ng * ng)
                             dz = dho * (hin - ng) * zg * (one - zg)
-                            dr = dn * hhn[ho] * rg * (one - rg)
+                            dr = dn * pf[6 * BT + q] * rg * (one - rg)
                             dnh = dn * rg
                             if not valid:
                                 dr = dz = dn = dnh = zero
@@ -293,7 +343,7 @@ def _build(cell, nb_dtype, BT):
                             dgT[tb + 2 * H * Bp] = dnh
                             carry[b * H + j] = dho * zg if valid else dh
                         else:
-                            yv = gates[go]
+                            yv = pf[2 * BT + q]
                             if cell == RNN_TANH:
                                 dp = dho * (one - yv * yv)
                             else:

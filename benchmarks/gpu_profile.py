@@ -1,0 +1,182 @@
+"""Where a cuda-backend call spends its time on a real GPU.
+
+1. Fixed cost: wall time per call at T = 1 and T = 32, and a host profile (cProfile) of
+   a few calls, so the Python/launch overhead is visible function by function.
+2. Kernel time alone: the persistent kernels timed with CUDA events around the launch.
+3. Grid-sync cost: a cooperative kernel doing n grid syncs, for several grid sizes.
+4. Co-residency: how many blocks of each persistent kernel the driver allows per
+   launch, as a function of dynamic shared memory (the per-step fallback runs when
+   that is below the plan's block count).
+
+    python benchmarks/gpu_profile.py [--out DIR]
+"""
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fastrnn.backends import cuda as fcuda          # noqa: E402
+from fastrnn.backends import cuda_launch            # noqa: E402
+from fastrnn.cells import get_cell                 # noqa: E402
+from numba import cuda                             # noqa: E402
+
+
+def inputs(cell, T, B, H, rng):
+    G = get_cell(cell).gates
+    dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
+    x, w_ih, w_hh, b_ih, b_hh = dev(T, B, H), dev(G * H, H), dev(G * H, H), dev(G * H), dev(G * H)
+    h0, c0 = dev(B, H), (dev(B, H) if cell == "lstm" else None)
+    return (x, h0, c0, w_ih, w_hh, b_ih, b_hh), dev(T, B, H)
+
+
+def call(cell, args, dy, train):
+    out = fcuda.forward_layer(cell, *args, train=train)
+    if train:
+        fcuda.backward_layer(cell, out[3], dy, None, None)
+
+
+def wall(cell, T, B, H, train, rng, reps=30):
+    args, dy = inputs(cell, T, B, H, rng)
+    for _ in range(3):
+        call(cell, args, dy, train)
+    cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call(cell, args, dy, train)
+        cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def profile(cell, T, B, H, train, rng, out_dir):
+    args, dy = inputs(cell, T, B, H, rng)
+    for _ in range(3):
+        call(cell, args, dy, train)
+    cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(20):
+        call(cell, args, dy, train)
+        cuda.synchronize()
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
+    text = s.getvalue()
+    with open(os.path.join(out_dir, f"profile-{cell}-{'train' if train else 'inf'}.txt"), "w") as f:
+        f.write(text)
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("cumtime").print_stats(40)
+    with open(os.path.join(out_dir, f"profile-{cell}-{'train' if train else 'inf'}-cum.txt"), "w") as f:
+        f.write(s.getvalue())
+    return text
+
+
+def kernel_only(cell, T, B, H, train, rng):
+    """Event time of the recurrence launches alone, per call (forward, backward)."""
+    args, dy = inputs(cell, T, B, H, rng)
+    call(cell, args, dy, train)
+    spent = {}
+    orig = fcuda._launch
+
+    def timed(kern, grid, a, shared, cooperative=False):
+        e0, e1 = cuda.event(), cuda.event()
+        e0.record()
+        orig(kern, grid, a, shared, cooperative)
+        e1.record()
+        e1.synchronize()
+        spent.setdefault(kern.py_func.__name__, []).append(cuda.event_elapsed_time(e0, e1))
+    fcuda._launch = timed
+    try:
+        for _ in range(10):
+            call(cell, args, dy, train)
+    finally:
+        fcuda._launch = orig
+    return {k: float(np.median(v)) for k, v in spent.items()}
+
+
+@cuda.jit
+def _sync_loop(n, out):
+    g = cuda.cg.this_grid()
+    for i in range(n):
+        g.sync()
+    if cuda.grid(1) == 0:
+        out[0] = n
+
+
+def sync_cost(blocks, n=20000):
+    out = cuda.device_array(1, np.int32)
+    _sync_loop[blocks, 256](10, out)
+    cuda.synchronize()
+    e0, e1 = cuda.event(), cuda.event()
+    e0.record()
+    _sync_loop[blocks, 256](n, out)
+    e1.record()
+    e1.synchronize()
+    return cuda.event_elapsed_time(e0, e1) * 1e3 / n   # microseconds per sync
+
+
+def coresidency():
+    lines = []
+    for name, k in cuda_launch.compiled_kernels():
+        if not name.endswith("_persistent"):
+            continue
+        row = []
+        for kb in (0, 48, 96, 128, 144, 152, 156, 160, 164, 180, 200, 220, 227):
+            try:
+                rk = next(r for r in cuda_launch._compiled_cache.values() if r.overload is k)
+                rk.allow_shared(kb * 1024)
+                row.append(f"{kb}K:{k.max_cooperative_grid_blocks(fcuda.THREADS, kb * 1024)}")
+            except Exception as exc:
+                row.append(f"{kb}K:err({type(exc).__name__})")
+        lines.append(f"{name} {str(k.argument_types)[:60]} regs={k.regs_per_thread} "
+                     f"local={k.local_mem_per_thread} " + " ".join(row))
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    os.makedirs(args.out, exist_ok=True)
+    print("device:", fcuda.describe())
+    for raw in ("1", "0"):   # launches through the driver, then through numba's dispatcher
+        os.environ["FASTRNN_CUDA_RAW_LAUNCH"] = raw
+        for cell in ("lstm", "gru", "rnn_tanh"):
+            for train in (False, True):
+                w = {T: wall(cell, T, 1, 256, train, rng) for T in (1, 32, 256)}
+                print(f"raw={raw} {cell:8s} {'train' if train else 'inf  '} H=256 B=1 wall ms: " +
+                      " ".join(f"T={T}:{v * 1e3:.3f}" for T, v in w.items()), flush=True)
+    os.environ["FASTRNN_CUDA_RAW_LAUNCH"] = "1"
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        for H, B in ((256, 1), (512, 8), (256, 256), (1024, 64)):
+            k = kernel_only(cell, 256, B, H, True, rng)
+            print(f"kernels {cell:8s} H={H:4d} B={B:3d} T=256 (us/step): " +
+                  " ".join(f"{n}:{v * 1e3 / 256:.2f}" for n, v in k.items()) +
+                  f" path={fcuda.last_path}", flush=True)
+    text = profile("lstm", 32, 1, 256, True, rng, args.out)
+    print("--- profile lstm train T=32, 20 calls (tottime)")
+    print("\n".join(text.splitlines()[:30]))
+    for blocks in (8, 132):
+        print(f"grid sync, {blocks:3d} blocks x 256 threads: {sync_cost(blocks):.2f} us", flush=True)
+    # compile the shapes the timing grid fell back on, then ask the driver
+    for cell, H, B in (("lstm", 256, 256), ("lstm", 1024, 8), ("gru", 1024, 8)):
+        p = fcuda.plan(cell, H, B)
+        try:
+            wall(cell, 4, B, H, True, rng, reps=1)
+        except Exception as exc:
+            print("run failed:", cell, H, B, exc)
+        print(f"{cell} H={H} B={B} plan={p} path={fcuda.last_path}")
+    print("\n".join(coresidency()))
+
+
+if __name__ == "__main__":
+    main()

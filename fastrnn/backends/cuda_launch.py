@@ -1,0 +1,192 @@
+"""Kernel launches straight through the CUDA driver, for the cuda backend.
+
+numba-cuda's dispatcher spends tens of microseconds of Python per launch (typing every
+argument, converting each to a ctypes value, building a launch config). A layer call
+makes about ten launches, which at short sequences costs more than the kernels run.
+Here each kernel is compiled once per argument signature (numba's `specialize`), and a
+launch writes the flattened argument values into a fixed buffer and makes one
+cuLaunchKernel (or cuLaunchCooperativeKernel) call.
+
+Numba's kernel ABI (numba-cuda's _Kernel._prepare_args): an array argument is 5 + 2*ndim
+parameters (meminfo, parent, nitems, itemsize, data pointer, shape..., strides in
+bytes...), a scalar one parameter. Every parameter gets an 8-byte slot; the driver copies
+each parameter's own size from its slot, and x86 and the GPU are little-endian, so a
+narrower value (bool, float32, int32) sits in the slot's low bytes.
+
+Under the simulator, or with FASTRNN_CUDA_RAW_LAUNCH=0, launches go through the dispatcher.
+"""
+import os
+
+import numpy as np
+from numba import cuda, types
+
+SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
+if SIMULATOR:
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as DeviceNDArray
+else:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+
+class NotCoResident(RuntimeError):
+    """A cooperative grid larger than the device can hold at once."""
+
+
+def raw_enabled():
+    return not SIMULATOR and os.environ.get("FASTRNN_CUDA_RAW_LAUNCH", "1") != "0"
+
+
+def launch(kern, grid, block, args, shared=0, cooperative=False):
+    """kern[grid, block, 0, shared](*args) on the default stream, every array argument
+    passed flat (the kernels index flat arrays; an array must be C-contiguous).
+    cooperative=True checks first that the whole grid can be resident (NotCoResident)."""
+    if not raw_enabled():
+        args = tuple(_flat(a) for a in args)
+        if cooperative and not SIMULATOR:
+            _compiled(kern, args).check_coresident(grid, block, shared)
+        kern[grid, block, 0, shared](*args)
+        return
+    _compiled(kern, args).launch(grid, block, args, shared, cooperative)
+
+
+def _flat(a):
+    if isinstance(a, DeviceNDArray) and a.ndim != 1:
+        if not a.is_c_contiguous():
+            raise ValueError("cuda_launch: array arguments must be C-contiguous")
+        return a.reshape(a.size)
+    return a
+
+
+_compiled_cache = {}
+
+
+def _signature(args):
+    """A cheap key for the argument types: the dtype of arrays (all passed flat), the
+    Python type of scalars (numba types a Python int as int64, a float as float64)."""
+    return tuple(a.dtype.char if isinstance(a, DeviceNDArray) else type(a) for a in args)
+
+
+def _compiled(kern, args):
+    key = (id(kern), _signature(args))
+    k = _compiled_cache.get(key)
+    if k is None:
+        k = _compiled_cache[key] = RawKernel(kern.specialize(*(_flat(a) for a in args)))
+    return k
+
+
+def compiled_kernels():
+    """(python function name, compiled kernel) of every kernel launched so far."""
+    return [(rk.name, rk.overload) for rk in _compiled_cache.values()]
+
+
+class RawKernel:
+    """One compiled overload with its parameter buffer."""
+
+    def __init__(self, specialized):
+        self.specialized = specialized
+        self.overload = next(iter(specialized.overloads.values()))
+        self.name = specialized.py_func.__name__
+        self.cooperative = bool(getattr(self.overload, "cooperative", False))
+        self._fn = None
+        self._shared_allowed = 48 * 1024
+        self._most = {}
+        writers, n = [], 0
+        for t in self.overload.argument_types:
+            if isinstance(t, types.Array):
+                assert t.ndim == 1, "arrays are passed flat"
+                writers.append((_array_values, n))
+                n += 7
+            elif isinstance(t, (types.Integer, types.Boolean)):
+                writers.append((int, n))
+                n += 1
+            elif t == types.float32:
+                writers.append((_f32_bits, n))
+                n += 1
+            elif t == types.float64:
+                writers.append((_f64_bits, n))
+                n += 1
+            else:
+                raise TypeError(f"cuda_launch: unsupported kernel argument type {t}")
+        self._writers = writers
+        self._vals = np.zeros(max(n, 1), np.int64)
+        base = self._vals.ctypes.data
+        self._ptrs = np.array([base + 8 * i for i in range(max(n, 1))], np.uint64)
+        self._ptrs_addr = self._ptrs.ctypes.data
+
+    def _function(self):
+        """The CUfunction in the current context (numba keeps a CUkernel handle)."""
+        if self._fn is None:
+            from cuda.bindings import driver as drv
+            handle = self.overload._codelibrary.get_cufunc().handle
+            if isinstance(handle, drv.CUkernel):
+                err, fn = drv.cuKernelGetFunction(handle)
+                _check(err, "cuKernelGetFunction")
+                handle = fn
+            self._fn = handle
+        return self._fn
+
+    def allow_shared(self, nbytes):
+        """Raise the kernel's dynamic shared memory limit (needed above 48 KiB), on the
+        library kernel (what numba's dispatcher launches) and on our function handle."""
+        if nbytes <= self._shared_allowed:
+            return
+        from cuda.bindings import driver as drv
+        attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        handle = self.overload._codelibrary.get_cufunc().handle
+        if isinstance(handle, drv.CUkernel):
+            err = drv.cuKernelSetAttribute(attr, nbytes, handle, cuda.get_current_device().id)[0]
+            _check(err, f"allowing {nbytes} bytes of shared memory")
+        err = drv.cuFuncSetAttribute(self._function(), attr, nbytes)[0]
+        _check(err, f"allowing {nbytes} bytes of shared memory")
+        self._shared_allowed = nbytes
+
+    def check_coresident(self, grid, block, shared):
+        self.allow_shared(shared)
+        key = (block, shared)
+        most = self._most.get(key)
+        if most is None:
+            most = self._most[key] = self.overload.max_cooperative_grid_blocks(block, shared)
+        if grid > most:
+            raise NotCoResident(f"{self.name}: {grid} blocks > {most} co-resident")
+
+    def launch(self, grid, block, args, shared, cooperative):
+        from cuda.bindings import driver as drv
+        if cooperative:
+            self.check_coresident(grid, block, shared)
+        else:
+            self.allow_shared(shared)
+        vals = []
+        for (write, _), a in zip(self._writers, args):
+            if write is _array_values:
+                vals.extend(_array_values(a))
+            else:
+                vals.append(write(a))
+        self._vals[:len(vals)] = vals
+        gx, gy = (grid, 1) if isinstance(grid, int) else grid
+        if self.cooperative:
+            err = drv.cuLaunchCooperativeKernel(self._function(), gx, gy, 1, block, 1, 1, shared,
+                                                0, self._ptrs_addr)[0]
+        else:
+            err = drv.cuLaunchKernel(self._function(), gx, gy, 1, block, 1, 1, shared, 0,
+                                     self._ptrs_addr, 0)[0]
+        _check(err, f"launching {self.name}")
+
+
+def _array_values(a):
+    """The 7 parameters of a flat array: meminfo, parent, nitems, itemsize, data, shape, stride."""
+    if not a.is_c_contiguous():
+        raise ValueError("cuda_launch: array arguments must be C-contiguous")
+    n, item = a.size, a.dtype.itemsize
+    return (0, 0, n, item, a.device_ctypes_pointer.value or 0, n, item)
+
+
+def _f32_bits(v):
+    return int(np.float32(v).view(np.int32))
+
+
+def _f64_bits(v):
+    return int(np.float64(v).view(np.int64))
+
+
+def _check(err, what):
+    if int(err) != 0:
+        raise RuntimeError(f"cuda: {what} failed ({err})")
