@@ -191,6 +191,8 @@ def main(argv=None):
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--timing-cells", default=None, help="cells to time (default: --cells)")
     ap.add_argument("--budget", type=float, default=420, help="seconds for the timing grid")
+    ap.add_argument("--hs", default="256,512,1024", help="hidden sizes to time")
+    ap.add_argument("--bs", default="1,8,64,256", help="batch sizes to time")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if fcuda.unavailable_reason() or fcuda.SIMULATOR:
@@ -204,7 +206,8 @@ def main(argv=None):
     checks = [] if args.skip_check else correctness(cells, rng)
     Ts = (32, 256) if args.quick else (32, 256, 1024)
     tcells = args.timing_cells.split(",") if args.timing_cells else cells
-    rows = timing(tcells, (256, 512, 1024), (1, 8, 64, 256), Ts, rng, args.budget)
+    ints = lambda text: tuple(int(v) for v in text.split(","))
+    rows = timing(tcells, ints(args.hs), ints(args.bs), Ts, rng, args.budget)
     res = dict(device=dev, describe=fcuda.describe(), date=time.strftime("%Y-%m-%d"),
                versions=dict(numba=numba.__version__, torch=torch.__version__,
                              cudnn=torch.backends.cudnn.version(), python=platform.python_version()),

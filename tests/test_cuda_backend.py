@@ -72,6 +72,19 @@ def test_split_summed_index_and_batch_tiles(cu, monkeypatch):
     compare(cu, "gru", 2, 66, 2, 2, ragged=True)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("persistent", ["1", "0"])
+def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
+    # S > 1 lanes split each tile's summed index: k-fastest packed weights, batch-fastest
+    # tiles and the slice reduction, forward and BPTT, on both launch paths
+    monkeypatch.setenv(cu.PERSISTENT_ENV, persistent)
+    monkeypatch.setattr(cu, "SLICE_TERMS", 2)
+    for H, B in ((8, 1), (6, 2)):
+        assert cu.plan(cell, H, B)["S"] > 1 and cu.plan(cell, H, B, backward=True)["S"] > 1
+    compare(cu, cell, 3, 1, 2, 8, seed=4)
+    compare(cu, cell, 4, 2, 2, 6, ragged=True, reverse=True, seed=5)
+
+
 def test_chunked_staging(cu, monkeypatch):
     # fewer staged rows than the summed length: several chunks per step
     monkeypatch.setattr(cu, "STAGE_LIMIT", 3 * 8)

@@ -28,10 +28,11 @@ name = "cuda"
 
 SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
 # The simulator runs every thread as a Python thread: small blocks, a few "SMs".
-THREADS = 32 if SIMULATOR else 256
+THREADS = rec.SIM_THREADS if SIMULATOR else 256
 STAGE_LIMIT = 32 * 1024      # bytes of h (or dgh) rows staged in shared memory per chunk
 PERSISTENT_SHARED_CAP = 160 * 1024
-SLICE_TERMS = 32             # at least this many summed terms per thread slice
+SLICE_TERMS = 8              # at least this many summed terms per thread slice
+MAX_SLICES = 32              # slices of a tile are lanes of one warp (shuffle reduction)
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
 
 
@@ -74,7 +75,7 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           _device_limits())
+           _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -91,7 +92,7 @@ def _plan(cell, H, B, dtype, backward, persistent):
     allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
     if SIMULATOR and allow_persistent:
         nsm = 1   # the simulator runs blocks one after another: grid sync needs one block
-    BT = 4 if B > 64 else 1
+    BT = 4 if B >= 4 else 1      # batches per thread: reuses each weight read BT times
     Bp = -(-B // BT) * BT
     hs = -(-H // nsm)
     blocks = -(-H // hs)
@@ -99,19 +100,19 @@ def _plan(cell, H, B, dtype, backward, persistent):
     K = G * H if backward else H
     if pairs >= THREADS:
         S, rounds = 1, -(-pairs // THREADS)
-    else:   # split the summed index, keeping >= 32 terms per thread slice
+    else:   # split the summed index, keeping >= SLICE_TERMS terms per thread slice
         S = 1
-        while S * 2 <= THREADS // pairs and S * 2 <= max(1, K // SLICE_TERMS):
+        while (S * 2 <= min(MAX_SLICES, THREADS // pairs)
+               and S * 2 <= max(1, K // SLICE_TERMS)):
             S *= 2
         rounds = 1
     weights = hs * G * H * item
-    row = Bp * item
-    red = (1 if backward else G) * BT * THREADS * item if S > 1 else 0
+    row = (Bp | 1) * item                            # staged row stride (odd)
     KC = max(1, min(K, STAGE_LIMIT // row))          # state rows staged per chunk
-    persistent = allow_persistent and weights + red + min(K, 8) * row <= smem_max
+    persistent = allow_persistent and weights + min(K, 8) * row <= smem_max
     if persistent:
-        KC = max(1, min(KC, (smem_max - weights - red) // row))
-    shared = (weights if persistent else 0) + KC * row + red
+        KC = max(1, min(KC, (smem_max - weights) // row))
+    shared = (weights if persistent else 0) + KC * row
     return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=S, rounds=rounds,
                 KC=KC, shared_bytes=shared, weight_bytes=weights, persistent=persistent)
 
@@ -240,23 +241,37 @@ def _launch(kern, grid, args, shared, cooperative=False):
     launch(kern, grid, THREADS, args, shared, cooperative)
 
 
-def _pack(w_hh, G, H, hs, blocks, backward):
-    """Pack W_hh into the per-block layout of cuda_recurrence (module docstring)."""
-    n = blocks * hs * G * H
+def _pack(w_hh, G, H, p, backward):
+    """Pack W_hh into the per-block layout of cuda_recurrence (module docstring): k fastest
+    when thread slices split the summed index (S > 1), units fastest otherwise."""
+    hs = p["hs"]
+    n = p["blocks"] * hs * G * H
     out = _scratch("packed", n, w_hh.dtype)
-    launch(_pack_kernel, math.ceil(n / 256), 256, (w_hh, out, G, H, hs, backward))
+    launch(_pack_kernel, math.ceil(n / 256), 256, (w_hh, out, G, H, hs, backward, p["S"] > 1))
     return out
 
 
 @cuda.jit
-def _pack_kernel(w, out, G, H, hs, backward):
+def _pack_kernel(w, out, G, H, hs, backward, kfast):
     i = cuda.grid(1)
     if i >= out.size:
         return
-    per = hs * G * H
+    GH = G * H
+    per = hs * GH
     blk = i // per
     e = i - blk * per
-    if backward:      # e = r*hs + u  ->  W_hh[r, j]
+    if kfast:         # e = u*G*H + r, r = g*H + k (forward) or the row r of W_hh (backward)
+        u = e // GH
+        r = e - u * GH
+        j = blk * hs + u
+        if j >= H:
+            out[i] = 0
+        elif backward:    # W_hh[r, j]
+            out[i] = w[r * H + j]
+        else:             # r = g*H + k  ->  W_hh[g*H + j, k]
+            g = r // H
+            out[i] = w[(g * H + j) * H + (r - g * H)]
+    elif backward:    # e = r*hs + u  ->  W_hh[r, j]
         r = e // hs
         j = blk * hs + (e - r * hs)
         out[i] = w[r * H + j] if j < H else 0
@@ -318,7 +333,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
             _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
     def run(p):
-        Wf = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=False)
+        Wf = _pack(w_hh, G, H, p, backward=False)
         shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"])
         if p["persistent"]:
             return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape, "forward")
@@ -416,7 +431,7 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
-        Wb = _pack(w_hh, G, H, p["hs"], p["blocks"], backward=True)
+        Wb = _pack(w_hh, G, H, p, backward=True)
         shape = (p["hs"], p["S"], p["rounds"], p["KC"])
         if p["persistent"]:
             return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape, "backward")

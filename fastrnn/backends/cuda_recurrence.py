@@ -5,28 +5,36 @@ j in [blk*hs, blk*hs + hs) with all G gates of each, so a step's product, gates 
 nonlinearity fuse and a step needs one grid-wide barrier.
 
 Layouts the kernels assume (flat device arrays):
-  Wf   forward weights packed per block: Wf[blk*hs*G*H + k*hs*G + u*G + g] = W_hh[g*H + j, k]
-  Wb   backward weights packed per block: Wb[blk*G*H*hs + r*hs + u]     = W_hh[r, j]
+  Wf   forward weights packed per block, unit u = j - blk*hs:
+         S = 1: Wf[blk*hs*G*H + k*hs*G + u*G + g] = W_hh[g*H + j, k]   (units fastest)
+         S > 1: Wf[blk*hs*G*H + u*G*H + g*H + k] = W_hh[g*H + j, k]   (k fastest)
+  Wb   backward weights packed per block:
+         S = 1: Wb[blk*G*H*hs + r*hs + u]  = W_hh[r, j];  S > 1: Wb[blk*G*H*hs + u*G*H + r]
   hbuf state history (slots, H, Bp): the product reads h[k][b] with b fastest;
        train: slot t+rev is the input state of time t; inference: ping-pong slots 0/1
   dgT  (2, G*H, Bp): the hidden-side gate gradients of the last step, same role in BPTT
   xp, gates, dG  (T, B, G*H); xp holds x W_ih^T without biases (the forward adds them)
   y, cin, cout, hhn, dy  (T, B, H);  states (B, H)
-Bp is B rounded up to the batch tile BT; its padding columns stay zero.
+Bp is B rounded up to the batch tile BT; its padding columns stay zero. Staged rows sit
+Bp | 1 apart in shared memory (odd: no bank conflicts between slices).
 
 Persistent kernels keep their block's packed weights in shared memory for the whole
 sequence and run every step in one launch, with a grid sync per step. When the weights
 do not fit on chip the same step code runs from global memory, one launch per step.
 
 A thread computes one unit x BT batches (all G gates); when there are fewer (unit,
-batch-tile) pairs than threads, S thread slices split the summed index and a shared
-scratch adds their partial sums. Every thread reaches every syncthreads (uniform loops).
+batch-tile) tiles than threads, S <= 32 neighbouring lanes split a tile's summed index
+(each reads consecutive k of k-fastest weights: no bank conflicts) and warp shuffles add
+their partial sums. Every thread reaches every syncthreads and shuffle (uniform loops).
 """
 import math
 
 import numpy as np
 from numba import cuda
 
+from .cuda_launch import SIMULATOR
+
+SIM_THREADS = 32   # block size the cuda backend uses under the simulator
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
 
@@ -52,20 +60,33 @@ def _build(cell, nb_dtype, BT):
             """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
             * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
             at sm[so:] by the whole block (many loads in flight, then shared-memory reads).
-            nk = 0 gives acc = 0."""
+            Staged rows are Bs = Bp | 1 apart: an odd stride puts the S lanes' rows k, k+1, ...
+            in different banks. nk = 0 gives acc = 0."""
             tid = cuda.threadIdx.x
             nt = cuda.blockDim.x
+            Bs = Bp | 1
+            dr = nt // Bp            # (row, column) step of the copy loop: no division inside
+            dc = nt - dr * Bp
+            r0 = tid // Bp
+            cc0 = tid - r0 * Bp
             for i in range(NB):
                 acc[i] = zero
             for c0 in range(0, nk, KC):
                 rows = min(KC, nk - c0)
                 cuda.syncthreads()
+                r = r0
+                cc = cc0
                 for i in range(tid, rows * Bp, nt):
-                    sm[so + i] = src[sb + c0 * Bp + i]
+                    sm[so + r * Bs + cc] = src[sb + c0 * Bp + i]
+                    r += dr
+                    cc += dc
+                    if cc >= Bp:
+                        cc -= Bp
+                        r += 1
                 cuda.syncthreads()
                 if active:
                     for kk in range(sl, rows, S):
-                        hb = so + kk * Bp + bq * BT
+                        hb = so + kk * Bs + bq * BT
                         wk = wb + (c0 + kk) * wstride + u * ustride
                         for q in range(BT):
                             hv = sm[hb + q]
@@ -73,20 +94,35 @@ def _build(cell, nb_dtype, BT):
                                 acc[g * BT + q] += W[wk + g * gstride] * hv
 
         @cuda.jit(device=True, inline=True)
-        def reduce_slices(red, rb, acc, sl, S, tp, ntp, active):
-            """Sum the S slices' partial acc into slice 0's threads (shared scratch at rb)."""
-            cuda.syncthreads()
-            if active:
+        def shuffle_reduce(acc, S):
+            """Sum the S slices' partial acc into slice 0's lane: the S slices of a tile are
+            neighbouring lanes of one warp (S a power of two <= 32), so warp shuffles add
+            them. Every lane of the warp must call this."""
+            off = S // 2
+            while off > 0:
                 for i in range(NB):
-                    red[rb + (sl * NB + i) * ntp + tp] = acc[i]
-            cuda.syncthreads()
-            if active and sl == 0:
-                for i in range(NB):
-                    s = zero
-                    for x in range(S):
-                        s += red[rb + (x * NB + i) * ntp + tp]
-                    acc[i] = s
+                    acc[i] += cuda.shfl_down_sync(0xffffffff, acc[i], off)
+                off //= 2
 
+        @cuda.jit(device=True, inline=True)
+        def shared_reduce(acc, S):
+            """The simulator's stand-in (it has no warp shuffles): the same sums, through
+            shared memory (blocks of SIM_THREADS threads)."""
+            red = cuda.shared.array(SIM_THREADS * NB, nb_dtype)
+            tid = cuda.threadIdx.x
+            cuda.syncthreads()
+            for i in range(NB):
+                red[tid * NB + i] = acc[i]
+            cuda.syncthreads()
+            if tid % S == 0:
+                for i in range(NB):
+                    v = zero
+                    for x in range(S):
+                        v += red[(tid + x) * NB + i]
+                    acc[i] = v
+            cuda.syncthreads()
+
+        reduce_slices = shared_reduce if SIMULATOR else shuffle_reduce
         return staged_product, reduce_slices
 
     fwd_product, fwd_reduce = tile_ops(G)
@@ -94,19 +130,26 @@ def _build(cell, nb_dtype, BT):
 
     @cuda.jit(device=True, inline=True)
     def thread_slice(S):
-        """(slice sl, position tp in it, threads per slice ntp): S slices split the summed index."""
-        ntp = cuda.blockDim.x // S
-        sl = cuda.threadIdx.x // ntp
-        return sl, cuda.threadIdx.x - sl * ntp, ntp
+        """(slice sl, tile position tp, tiles per round ntp): the S slices that split one
+        tile's summed index are neighbouring lanes."""
+        tid = cuda.threadIdx.x
+        sl = tid % S
+        return sl, tid // S, cuda.blockDim.x // S
 
     @cuda.jit(device=True, inline=True)
-    def tile_of(rnd, tp, ntp, hs, u0, nq, H):
-        """(unit u in the block, batch tile bq, hidden unit j, active) of round rnd."""
+    def tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast):
+        """(unit u in the block, batch tile bq, hidden unit j, active) of round rnd. With
+        k-fastest weights (kfast) neighbouring tiles share a unit, so their weight reads
+        are broadcasts; otherwise they share a batch tile and read neighbouring units."""
         p = rnd * ntp + tp
-        u = p % hs
-        bq = p // hs
+        if kfast:
+            u = p // nq
+            bq = p - u * nq
+        else:
+            bq = p // hs
+            u = p - bq * hs
         j = u0 + u
-        return u, bq, j, bq < nq and j < H
+        return u, bq, j, u < hs and bq < nq and j < H
 
     @cuda.jit(device=True, inline=True)
     def load_block_weights(sm, Wp, nW):
@@ -126,7 +169,7 @@ def _build(cell, nb_dtype, BT):
 
     # ------------------------------------------------------------------ forward
     @cuda.jit(device=True)
-    def fwd_step(W, wb, src, sb, sm, so, KC, red, rb, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
+    def fwd_step(W, wb, src, sb, sm, so, KC, kfast, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
                  cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
         acc = cuda.local.array(GB, nb_dtype)
         xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
@@ -137,7 +180,7 @@ def _build(cell, nb_dtype, BT):
         GH = G * H
         HB = H * Bp
         for rnd in range(rounds):
-            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
             owner = active and sl == 0
             if owner:
                 # Issue the step's global loads before the product: they arrive while it runs.
@@ -157,9 +200,12 @@ def _build(cell, nb_dtype, BT):
                         hp[q] = hbuf[rslot * HB + j * Bp + b]
                         if cell == LSTM:
                             cp[q] = cst[b * H + j]
-            fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+            if kfast:   # Wf[u][g][k]
+                fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+            else:       # Wf[k][u][g]
+                fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
             if S > 1:
-                fwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
+                fwd_reduce(acc, S)
             if owner:
                 bhn = zero
                 if cell == GRU and has_bias:
@@ -215,16 +261,15 @@ def _build(cell, nb_dtype, BT):
     @cuda.jit
     def fwd_persistent(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout,
                        hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC):
-        """Shared memory: [packed weights | KC x Bp staged state rows | slice scratch]."""
+        """Shared memory: [packed weights | KC x Bp staged state rows]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wf, nW)
-        rb = nW + KC * Bp
         grid = cuda.cg.this_grid()
         for s in range(T):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
-            fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, sm, rb, xp, b_ih, b_hh, has_bias, lengths,
+            fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, S > 1, xp, b_ih, b_hh, has_bias, lengths,
                      hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
                      blk * hs, S, rounds, train)
             grid.sync()
@@ -233,11 +278,11 @@ def _build(cell, nb_dtype, BT):
     def fwd_onestep(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
                     s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
         """Fallback: one step per launch, weights read from global memory.
-        Shared memory: [KC x Bp staged state rows | slice scratch]."""
+        Shared memory: [KC x Bp staged state rows]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         t, rslot, wslot = fwd_slots(s, T, rev, train)
-        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, sm, KC * Bp, xp, b_ih, b_hh,
+        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, S > 1, xp, b_ih, b_hh,
                  has_bias, lengths, hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1,
                  B, H, Bp, hs, blk * hs, S, rounds, train)
 
@@ -246,7 +291,7 @@ def _build(cell, nb_dtype, BT):
     NPF = {LSTM: 9, GRU: 7}.get(cell, 3) * BT
 
     @cuda.jit(device=True)
-    def bwd_step(W, wb, src, sb, sm, so, KC, red, rb, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
+    def bwd_step(W, wb, src, sb, sm, so, KC, kfast, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
                  dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds):
         """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
         gradients of time t; for s == T the final dh0."""
@@ -256,7 +301,7 @@ def _build(cell, nb_dtype, BT):
         nq = Bp // BT
         GH = G * H
         for rnd in range(rounds):
-            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H)
+            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
             owner = active and sl == 0
             if owner and s < T:
                 # Issue the step's global loads before the product: they arrive while it runs.
@@ -281,10 +326,13 @@ def _build(cell, nb_dtype, BT):
                             pf[5 * BT + q] = hbuf[(t + rev) * H * Bp + j * Bp + b]
                             pf[6 * BT + q] = hhn[ho]
             # rec = sum_r W_hh[r, j] dgh_prev[r, b]; none before the first step (s = 0)
-            bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, GH if s > 0 else 0, sl, S, u, bq,
-                        active, acc)
+            nk = GH if s > 0 else 0
+            if kfast:   # Wb[u][r]
+                bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
+            else:       # Wb[r][u]
+                bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
             if S > 1:
-                bwd_reduce(red, rb, acc, sl, S, tp, ntp, active)
+                bwd_reduce(acc, S)
             if owner:
                 for q in range(BT):
                     b = bq * BT + q
@@ -357,17 +405,16 @@ def _build(cell, nb_dtype, BT):
     @cuda.jit
     def bwd_persistent(Wb, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
                        dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
-        """Shared memory: [packed weights | KC x Bp staged gradient rows | slice scratch]."""
+        """Shared memory: [packed weights | KC x Bp staged gradient rows]."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wb, nW)
-        rb = nW + KC * Bp
         grid = cuda.cg.this_grid()
         for s in range(T + 1):
             t = s if rev else T - 1 - s
             rs = (s + 1) % 2          # slot the previous phase wrote
-            bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, sm, rb, s, T, t, rev, lengths, gates,
+            bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
                      hs, blk * hs, S, rounds)
             grid.sync()
@@ -379,7 +426,7 @@ def _build(cell, nb_dtype, BT):
         blk = cuda.blockIdx.x
         t = s if rev else T - 1 - s
         rs = (s + 1) % 2
-        bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, sm, KC * Bp, s, T, t, rev,
+        bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
                  lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
                  dh0, B, H, Bp, hs, blk * hs, S, rounds)
 
