@@ -72,17 +72,20 @@ def test_split_summed_index_and_batch_tiles(cu, monkeypatch):
     compare(cu, "gru", 2, 66, 2, 2, ragged=True)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("persistent", ["1", "0"])
+@pytest.mark.parametrize("cell, persistent", [(c, "1") for c in CELLS] + [("lstm", "0"), ("gru", "0")])
 def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
+    # (the per-step path runs the same step code; two cells keep the simulator time down)
     # S > 1 lanes split each tile's summed index: k-fastest packed weights, batch-fastest
     # tiles and the slice reduction, forward and BPTT, on both launch paths
     monkeypatch.setenv(cu.PERSISTENT_ENV, persistent)
     monkeypatch.setattr(cu, "SLICE_TERMS", 2)
-    for H, B in ((8, 1), (6, 2)):
+    tiled = 8 if persistent == "1" else 16     # B where 4-sequence tiles start (hs * B >= 32)
+    for H, B in ((8, 1), (6, 2), (5, tiled)):
         assert cu.plan(cell, H, B)["S"] > 1 and cu.plan(cell, H, B, backward=True)["S"] > 1
+    assert cu.plan(cell, 5, tiled)["BT"] == 4
     compare(cu, cell, 3, 1, 2, 8, seed=4)
     compare(cu, cell, 4, 2, 2, 6, ragged=True, reverse=True, seed=5)
+    compare(cu, cell, 3, tiled, 2, 5, ragged=True, seed=6)
 
 
 def test_chunked_staging(cu, monkeypatch):
