@@ -169,6 +169,26 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
     return rows
 
 
+# The issue's targets, as (name, rows they cover, lowest ratio they ask for).
+TARGETS = (
+    ("forward >= 1.0 at B <= 8, H in {256, 512}",
+     lambda r: r["mode"] == "inference" and r["B"] <= 8 and r["H"] in (256, 512), 1.0),
+    ("forward+backward >= 0.7 at B <= 8",
+     lambda r: r["mode"] == "train" and r["B"] <= 8, 0.7),
+    ("within 3x of cuDNN at B = 256", lambda r: r["B"] == 256, 1 / 3),
+)
+
+
+def target_summary(rows):
+    """For each target: how many timed points meet it, of how many, and the worst ratio."""
+    out = []
+    for name_, covers, floor in TARGETS:
+        sel = [r for r in rows if covers(r)]
+        out.append(dict(target=name_, met=sum(r["ratio"] >= floor for r in sel), points=len(sel),
+                        worst=min((r["ratio"] for r in sel), default=None)))
+    return out
+
+
 def kernel_resources():
     """Registers, shared and local (spill) memory of every compiled kernel."""
     out = []
@@ -213,7 +233,7 @@ def main(argv=None):
                              cudnn=torch.backends.cudnn.version(), python=platform.python_version()),
                tf32=False, matmul="cuBLAS via CuPy" if blas.available() else "Numba tiled kernel",
                checks=checks, all_checks_ok=all(c["ok"] for c in checks),
-               timing=rows, kernels=kernel_resources())
+               timing=rows, targets=target_summary(rows), kernels=kernel_resources())
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    "gpu-" + dev.replace(" ", "-") + ".json")
     with open(out, "w") as f:
@@ -223,6 +243,9 @@ def main(argv=None):
     for r in rows:
         print(f"{r['cell']:8s} {r['mode']:9s} {r['H']:5d} {r['B']:4d} {r['T']:5d} "
               f"{r['fastrnn_s'] * 1e3:11.3f} {r['cudnn_s'] * 1e3:10.3f} {r['ratio']:6.2f}")
+    for t in res["targets"]:
+        worst = "-" if t["worst"] is None else f"{t['worst']:.2f}"
+        print(f"target {t['target']}: {t['met']} of {t['points']} points, worst ratio {worst}")
     print("checks:", "all ok" if res["all_checks_ok"] else "FAILURES")
     return 0 if res["all_checks_ok"] else 1
 
