@@ -22,7 +22,7 @@ from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
 from .checks import check_backward_grads, check_forward_args, check_lengths
-from .cuda_launch import NotCoResident, launch
+from .cuda_launch import NotCoResident, current_context, launch
 
 name = "cuda"
 
@@ -164,10 +164,11 @@ def _scratch(key, n, dtype):
     more than a small layer's kernels). Only for arrays that die within the call; work on
     the one default stream keeps reuse in order."""
     dtype = np.dtype(dtype)
-    hit = _scratch_bufs.get((key, dtype))
+    full_key = (key, dtype, current_context())
+    hit = _scratch_bufs.get(full_key)
     if hit is None or hit[0].size < n:
         buf = cuda.device_array(max(n, 1), dtype=dtype)
-        hit = _scratch_bufs[(key, dtype)] = (buf, {})
+        hit = _scratch_bufs[full_key] = (buf, {})
     views = hit[1]     # slicing a device array costs tens of microseconds: keep the views
     if n not in views:
         views[n] = hit[0][:max(n, 1)]
@@ -217,9 +218,9 @@ _lengths_cache = {}
 
 
 def _device_lengths(lengths):
-    """The lengths on the device; the last few distinct vectors stay cached (a host to
-    device copy per call costs more than a short layer's kernels)."""
-    key = lengths.tobytes()
+    """The lengths on the device; the last few distinct vectors stay cached per context (a
+    host to device copy per call costs more than a short layer's kernels)."""
+    key = (lengths.tobytes(), current_context())
     hit = _lengths_cache.get(key)
     if hit is None:
         if len(_lengths_cache) >= 16:

@@ -86,9 +86,7 @@ class RawKernel:
         self.overload = next(iter(specialized.overloads.values()))
         self.name = specialized.py_func.__name__
         self.cooperative = bool(getattr(self.overload, "cooperative", False))
-        self._fn = None
-        self._shared_allowed = 48 * 1024
-        self._most = {}
+        self._contexts = {}   # context handle -> function handle and its launch limits
         writers, n = [], 0
         for t in self.overload.argument_types:
             if isinstance(t, types.Array):
@@ -112,48 +110,53 @@ class RawKernel:
         self._ptrs = np.array([base + 8 * i for i in range(max(n, 1))], np.uint64)
         self._ptrs_addr = self._ptrs.ctypes.data
 
-    def _function(self):
-        """The CUfunction in the current context (numba keeps a CUkernel handle)."""
-        if self._fn is None:
+    def _state(self):
+        """The function handle and launch limits in the current context: a process may use
+        several devices, and each context loads its own copy of the module."""
+        ctx = current_context()
+        st = self._contexts.get(ctx)
+        if st is None:
             from cuda.bindings import driver as drv
-            handle = self.overload._codelibrary.get_cufunc().handle
-            if isinstance(handle, drv.CUkernel):
-                err, fn = drv.cuKernelGetFunction(handle)
+            kernel = self.overload._codelibrary.get_cufunc().handle   # numba keeps a CUkernel
+            fn = kernel
+            if isinstance(kernel, drv.CUkernel):
+                err, fn = drv.cuKernelGetFunction(kernel)
                 _check(err, "cuKernelGetFunction")
-                handle = fn
-            self._fn = handle
-        return self._fn
+            st = self._contexts[ctx] = dict(fn=fn, kernel=kernel, shared=48 * 1024, most={})
+        return st
 
-    def allow_shared(self, nbytes):
+    def allow_shared(self, nbytes, st=None):
         """Raise the kernel's dynamic shared memory limit (needed above 48 KiB), on the
         library kernel (what numba's dispatcher launches) and on our function handle."""
-        if nbytes <= self._shared_allowed:
+        st = st or self._state()
+        if nbytes <= st["shared"]:
             return
         from cuda.bindings import driver as drv
         attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        handle = self.overload._codelibrary.get_cufunc().handle
-        if isinstance(handle, drv.CUkernel):
-            err = drv.cuKernelSetAttribute(attr, nbytes, handle, cuda.get_current_device().id)[0]
+        if isinstance(st["kernel"], drv.CUkernel):
+            err = drv.cuKernelSetAttribute(attr, nbytes, st["kernel"],
+                                           cuda.get_current_device().id)[0]
             _check(err, f"allowing {nbytes} bytes of shared memory")
-        err = drv.cuFuncSetAttribute(self._function(), attr, nbytes)[0]
+        err = drv.cuFuncSetAttribute(st["fn"], attr, nbytes)[0]
         _check(err, f"allowing {nbytes} bytes of shared memory")
-        self._shared_allowed = nbytes
+        st["shared"] = nbytes
 
-    def check_coresident(self, grid, block, shared):
-        self.allow_shared(shared)
-        key = (block, shared)
-        most = self._most.get(key)
+    def check_coresident(self, grid, block, shared, st=None):
+        st = st or self._state()
+        self.allow_shared(shared, st)
+        most = st["most"].get((block, shared))
         if most is None:
-            most = self._most[key] = self.overload.max_cooperative_grid_blocks(block, shared)
+            most = st["most"][(block, shared)] = self.overload.max_cooperative_grid_blocks(block, shared)
         if grid > most:
             raise NotCoResident(f"{self.name}: {grid} blocks > {most} co-resident")
 
     def launch(self, grid, block, args, shared, cooperative):
         from cuda.bindings import driver as drv
+        st = self._state()
         if cooperative:
-            self.check_coresident(grid, block, shared)
+            self.check_coresident(grid, block, shared, st)
         else:
-            self.allow_shared(shared)
+            self.allow_shared(shared, st)
         vals = []
         for (write, _), a in zip(self._writers, args):
             if write is _array_values:
@@ -163,12 +166,23 @@ class RawKernel:
         self._vals[:len(vals)] = vals
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
         if self.cooperative:
-            err = drv.cuLaunchCooperativeKernel(self._function(), gx, gy, 1, block, 1, 1, shared,
+            err = drv.cuLaunchCooperativeKernel(st["fn"], gx, gy, 1, block, 1, 1, shared,
                                                 0, self._ptrs_addr)[0]
         else:
-            err = drv.cuLaunchKernel(self._function(), gx, gy, 1, block, 1, 1, shared, 0,
+            err = drv.cuLaunchKernel(st["fn"], gx, gy, 1, block, 1, 1, shared, 0,
                                      self._ptrs_addr, 0)[0]
         _check(err, f"launching {self.name}")
+
+
+def current_context():
+    """The current CUDA context as an int (0 under the simulator): caches of handles and
+    device buffers are kept per context."""
+    if SIMULATOR:
+        return 0
+    from cuda.bindings import driver as drv
+    err, ctx = drv.cuCtxGetCurrent()
+    _check(err, "cuCtxGetCurrent")
+    return int(ctx)
 
 
 def _array_values(a):
