@@ -148,3 +148,24 @@ def test_layers_module_runs_on_cuda_backend():
     np.testing.assert_allclose(yc, yr, rtol=1e-10, atol=1e-12)
     g = rng.standard_normal(yr.shape)
     np.testing.assert_allclose(m_cu.backward(g)[0], m_ref.backward(g)[0], rtol=1e-9, atol=1e-12)
+
+
+def test_raw_launch_parameters():
+    # the driver-launch path packs arguments in numba's flattened kernel ABI: 7 slots per
+    # flat array (meminfo, parent, nitems, itemsize, data, shape, stride), one per scalar
+    from types import SimpleNamespace
+    from numba import types
+    from fastrnn.backends.cuda_launch import RawKernel
+    sig = [types.Array(types.float32, 1, "C"), types.int64, types.boolean, types.float32,
+           types.float64]
+    overload = SimpleNamespace(argument_types=sig, cooperative=False)
+    rk = RawKernel(SimpleNamespace(overloads={0: overload}, py_func=test_raw_launch_parameters))
+    arr = SimpleNamespace(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
+                          device_ctypes_pointer=SimpleNamespace(value=0x7000))
+    vals = rk.values((arr, -3, True, 1.5, -2.0))
+    assert vals == [0, 0, 6, 4, 0x7000, 6, 4, -3, 1,
+                    int(np.float32(1.5).view(np.int32)), int(np.float64(-2.0).view(np.int64))]
+    assert rk._vals.size == len(vals)
+    bad = SimpleNamespace(**dict(vars(arr), is_c_contiguous=lambda: False))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        rk.values((bad, 0, False, 0.0, 0.0))

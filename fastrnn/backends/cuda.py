@@ -177,26 +177,14 @@ def _scratch(key, n, dtype):
 
 def _zeros(n, dtype):
     a = cuda.device_array(n, dtype=dtype)
-    _fill(a, 0)
+    dense.fill(a, 0)
     return a
 
 
 def _zero_scratch(key, n, dtype):
     a = _scratch(key, n, dtype)
-    _fill(a, 0)
+    dense.fill(a, 0)
     return a
-
-
-def _fill(a, value):
-    if a.size:
-        launch(_fill_kernel, math.ceil(a.size / 256), 256, (a, value))
-
-
-@cuda.jit
-def _fill_kernel(a, v):
-    i = cuda.grid(1)
-    if i < a.size:
-        a[i] = v
 
 
 @cuda.jit
@@ -310,7 +298,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     h_T = _copy(h0)
     c_T = _copy(c0) if spec.has_cell_state else None
     if T == 0 or B == 0 or H == 0:
-        _fill(y, 0)
+        dense.fill(y, 0)
         saved = _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H, None) if train else None
         return _out(host, y, h_T, c_T, saved)
 
@@ -323,7 +311,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     if I:
         _products().projection(x, w_ih, None, xp, T * B, GH, I)
     else:
-        _fill(xp, 0)
+        dense.fill(xp, 0)
     slots = T + 1 if train else 2
     hbuf = _zeros(slots * H * Bp, dt) if train else _zero_scratch("hbuf", 2 * H * Bp, dt)
     first = reverse * T if train else 0
@@ -418,7 +406,7 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     if T == 0 or B == 0 or H == 0:
         for a in (dw_ih, dw_hh, db_ih, db_hh, dx):
             if a is not None:
-                _fill(a, 0)
+                dense.fill(a, 0)
         return _grads_out(host, dx, carry, dc, dw_ih, dw_hh, db_ih, db_hh)
     dh0 = cuda.device_array((B, H), dtype=dt)
 

@@ -1,5 +1,5 @@
 """Numba CUDA dense kernels for the cuda backend: one strided matrix product, a column
-sum and a transpose.
+sum, a transpose and a fill.
 
 The product covers every layout the recurrence needs (x @ W_ih^T, dG^T @ x, dG^T @ h,
 dG @ W_ih) without copies: each operand is a flat array with a base offset and strides,
@@ -178,7 +178,7 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
     matmul(Operand(dgh, 0, 1, B * GH, GH, B), Operand(hbuf, rev * H * Bp, Bp, H * Bp, 1, B),
            dw_hh, 0, H, 1, GH, H, TB)
     for db, g in ((db_ih, dgi), (db_hh, dgh)):
-        launch(_zero, math.ceil(GH / 256), 256, (db,))   # colsum adds with atomics
+        fill(db, 0)   # colsum adds with atomics
         colsum(g, TB, GH, db)
     if dx is not None and I:
         # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
@@ -186,8 +186,14 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
                dx, 0, I, 1, TB, I, GH)
 
 
+def fill(a, value):
+    """Set every element of device array a to value."""
+    if a.size:
+        launch(_fill_kernel, math.ceil(a.size / 256), 256, (a, value))
+
+
 @cuda.jit
-def _zero(out):
+def _fill_kernel(a, v):
     i = cuda.grid(1)
-    if i < out.size:
-        out[i] = 0
+    if i < a.size:
+        a[i] = v

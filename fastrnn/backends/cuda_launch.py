@@ -82,33 +82,36 @@ class RawKernel:
     """One compiled overload with its parameter buffer."""
 
     def __init__(self, specialized):
-        self.specialized = specialized
         self.overload = next(iter(specialized.overloads.values()))
         self.name = specialized.py_func.__name__
         self.cooperative = bool(getattr(self.overload, "cooperative", False))
         self._contexts = {}   # context handle -> function handle and its launch limits
-        writers, n = [], 0
+        writers = []   # per argument: its parameter values, as a tuple
         for t in self.overload.argument_types:
             if isinstance(t, types.Array):
                 assert t.ndim == 1, "arrays are passed flat"
-                writers.append((_array_values, n))
-                n += 7
+                writers.append(_array_values)
             elif isinstance(t, (types.Integer, types.Boolean)):
-                writers.append((int, n))
-                n += 1
+                writers.append(_int_value)
             elif t == types.float32:
-                writers.append((_f32_bits, n))
-                n += 1
+                writers.append(_f32_bits)
             elif t == types.float64:
-                writers.append((_f64_bits, n))
-                n += 1
+                writers.append(_f64_bits)
             else:
                 raise TypeError(f"cuda_launch: unsupported kernel argument type {t}")
         self._writers = writers
+        n = sum(7 if w is _array_values else 1 for w in writers)
         self._vals = np.zeros(max(n, 1), np.int64)
         base = self._vals.ctypes.data
         self._ptrs = np.array([base + 8 * i for i in range(max(n, 1))], np.uint64)
         self._ptrs_addr = self._ptrs.ctypes.data
+
+    def values(self, args):
+        """The kernel parameters of args, in order (numba's flattened ABI)."""
+        vals = []
+        for write, a in zip(self._writers, args):
+            vals.extend(write(a))
+        return vals
 
     def _state(self):
         """The function handle and launch limits in the current context: a process may use
@@ -157,12 +160,7 @@ class RawKernel:
             self.check_coresident(grid, block, shared, st)
         else:
             self.allow_shared(shared, st)
-        vals = []
-        for (write, _), a in zip(self._writers, args):
-            if write is _array_values:
-                vals.extend(_array_values(a))
-            else:
-                vals.append(write(a))
+        vals = self.values(args)
         self._vals[:len(vals)] = vals
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
         if self.cooperative:
@@ -193,12 +191,16 @@ def _array_values(a):
     return (0, 0, n, item, a.device_ctypes_pointer.value or 0, n, item)
 
 
+def _int_value(v):
+    return (int(v),)
+
+
 def _f32_bits(v):
-    return int(np.float32(v).view(np.int32))
+    return (int(np.float32(v).view(np.int32)),)
 
 
 def _f64_bits(v):
-    return int(np.float64(v).view(np.int64))
+    return (int(np.float64(v).view(np.int64)),)
 
 
 def _check(err, what):
