@@ -75,23 +75,27 @@ def correctness(cells, rng):
     shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
               (12, 256, 64, 256, True, True), (24, 1, 128, 512, False, False),
               (10, 70, 33, 130, True, True)]
-    for persistent in ("1", "0"):
+    # (label, persistent, step product, matmul, shapes): each kernel path with cuBLAS
+    # where CuPy is present, the per-step paths also with the Numba matmul kernels
+    paths = (("persistent", "1", "0", "auto", shapes), ("per-step", "0", "0", "numba", shapes[2:4]),
+             ("step-gemm", "1", "1", "auto", shapes[2:]), ("step-gemm", "1", "1", "numba", shapes[2:4]))
+    for label, persistent, step_gemm, matmul, sel in paths:
         os.environ[fcuda.PERSISTENT_ENV] = persistent
-        # the per-step path is checked with the Numba matmul kernels, the persistent one
-        # with cuBLAS where CuPy is present: both product paths get checked
-        os.environ["FASTRNN_CUDA_MATMUL"] = "auto" if persistent == "1" else "numba"
+        os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
+        os.environ["FASTRNN_CUDA_MATMUL"] = matmul
         for cell in cells:
-            for T, B, I, H, rev, ragged in (shapes if persistent == "1" else shapes[2:4]):
+            for T, B, I, H, rev, ragged in sel:
                 p = fcuda.plan(cell, H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
-                rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged,
-                                 persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst, errors=errs,
-                                 ok=bool(worst < 1e-4)))
+                rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged, path=label,
+                                 persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst,
+                                 errors=errs, ok=bool(worst < 1e-4)))
                 print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
-                      f"persistent={p['persistent']!s:5s} max rel err {worst:.2e} "
+                      f"{label:10s} cublas={blas.available()!s:5s} max rel err {worst:.2e} "
                       f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
     os.environ[fcuda.PERSISTENT_ENV] = "1"
+    os.environ.pop(fcuda.STEP_GEMM_ENV)
     os.environ["FASTRNN_CUDA_MATMUL"] = "auto"
     return rows
 
@@ -153,13 +157,14 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
                             print("timing budget reached; stopping the grid", flush=True)
                             return rows
                         p = fcuda.plan(cell, H, B, backward=False)
+                        fcuda.last_path.clear()
                         t_f = timeit(fastrnn_runner(cell, T, B, H, train, rng))
                         t_t = timeit(torch_runner(cell, T, B, H, train))
                         row = dict(cell=cell, mode="train" if train else "inference", H=H, B=B, T=T,
                                    fastrnn_s=t_f, cudnn_s=t_t, ratio=t_t / t_f,
                                    fastrnn_tok_s=T * B / t_f, cudnn_tok_s=T * B / t_t,
                                    persistent=p["persistent"], blocks=p["blocks"], S=p["S"],
-                                   BT=p["BT"], KC=p["KC"],
+                                   BT=p["BT"], KC=p["KC"], step_gemm=p["step_gemm"],
                                    path=dict(fcuda.last_path))
                         rows.append(row)
                         print(f"{cell:8s} {row['mode']:9s} H={H:4d} B={B:3d} T={T:4d} fastrnn "

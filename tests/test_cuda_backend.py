@@ -79,13 +79,44 @@ def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
     # tiles and the slice reduction, forward and BPTT, on both launch paths
     monkeypatch.setenv(cu.PERSISTENT_ENV, persistent)
     monkeypatch.setattr(cu, "SLICE_TERMS", 2)
-    tiled = 8 if persistent == "1" else 16     # B where 4-sequence tiles start (hs * B >= 32)
+    # the smallest B with 4-sequence tiles (hs * B >= threads: 7 or 16 under the simulator)
+    tiled = next(B for B in range(1, 4096) if cu.plan(cell, 5, B)["BT"] == 4)
     for H, B in ((8, 1), (6, 2), (5, tiled)):
         assert cu.plan(cell, H, B)["S"] > 1 and cu.plan(cell, H, B, backward=True)["S"] > 1
     assert cu.plan(cell, 5, tiled)["BT"] == 4
     compare(cu, cell, 3, 1, 2, 8, seed=4)
     compare(cu, cell, 4, 2, 2, 6, ragged=True, reverse=True, seed=5)
     compare(cu, cell, 3, tiled, 2, 5, ragged=True, seed=6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_gemm_path(cu, cell, monkeypatch):
+    # the large-batch path: each step's hidden-side product is a library matrix product
+    # (the Numba tiled kernel under the simulator) and the kernel does the gates' work
+    monkeypatch.setenv(cu.STEP_GEMM_ENV, "1")
+    assert cu.plan(cell, 5, 3)["step_gemm"] and cu.plan(cell, 5, 3, backward=True)["step_gemm"]
+    compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=False, seed=7)
+    compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=True, seed=8)
+    assert cu.last_path == {"forward": "step-gemm", "backward": "step-gemm"}
+    # inference keeps two state slots: the product must read the one the last step wrote
+    rng = np.random.default_rng(9)
+    x, h0, c0, w, *_ = make(cell, 5, 3, 2, 5, np.float64, rng)
+    lengths = np.array([5, 2, 0])
+    r = ref.forward_layer(cell, x, h0, c0, **w, lengths=lengths, reverse=True)
+    c = cu.forward_layer(cell, x, h0, c0, **w, lengths=lengths, reverse=True, train=False)
+    for a, b in zip(c[:3], r[:3]):
+        if b is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_step_gemm_chosen_at_large_batches(cu, monkeypatch):
+    monkeypatch.delenv(cu.STEP_GEMM_ENV, raising=False)
+    B = cu.STEP_GEMM_MIN_BH // 256
+    assert cu.plan("lstm", 256, B)["step_gemm"] and cu.plan("lstm", 512, B)["step_gemm"]
+    assert not cu.plan("lstm", 256, B - 1)["step_gemm"]
+    assert "matrix product" in cu.describe()
+    monkeypatch.setenv(cu.STEP_GEMM_ENV, "0")
+    assert not cu.plan("lstm", 256, B)["step_gemm"]
 
 
 def test_chunked_staging(cu, monkeypatch):
@@ -169,3 +200,21 @@ def test_raw_launch_parameters():
     bad = SimpleNamespace(**dict(vars(arr), is_c_contiguous=lambda: False))
     with pytest.raises(ValueError, match="C-contiguous"):
         rk.values((bad, 0, False, 0.0, 0.0))
+
+
+def test_pooled_buffers_are_reused_only_when_free():
+    from fastrnn.backends import cuda_memory
+    if cuda_memory.SIMULATOR:
+        pytest.skip("the pool serves real GPUs (the simulator uses numba's arrays)")
+    ptr = lambda a: a.device_ctypes_pointer.value
+    a = cuda_memory.device_array((37, 5), np.float32)
+    first = ptr(a)
+    view = a[3:]            # a view keeps the buffer
+    del a
+    b = cuda_memory.device_array((37, 5), np.float32)
+    assert ptr(b) != first
+    del view
+    c = cuda_memory.device_array(37 * 5, np.float32)
+    assert ptr(c) == first   # the buffer came back to the pool and is taken again
+    c.copy_to_device(np.arange(37 * 5, dtype=np.float32))
+    np.testing.assert_array_equal(c.copy_to_host(), np.arange(37 * 5, dtype=np.float32))

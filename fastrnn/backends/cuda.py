@@ -4,6 +4,9 @@ forward_layer: input projection (a matrix product: cuda_blas.py where CuPy is in
 else cuda_dense.py; both have the same two entry points), then the whole
 recurrence in one persistent cooperative launch (cuda_recurrence.py). backward_layer:
 BPTT in one persistent launch, then the weight gradients and dx as matrix products.
+From B*H >= STEP_GEMM_MIN_BH a step is instead one library matrix product and one launch
+of the step's elementwise work (the step-gemm path). Arrays made here come from a pool
+(cuda_memory.py).
 
 Arrays: numpy inputs are copied to the device and results come back as numpy; inputs
 with __cuda_array_interface__ (Numba device arrays, CuPy arrays, torch CUDA tensors) are
@@ -22,7 +25,8 @@ from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
 from .checks import check_backward_grads, check_forward_args, check_lengths
-from .cuda_launch import NotCoResident, current_context, launch
+from .cuda_launch import NotCoResident, current_context, launch, prepared
+from .cuda_memory import device_array
 
 name = "cuda"
 
@@ -34,6 +38,8 @@ PERSISTENT_SHARED_CAP = 160 * 1024
 SLICE_TERMS = 8              # at least this many summed terms per thread slice
 MAX_SLICES = 32              # slices of a tile are lanes of one warp (shuffle reduction)
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
+STEP_GEMM_ENV = "FASTRNN_CUDA_STEP_GEMM"     # "1" forces the per-step library product, "0" never
+STEP_GEMM_MIN_BH = 32768     # B * H from which a step's product is a library matrix product
 
 
 def unavailable_reason():
@@ -75,7 +81,8 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT)
+           os.environ.get(STEP_GEMM_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
+           STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -102,6 +109,14 @@ def _plan(cell, H, B, dtype, backward, persistent):
     blocks = -(-H // hs)
     pairs = hs * (Bp // BT)
     K = G * H if backward else H
+    step_gemm = os.environ.get(STEP_GEMM_ENV, "auto")
+    if step_gemm == "1" or (step_gemm != "0" and B * H >= STEP_GEMM_MIN_BH):
+        # A step = a matrix product (cuBLAS where CuPy is, else cuda_dense) and a launch of
+        # the gates' elementwise work: at large batches the product is a real GEMM, which
+        # the in-kernel product (one unit x BT sequences a thread) runs far below.
+        return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=1,
+                    rounds=-(-pairs // THREADS), KC=1, shared_bytes=0, weight_bytes=0,
+                    persistent=False, step_gemm=True)
     if pairs >= THREADS:
         S, rounds = 1, -(-pairs // THREADS)
     else:   # split the summed index, keeping >= SLICE_TERMS terms per thread slice
@@ -118,7 +133,8 @@ def _plan(cell, H, B, dtype, backward, persistent):
         KC = max(1, min(KC, (smem_max - weights) // row))
     shared = (weights if persistent else 0) + KC * row
     return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=S, rounds=rounds,
-                KC=KC, shared_bytes=shared, weight_bytes=weights, persistent=persistent)
+                KC=KC, shared_bytes=shared, weight_bytes=weights, persistent=persistent,
+                step_gemm=False)
 
 
 def describe():
@@ -126,7 +142,9 @@ def describe():
     nsm, smem, dev = _device_limits()
     return (f"{dev}, {nsm} SMs, {smem // 1024} KiB shared/block; persistent kernels while a "
             f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
-            f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above")
+            f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above; "
+            f"from B*H={STEP_GEMM_MIN_BH} a step is a {_products().NAME} matrix product and a "
+            f"launch of the gates' elementwise work")
 
 
 def _max_h(cell):
@@ -176,7 +194,7 @@ def _scratch(key, n, dtype):
 
 
 def _zeros(n, dtype):
-    a = cuda.device_array(n, dtype=dtype)
+    a = device_array(n, dtype)
     dense.fill(a, 0)
     return a
 
@@ -196,7 +214,7 @@ def _copy_kernel(src, dst):
 
 def _copy(a):
     """A new device array equal to `a` (a kernel: cheaper to issue than a driver memcpy)."""
-    out = cuda.device_array(a.shape, dtype=a.dtype)
+    out = device_array(a.shape, a.dtype)
     if a.size:
         launch(_copy_kernel, math.ceil(a.size / 256), 256, (a, out))
     return out
@@ -294,7 +312,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
         raise ValueError("b_ih, b_hh: expected both or neither")
     dt, G = x.dtype, spec.gates
     GH = G * H
-    y = cuda.device_array((T, B, H), dtype=dt)
+    y = device_array((T, B, H), dt)
     h_T = _copy(h0)
     c_T = _copy(c0) if spec.has_cell_state else None
     if T == 0 or B == 0 or H == 0:
@@ -317,17 +335,29 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     first = reverse * T if train else 0
     dense.transpose(h0, 0, B, H, hbuf, first * H * Bp, Bp)
     cst = c_T if c_T is not None else dummy
-    gates = cuda.device_array(T * B * GH, dtype=dt) if train else dummy
-    cin = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
-    cout = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "lstm" else dummy
-    hhn = cuda.device_array(T * B * H, dtype=dt) if train and spec.name == "gru" else dummy
+    gates = device_array(T * B * GH, dt) if train else dummy
+    cin = device_array(T * B * H, dt) if train and spec.name == "lstm" else dummy
+    cout = device_array(T * B * H, dt) if train and spec.name == "lstm" else dummy
+    hhn = device_array(T * B * H, dt) if train and spec.name == "gru" else dummy
     k = rec.kernels(spec.code, dt, p["BT"])
     args = (xp, b_ih if has_bias else dummy, b_hh if has_bias else dummy, has_bias,
             _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
     def run(p):
-        Wf = _pack(w_hh, G, H, p, backward=False)
         shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"])
+        if p["step_gemm"]:
+            pre = _scratch("pre", B * GH, dt)
+            step = prepared(k["fwd_prestep"], p["blocks"], THREADS, (pre,) + args + (0,) + shape,
+                            vary=len(args) + 1)
+            product = _products().step_forward(hbuf, w_hh, pre, B, H, GH, Bp)
+            for s in range(T):
+                t = T - 1 - s if reverse else s
+                rslot = t + reverse if train else s % 2   # as cuda_recurrence's fwd_slots
+                product(rslot * H * Bp)
+                step(s)
+            last_path["forward"] = "step-gemm"
+            return True
+        Wf = _pack(w_hh, G, H, p, backward=False)
         if p["persistent"]:
             return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape, "forward")
         for s in range(T):
@@ -394,11 +424,11 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
                                                                   ("dc_T", dc_T)))
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=True)
     # the weight and bias gradients are written whole by the products (no zeroing)
-    dw_ih = cuda.device_array((GH, I), dtype=dt)
-    dw_hh = cuda.device_array((GH, H), dtype=dt)
-    db_ih = cuda.device_array(GH, dtype=dt)
-    db_hh = cuda.device_array(GH, dtype=dt)
-    dx = cuda.device_array((T, B, I), dtype=dt) if need_dx else None
+    dw_ih = device_array((GH, I), dt)
+    dw_hh = device_array((GH, H), dt)
+    db_ih = device_array(GH, dt)
+    db_hh = device_array(GH, dt)
+    dx = device_array((T, B, I), dt) if need_dx else None
     carry = _copy(dh_T) if dh_T is not None else _zeros((B, H), dt)
     dc = None
     if spec.has_cell_state:
@@ -408,7 +438,7 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             if a is not None:
                 dense.fill(a, 0)
         return _grads_out(host, dx, carry, dc, dw_ih, dw_hh, db_ih, db_hh)
-    dh0 = cuda.device_array((B, H), dtype=dt)
+    dh0 = device_array((B, H), dt)
 
     ws = saved["ws"]
     p = plan(cell, H, B, dt, backward=True)
@@ -424,8 +454,19 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
-        Wb = _pack(w_hh, G, H, p, backward=True)
         shape = (p["hs"], p["S"], p["rounds"], p["KC"])
+        if p["step_gemm"]:
+            pre = _scratch("pre", B * H, dt)
+            step = prepared(k["bwd_prestep"], p["blocks"], THREADS, (pre, 0, T) + tail + shape,
+                            vary=1)
+            product = _products().step_backward(dgh, w_hh, pre, B, H, GH)
+            for s in range(T + 1):
+                if s > 0:   # pre = dgh of the previous phase (time T - s, or s - 1 reversed) @ W_hh
+                    product((s - 1 if rev else T - s) * B * GH)
+                step(s)
+            last_path["backward"] = "step-gemm"
+            return True
+        Wb = _pack(w_hh, G, H, p, backward=True)
         if p["persistent"]:
             return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape, "backward")
         for s in range(T + 1):

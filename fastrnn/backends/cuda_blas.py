@@ -6,10 +6,17 @@ Numba tiled kernel of cuda_dense.py (which remains the default without CuPy and 
 what FASTRNN_CUDA_MATMUL=numba selects). TF32 stays off unless CuPy's own CUPY_TF32=1
 says otherwise. CuPy wraps the Numba arrays without copies (__cuda_array_interface__),
 and both run on the legacy default stream, so the order of work is kept.
+
+The per-step products of the large-batch path (step_forward, step_backward) call cuBLAS's
+gemm directly: cupy.matmul costs tens of microseconds of Python a call, and a sequence
+makes T of them.
 """
 import os
 
+import numpy as np
+
 _cp = None
+NAME = "cuBLAS"   # for fastrnn info
 
 
 def available():
@@ -49,3 +56,42 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
     gh.sum(axis=0, out=cp.asarray(db_hh).reshape(GH))
     if dx is not None and I:
         cp.matmul(gi, cp.asarray(w_ih).reshape(GH, I), out=cp.asarray(dx).reshape(TB, I))
+
+
+_ONE_ZERO = {}
+
+
+def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
+    """f(aoff, boff): column-major C (m x n) = op(A) op(B) on flat device arrays, A and B
+    read from element offsets aoff and boff, on the legacy default stream (where the
+    recurrence kernels run). Pointers and the handle are looked up once: f is called once
+    per step, and its Python cost is what a short step costs."""
+    from cupy_backends.cuda.libs import cublas
+    dt = np.dtype(c.dtype)
+    consts = _ONE_ZERO.get(dt)
+    if consts is None:
+        consts = _ONE_ZERO[dt] = np.array([1, 0], dt)
+    handle = _cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, 0)
+    gemm = cublas.sgemm if dt == np.float32 else cublas.dgemm
+    item = dt.itemsize
+    one, zero = consts.ctypes.data, consts.ctypes.data + item
+    pa, pb, pc = (x.device_ctypes_pointer.value for x in (a, b, c))
+
+    def f(aoff, boff):
+        gemm(handle, ta, tb, m, n, k, one, pa + aoff * item, lda, pb + boff * item, ldb, zero, pc, ldc)
+    return f
+
+
+def step_forward(hbuf, w_hh, pre, B, H, GH, Bp):
+    """f(hoff): pre (B, GH) = h (B, H) @ W_hh^T, h stored (H, Bp) at hbuf[hoff:]."""
+    # column-major: pre^T (GH x B) = op_T(W_hh^T (H x GH)) op_T(h^T (Bp x H, ld Bp))
+    f = _gemm(1, 1, GH, B, H, w_hh, H, hbuf, Bp, pre, GH)
+    return lambda hoff: f(0, hoff)
+
+
+def step_backward(dgh, w_hh, pre, B, H, GH):
+    """f(goff): pre (B, H) = dgh (B, GH) @ W_hh, dgh at dgh[goff:]."""
+    # column-major: pre^T (H x B) = W_hh^T (H x GH, ld H) dgh^T (GH x B, ld GH)
+    f = _gemm(0, 0, H, B, GH, w_hh, H, dgh, GH, pre, H)
+    return lambda goff: f(0, goff)

@@ -17,6 +17,7 @@ TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per threa
 BK = 16         # summed-index depth per shared-memory stage
 TILE_PAD = TILE + 1   # padded shared row: no bank conflicts on the k-fastest loads
 THREADS = 256
+NAME = "Numba"   # for fastrnn info
 
 
 def _kernels(nb_dtype):
@@ -161,7 +162,7 @@ def transpose(x, xoff, rows, cols, y, yoff, ldy):
     launch(tr, math.ceil(n / 256), 256, (x, xoff, rows, cols, y, yoff, ldy))
 
 
-# The same two entry points as cuda_blas (the backend uses whichever is available).
+# The same entry points as cuda_blas (the backend uses whichever is available).
 def projection(x, w_ih, bias, out, TB, GH, I):
     """out (TB, GH) = x (TB, I) @ w_ih^T (+ bias)."""
     matmul(Operand(x, 0, I, 0, 1, I), Operand(w_ih, 0, I, 0, 1, I),
@@ -184,6 +185,18 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
         # dx[tb, i] = sum_m dgi[tb, m] W_ih[m, i]
         matmul(Operand(dgi, 0, GH, 0, 1, GH), Operand(w_ih, 0, 1, 0, I, GH),
                dx, 0, I, 1, TB, I, GH)
+
+
+def step_forward(hbuf, w_hh, pre, B, H, GH, Bp):
+    """f(hoff): pre (B, GH) = h (B, H) @ W_hh^T, h stored (H, Bp) at hbuf[hoff:]."""
+    return lambda hoff: matmul(Operand(hbuf, hoff, 1, 0, Bp, H), Operand(w_hh, 0, H, 0, 1, H),
+                               pre, 0, GH, 1, B, GH, H)
+
+
+def step_backward(dgh, w_hh, pre, B, H, GH):
+    """f(goff): pre (B, H) = dgh (B, GH) @ W_hh, dgh at dgh[goff:]."""
+    return lambda goff: matmul(Operand(dgh, goff, GH, 0, 1, GH), Operand(w_hh, 0, 1, 0, H, GH),
+                               pre, 0, H, 1, B, H, GH)
 
 
 def fill(a, value):

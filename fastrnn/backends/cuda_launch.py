@@ -56,6 +56,20 @@ def _flat(a):
     return a
 
 
+def prepared(kern, grid, block, args, shared=0, vary=0):
+    """A launch of kern with every argument fixed except args[vary], an integer given per
+    call: prepared(...)(s) launches kern(*args) with args[vary] = s. The per-step loops
+    launch one kernel T times; this writes the parameter buffer once."""
+    if not raw_enabled():
+        args = [_flat(a) for a in args]
+
+        def call(v):
+            args[vary] = v
+            kern[grid, block, 0, shared](*args)
+        return call
+    return _compiled(kern, args).prepared(grid, block, args, shared, vary)
+
+
 _compiled_cache = {}
 
 
@@ -152,6 +166,24 @@ class RawKernel:
             most = st["most"][(block, shared)] = self.overload.max_cooperative_grid_blocks(block, shared)
         if grid > most:
             raise NotCoResident(f"{self.name}: {grid} blocks > {most} co-resident")
+
+    def prepared(self, grid, block, args, shared, vary):
+        from cuda.bindings import driver as drv
+        st = self._state()
+        self.allow_shared(shared, st)
+        vals = np.array(self.values(args), np.int64)
+        slot = sum(7 if w is _array_values else 1 for w in self._writers[:vary])
+        assert self._writers[vary] is _int_value, "the varying argument must be an integer"
+        ptrs = np.array([vals.ctypes.data + 8 * i for i in range(len(vals))], np.uint64)
+        fn, addr = st["fn"], ptrs.ctypes.data
+        gx, gy = (grid, 1) if isinstance(grid, int) else grid
+
+        def call(v):
+            vals[slot] = v
+            _check(drv.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, shared, 0, addr, 0)[0],
+                   f"launching {self.name}")
+        call.buffers = (vals, ptrs)   # the driver reads these at every launch: keep them
+        return call
 
     def launch(self, grid, block, args, shared, cooperative):
         from cuda.bindings import driver as drv

@@ -21,6 +21,9 @@ Bp | 1 apart in shared memory (odd: no bank conflicts between slices).
 Persistent kernels keep their block's packed weights in shared memory for the whole
 sequence and run every step in one launch, with a grid sync per step. When the weights
 do not fit on chip the same step code runs from global memory, one launch per step.
+At large batches (the prestep kernels) a library matrix product computes the step's
+hidden-side product into pre before the launch, and the step code only reads it:
+  pre  forward (B, G*H) = h W_hh^T;  BPTT (B, H) = dgh(previous phase) W_hh
 
 A thread computes one unit x BT batches (all G gates); when there are fewer (unit,
 batch-tile) tiles than threads, S <= 32 neighbouring lanes split a tile's summed index
@@ -168,95 +171,113 @@ def _build(cell, nb_dtype, BT):
         return t, s % 2, 1 - s % 2
 
     # ------------------------------------------------------------------ forward
-    @cuda.jit(device=True)
-    def fwd_step(W, wb, src, sb, sm, so, KC, kfast, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
-                 cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train):
-        acc = cuda.local.array(GB, nb_dtype)
-        xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
-        hp = cuda.local.array(BT, nb_dtype)   # previous h
-        cp = cuda.local.array(BT, nb_dtype)   # previous c (LSTM)
-        sl, tp, ntp = thread_slice(S)
-        nq = Bp // BT
-        GH = G * H
-        HB = H * Bp
-        for rnd in range(rounds):
-            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
-            owner = active and sl == 0
-            if owner:
-                # Issue the step's global loads before the product: they arrive while it runs.
-                for g in range(G):
-                    bias = zero
-                    if has_bias:
-                        bias = b_ih[g * H + j]
-                        if not (cell == GRU and g == 2):   # b_hn sits inside r * (.)
-                            bias += b_hh[g * H + j]
+    def make_fwd_step(from_pre):
+        """The forward step. from_pre, a compile-time constant: the hidden-side product
+        was computed before the launch by a library matrix product into pre (B, G*H), and
+        the step is only the gates' elementwise work (no staging, no shared memory)."""
+
+        @cuda.jit(device=True)
+        def fwd_step(W, wb, src, sb, sm, so, KC, kfast, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
+                     cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train,
+                     pre):
+            acc = cuda.local.array(GB, nb_dtype)
+            xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
+            hp = cuda.local.array(BT, nb_dtype)   # previous h
+            cp = cuda.local.array(BT, nb_dtype)   # previous c (LSTM)
+            sl, tp, ntp = thread_slice(S)
+            nq = Bp // BT
+            GH = G * H
+            HB = H * Bp
+            for rnd in range(rounds):
+                u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
+                owner = active and sl == 0
+                if owner:
+                    # Issue the step's global loads before the product: they arrive while it runs.
+                    for g in range(G):
+                        bias = zero
+                        if has_bias:
+                            bias = b_ih[g * H + j]
+                            if not (cell == GRU and g == 2):   # b_hn sits inside r * (.)
+                                bias += b_hh[g * H + j]
+                        for q in range(BT):
+                            b = bq * BT + q
+                            if b < B:
+                                xv[g * BT + q] = xp[(t * B + b) * GH + g * H + j] + bias
                     for q in range(BT):
                         b = bq * BT + q
                         if b < B:
-                            xv[g * BT + q] = xp[(t * B + b) * GH + g * H + j] + bias
-                for q in range(BT):
-                    b = bq * BT + q
-                    if b < B:
-                        hp[q] = hbuf[rslot * HB + j * Bp + b]
-                        if cell == LSTM:
-                            cp[q] = cst[b * H + j]
-            if kfast:   # Wf[u][g][k]
-                fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
-            else:       # Wf[k][u][g]
-                fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
-            if S > 1:
-                fwd_reduce(acc, S)
-            if owner:
-                bhn = zero
-                if cell == GRU and has_bias:
-                    bhn = b_hh[2 * H + j]
-                for q in range(BT):
-                    b = bq * BT + q
-                    if b < B:
-                        valid = t < lengths[b]
-                        hprev = hp[q]
-                        xo = (t * B + b) * GH + j
-                        if cell == LSTM:
-                            ig = sigm(acc[q] + xv[q])
-                            fg = sigm(acc[BT + q] + xv[BT + q])
-                            gg = math.tanh(acc[2 * BT + q] + xv[2 * BT + q])
-                            og = sigm(acc[3 * BT + q] + xv[3 * BT + q])
-                            c = cp[q]
-                            cn = fg * c + ig * gg
-                            hn = og * math.tanh(cn)
-                            if valid:
-                                cst[b * H + j] = cn
-                            if train:
-                                gates[xo] = ig
-                                gates[xo + H] = fg
-                                gates[xo + 2 * H] = gg
-                                gates[xo + 3 * H] = og
-                                cin[(t * B + b) * H + j] = c
-                                cout[(t * B + b) * H + j] = cn
-                        elif cell == GRU:
-                            rg = sigm(acc[q] + xv[q])
-                            zg = sigm(acc[BT + q] + xv[BT + q])
-                            hn_ = acc[2 * BT + q] + bhn
-                            ng = math.tanh(xv[2 * BT + q] + rg * hn_)
-                            hn = (one - zg) * ng + zg * hprev
-                            if train:
-                                gates[xo] = rg
-                                gates[xo + H] = zg
-                                gates[xo + 2 * H] = ng
-                                hhn[(t * B + b) * H + j] = hn_
-                        else:
-                            a = acc[q] + xv[q]
-                            if cell == RNN_TANH:
-                                hn = math.tanh(a)
+                            hp[q] = hbuf[rslot * HB + j * Bp + b]
+                            if cell == LSTM:
+                                cp[q] = cst[b * H + j]
+                if from_pre:
+                    if owner:
+                        for g in range(G):
+                            for q in range(BT):
+                                b = bq * BT + q
+                                if b < B:
+                                    acc[g * BT + q] = pre[b * GH + g * H + j]
+                elif kfast:   # Wf[u][g][k]
+                    fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+                else:         # Wf[k][u][g]
+                    fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+                if S > 1 and not from_pre:
+                    fwd_reduce(acc, S)
+                if owner:
+                    bhn = zero
+                    if cell == GRU and has_bias:
+                        bhn = b_hh[2 * H + j]
+                    for q in range(BT):
+                        b = bq * BT + q
+                        if b < B:
+                            valid = t < lengths[b]
+                            hprev = hp[q]
+                            xo = (t * B + b) * GH + j
+                            if cell == LSTM:
+                                ig = sigm(acc[q] + xv[q])
+                                fg = sigm(acc[BT + q] + xv[BT + q])
+                                gg = math.tanh(acc[2 * BT + q] + xv[2 * BT + q])
+                                og = sigm(acc[3 * BT + q] + xv[3 * BT + q])
+                                c = cp[q]
+                                cn = fg * c + ig * gg
+                                hn = og * math.tanh(cn)
+                                if valid:
+                                    cst[b * H + j] = cn
+                                if train:
+                                    gates[xo] = ig
+                                    gates[xo + H] = fg
+                                    gates[xo + 2 * H] = gg
+                                    gates[xo + 3 * H] = og
+                                    cin[(t * B + b) * H + j] = c
+                                    cout[(t * B + b) * H + j] = cn
+                            elif cell == GRU:
+                                rg = sigm(acc[q] + xv[q])
+                                zg = sigm(acc[BT + q] + xv[BT + q])
+                                hn_ = acc[2 * BT + q] + bhn
+                                ng = math.tanh(xv[2 * BT + q] + rg * hn_)
+                                hn = (one - zg) * ng + zg * hprev
+                                if train:
+                                    gates[xo] = rg
+                                    gates[xo + H] = zg
+                                    gates[xo + 2 * H] = ng
+                                    hhn[(t * B + b) * H + j] = hn_
                             else:
-                                hn = a if a > zero else zero
-                            if train:
-                                gates[xo] = hn
-                        hnew = hn if valid else hprev
-                        hbuf[wslot * HB + j * Bp + b] = hnew
-                        y[(t * B + b) * H + j] = hn if valid else zero
-                        if last:
-                            hout[b * H + j] = hnew
+                                a = acc[q] + xv[q]
+                                if cell == RNN_TANH:
+                                    hn = math.tanh(a)
+                                else:
+                                    hn = a if a > zero else zero
+                                if train:
+                                    gates[xo] = hn
+                            hnew = hn if valid else hprev
+                            hbuf[wslot * HB + j * Bp + b] = hnew
+                            y[(t * B + b) * H + j] = hn if valid else zero
+                            if last:
+                                hout[b * H + j] = hnew
+
+        return fwd_step
+
+    fwd_step = make_fwd_step(False)
+    fwd_step_pre = make_fwd_step(True)
 
     @cuda.jit
     def fwd_persistent(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout,
@@ -271,7 +292,7 @@ def _build(cell, nb_dtype, BT):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
             fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, S > 1, xp, b_ih, b_hh, has_bias, lengths,
                      hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
-                     blk * hs, S, rounds, train)
+                     blk * hs, S, rounds, train, sm)
             grid.sync()
 
     @cuda.jit
@@ -284,123 +305,151 @@ def _build(cell, nb_dtype, BT):
         t, rslot, wslot = fwd_slots(s, T, rev, train)
         fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, S > 1, xp, b_ih, b_hh,
                  has_bias, lengths, hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1,
-                 B, H, Bp, hs, blk * hs, S, rounds, train)
+                 B, H, Bp, hs, blk * hs, S, rounds, train, sm)
+
+    @cuda.jit
+    def fwd_prestep(pre, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
+                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
+        """One step after a library product wrote pre (B, G*H) = h(previous) W_hh^T."""
+        blk = cuda.blockIdx.x
+        t, rslot, wslot = fwd_slots(s, T, rev, train)
+        fwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot,
+                     wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
+                     S, rounds, train, pre)
 
     # ------------------------------------------------------------------ backward
     # values BPTT reads per (unit, sequence) and step, loaded before the step's product
     NPF = {LSTM: 9, GRU: 7}.get(cell, 3) * BT
 
-    @cuda.jit(device=True)
-    def bwd_step(W, wb, src, sb, sm, so, KC, kfast, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
-                 dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds):
-        """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
-        gradients of time t; for s == T the final dh0."""
-        acc = cuda.local.array(BT, nb_dtype)
-        pf = cuda.local.array(NPF, nb_dtype)   # pf[v * BT + q]: value v of sequence q
-        sl, tp, ntp = thread_slice(S)
-        nq = Bp // BT
-        GH = G * H
-        for rnd in range(rounds):
-            u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
-            owner = active and sl == 0
-            if owner and s < T:
-                # Issue the step's global loads before the product: they arrive while it runs.
-                for q in range(BT):
-                    b = bq * BT + q
-                    if b < B:
-                        go = (t * B + b) * GH + j
-                        ho = (t * B + b) * H + j
-                        pf[q] = carry[b * H + j]
-                        pf[BT + q] = dy[ho] if has_dy else zero
-                        pf[2 * BT + q] = gates[go]
-                        if cell == LSTM:
-                            pf[3 * BT + q] = gates[go + H]
-                            pf[4 * BT + q] = gates[go + 2 * H]
-                            pf[5 * BT + q] = gates[go + 3 * H]
-                            pf[6 * BT + q] = cout[ho]
-                            pf[7 * BT + q] = cin[ho]
-                            pf[8 * BT + q] = dc[b * H + j]
-                        elif cell == GRU:
-                            pf[3 * BT + q] = gates[go + H]
-                            pf[4 * BT + q] = gates[go + 2 * H]
-                            pf[5 * BT + q] = hbuf[(t + rev) * H * Bp + j * Bp + b]
-                            pf[6 * BT + q] = hhn[ho]
-            # rec = sum_r W_hh[r, j] dgh_prev[r, b]; none before the first step (s = 0)
-            nk = GH if s > 0 else 0
-            if kfast:   # Wb[u][r]
-                bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
-            else:       # Wb[r][u]
-                bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
-            if S > 1:
-                bwd_reduce(acc, S)
-            if owner:
-                for q in range(BT):
-                    b = bq * BT + q
-                    if b < B:
-                        if s == T:
-                            dh0[b * H + j] = carry[b * H + j] + acc[q]
-                            continue
-                        dh = pf[q] + acc[q]
-                        dho = dh + pf[BT + q]
-                        valid = t < lengths[b]
-                        go = (t * B + b) * GH + j
-                        tb = wslot * GH * Bp + j * Bp + b
-                        if cell == LSTM:
-                            ig = pf[2 * BT + q]
-                            fg = pf[3 * BT + q]
-                            gg = pf[4 * BT + q]
-                            og = pf[5 * BT + q]
-                            tc = math.tanh(pf[6 * BT + q])
-                            dct = pf[8 * BT + q] + dho * og * (one - tc * tc)
-                            di = dct * gg * ig * (one - ig)
-                            df = dct * pf[7 * BT + q] * fg * (one - fg)
-                            dg = dct * ig * (one - gg * gg)
-                            do = dho * tc * og * (one - og)
-                            if not valid:
-                                di = df = dg = do = zero
+    def make_bwd_step(from_pre):
+        """The BPTT phase. from_pre, a compile-time constant: W_hh^T dgh of the previous
+        phase was computed before the launch into pre (B, H)."""
+
+        @cuda.jit(device=True)
+        def bwd_step(W, wb, src, sb, sm, so, KC, kfast, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
+                     dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds, pre):
+            """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
+            gradients of time t; for s == T the final dh0."""
+            acc = cuda.local.array(BT, nb_dtype)
+            pf = cuda.local.array(NPF, nb_dtype)   # pf[v * BT + q]: value v of sequence q
+            sl, tp, ntp = thread_slice(S)
+            nq = Bp // BT
+            GH = G * H
+            for rnd in range(rounds):
+                u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
+                owner = active and sl == 0
+                if owner and s < T:
+                    # Issue the step's global loads before the product: they arrive while it runs.
+                    for q in range(BT):
+                        b = bq * BT + q
+                        if b < B:
+                            go = (t * B + b) * GH + j
+                            ho = (t * B + b) * H + j
+                            pf[q] = carry[b * H + j]
+                            pf[BT + q] = dy[ho] if has_dy else zero
+                            pf[2 * BT + q] = gates[go]
+                            if cell == LSTM:
+                                pf[3 * BT + q] = gates[go + H]
+                                pf[4 * BT + q] = gates[go + 2 * H]
+                                pf[5 * BT + q] = gates[go + 3 * H]
+                                pf[6 * BT + q] = cout[ho]
+                                pf[7 * BT + q] = cin[ho]
+                                pf[8 * BT + q] = dc[b * H + j]
+                            elif cell == GRU:
+                                pf[3 * BT + q] = gates[go + H]
+                                pf[4 * BT + q] = gates[go + 2 * H]
+                                pf[5 * BT + q] = hbuf[(t + rev) * H * Bp + j * Bp + b]
+                                pf[6 * BT + q] = hhn[ho]
+                # rec = sum_r W_hh[r, j] dgh_prev[r, b]; none before the first step (s = 0)
+                nk = GH if s > 0 else 0
+                if from_pre:
+                    if owner:
+                        for q in range(BT):
+                            b = bq * BT + q
+                            if b < B:
+                                acc[q] = pre[b * H + j] if s > 0 else zero
+                elif kfast:   # Wb[u][r]
+                    bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
+                else:         # Wb[r][u]
+                    bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
+                if S > 1 and not from_pre:
+                    bwd_reduce(acc, S)
+                if owner:
+                    for q in range(BT):
+                        b = bq * BT + q
+                        if b < B:
+                            if s == T:
+                                dh0[b * H + j] = carry[b * H + j] + acc[q]
+                                continue
+                            dh = pf[q] + acc[q]
+                            dho = dh + pf[BT + q]
+                            valid = t < lengths[b]
+                            go = (t * B + b) * GH + j
+                            tb = wslot * GH * Bp + j * Bp + b
+                            if cell == LSTM:
+                                ig = pf[2 * BT + q]
+                                fg = pf[3 * BT + q]
+                                gg = pf[4 * BT + q]
+                                og = pf[5 * BT + q]
+                                tc = math.tanh(pf[6 * BT + q])
+                                dct = pf[8 * BT + q] + dho * og * (one - tc * tc)
+                                di = dct * gg * ig * (one - ig)
+                                df = dct * pf[7 * BT + q] * fg * (one - fg)
+                                dg = dct * ig * (one - gg * gg)
+                                do = dho * tc * og * (one - og)
+                                if not valid:
+                                    di = df = dg = do = zero
+                                else:
+                                    dc[b * H + j] = dct * fg
+                                dgi[go] = di
+                                dgi[go + H] = df
+                                dgi[go + 2 * H] = dg
+                                dgi[go + 3 * H] = do
+                                if not from_pre:
+                                    dgT[tb] = di
+                                    dgT[tb + H * Bp] = df
+                                    dgT[tb + 2 * H * Bp] = dg
+                                    dgT[tb + 3 * H * Bp] = do
+                                carry[b * H + j] = zero if valid else dh
+                            elif cell == GRU:
+                                rg = pf[2 * BT + q]
+                                zg = pf[3 * BT + q]
+                                ng = pf[4 * BT + q]
+                                hin = pf[5 * BT + q]
+                                dn = dho * (one - zg) * (one - ng * ng)
+                                dz = dho * (hin - ng) * zg * (one - zg)
+                                dr = dn * pf[6 * BT + q] * rg * (one - rg)
+                                dnh = dn * rg
+                                if not valid:
+                                    dr = dz = dn = dnh = zero
+                                dgi[go] = dr
+                                dgi[go + H] = dz
+                                dgi[go + 2 * H] = dn
+                                dgh[go] = dr
+                                dgh[go + H] = dz
+                                dgh[go + 2 * H] = dnh
+                                if not from_pre:
+                                    dgT[tb] = dr
+                                    dgT[tb + H * Bp] = dz
+                                    dgT[tb + 2 * H * Bp] = dnh
+                                carry[b * H + j] = dho * zg if valid else dh
                             else:
-                                dc[b * H + j] = dct * fg
-                            dgi[go] = di
-                            dgi[go + H] = df
-                            dgi[go + 2 * H] = dg
-                            dgi[go + 3 * H] = do
-                            dgT[tb] = di
-                            dgT[tb + H * Bp] = df
-                            dgT[tb + 2 * H * Bp] = dg
-                            dgT[tb + 3 * H * Bp] = do
-                            carry[b * H + j] = zero if valid else dh
-                        elif cell == GRU:
-                            rg = pf[2 * BT + q]
-                            zg = pf[3 * BT + q]
-                            ng = pf[4 * BT + q]
-                            hin = pf[5 * BT + q]
-                            dn = dho * (one - zg) * (one - ng * ng)
-                            dz = dho * (hin - ng) * zg * (one - zg)
-                            dr = dn * pf[6 * BT + q] * rg * (one - rg)
-                            dnh = dn * rg
-                            if not valid:
-                                dr = dz = dn = dnh = zero
-                            dgi[go] = dr
-                            dgi[go + H] = dz
-                            dgi[go + 2 * H] = dn
-                            dgh[go] = dr
-                            dgh[go + H] = dz
-                            dgh[go + 2 * H] = dnh
-                            dgT[tb] = dr
-                            dgT[tb + H * Bp] = dz
-                            dgT[tb + 2 * H * Bp] = dnh
-                            carry[b * H + j] = dho * zg if valid else dh
-                        else:
-                            yv = pf[2 * BT + q]
-                            if cell == RNN_TANH:
-                                dp = dho * (one - yv * yv)
-                            else:
-                                dp = dho if yv > zero else zero
-                            if not valid:
-                                dp = zero
-                            dgi[go] = dp
-                            dgT[tb] = dp
-                            carry[b * H + j] = zero if valid else dh
+                                yv = pf[2 * BT + q]
+                                if cell == RNN_TANH:
+                                    dp = dho * (one - yv * yv)
+                                else:
+                                    dp = dho if yv > zero else zero
+                                if not valid:
+                                    dp = zero
+                                dgi[go] = dp
+                                if not from_pre:
+                                    dgT[tb] = dp
+                                carry[b * H + j] = zero if valid else dh
+
+        return bwd_step
+
+    bwd_step = make_bwd_step(False)
+    bwd_step_pre = make_bwd_step(True)
 
     @cuda.jit
     def bwd_persistent(Wb, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
@@ -416,7 +465,7 @@ def _build(cell, nb_dtype, BT):
             rs = (s + 1) % 2          # slot the previous phase wrote
             bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
-                     hs, blk * hs, S, rounds)
+                     hs, blk * hs, S, rounds, sm)
             grid.sync()
 
     @cuda.jit
@@ -428,10 +477,21 @@ def _build(cell, nb_dtype, BT):
         rs = (s + 1) % 2
         bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
                  lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
-                 dh0, B, H, Bp, hs, blk * hs, S, rounds)
+                 dh0, B, H, Bp, hs, blk * hs, S, rounds, sm)
+
+    @cuda.jit
+    def bwd_prestep(pre, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
+                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
+        """One BPTT phase after a library product wrote pre (B, H) = dgh(previous) W_hh."""
+        blk = cuda.blockIdx.x
+        t = s if rev else T - 1 - s
+        bwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, s, T, t, rev, lengths, gates, cin, cout, hhn,
+                     hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, blk * hs, S,
+                     rounds, pre)
 
     return dict(fwd_persistent=fwd_persistent, fwd_onestep=fwd_onestep,
-                bwd_persistent=bwd_persistent, bwd_onestep=bwd_onestep)
+                bwd_persistent=bwd_persistent, bwd_onestep=bwd_onestep,
+                fwd_prestep=fwd_prestep, bwd_prestep=bwd_prestep)
 
 
 _CACHE = {}

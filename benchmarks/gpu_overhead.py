@@ -1,0 +1,130 @@
+"""Where the cuda backend's host time goes: a profile of short layer calls, and the cost
+of one step of the step-gemm path split into its library product and its kernel launch.
+
+    python benchmarks/gpu_overhead.py [--out DIR]
+
+Prints (and writes DIR/gpu-overhead.txt): wall microseconds per call of forward and
+forward+backward at T = 1 (fixed cost per call), cProfile's top entries for those calls,
+and per step of the step-gemm path: host microseconds of T products alone, T launches
+alone, both, and the GPU time of both (CUDA events).
+"""
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fastrnn.backends import cuda as fcuda          # noqa: E402
+from fastrnn.backends import cuda_recurrence as rec  # noqa: E402
+from fastrnn.backends.cuda_launch import prepared   # noqa: E402
+from numba import cuda                              # noqa: E402
+
+
+def arrays(cell, T, B, H, rng):
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
+    return dict(x=dev(T, B, H), h0=dev(B, H), c0=dev(B, H) if cell == "lstm" else None,
+                w_ih=dev(G * H, H), w_hh=dev(G * H, H), b_ih=dev(G * H), b_hh=dev(G * H)), dev(T, B, H)
+
+
+def per_call(cell, T, B, H, train, rng, reps=200):
+    a, dy = arrays(cell, T, B, H, rng)
+
+    def call():
+        out = fcuda.forward_layer(cell, **a, train=train)
+        if train:
+            fcuda.backward_layer(cell, out[3], dy, None, None)
+    for _ in range(3):
+        call()
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        call()
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6, call
+
+
+def step_parts(cell, B, H, T, rng, log):
+    """Host and GPU time per step of the step-gemm forward: products, launches, both."""
+    a, _ = arrays(cell, T, B, H, rng)
+    os.environ[fcuda.STEP_GEMM_ENV] = "1"
+    fcuda.forward_layer(cell, **a, train=False)
+    cuda.synchronize()
+    p = fcuda.plan(cell, H, B)
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    GH, Bp = G * H, p["Bp"]
+    pre = cuda.device_array(B * GH, np.float32)
+    hbuf = cuda.to_device(np.zeros(2 * H * Bp, np.float32))
+    w_hh = a["w_hh"].reshape(GH * H)
+    product = fcuda.blas.step_forward(hbuf, w_hh, pre, B, H, GH, Bp)
+    numba_product = fcuda.dense.step_forward(hbuf, w_hh, pre, B, H, GH, Bp)   # the no-CuPy path
+    k = rec.kernels(fcuda.get_cell(cell).code, np.float32, p["BT"])
+    xp = cuda.to_device(np.zeros(T * B * GH, np.float32))
+    d = cuda.device_array(1, np.float32)
+    lengths = cuda.to_device(np.full(B, T, np.int32))
+    cst = cuda.to_device(np.zeros(B * H, np.float32))
+    y = cuda.device_array(T * B * H, np.float32)
+    hT = cuda.device_array(B * H, np.float32)
+    args = (pre, xp, d, d, False, lengths, hbuf, cst, y, hT, d, d, d, d, 0, T, B, H, Bp,
+            p["hs"], p["S"], p["rounds"], 0, 0, p["KC"])
+    step = prepared(k["fwd_prestep"], p["blocks"], fcuda.THREADS, args, vary=14)
+    variants = (("cublas", lambda s: product(0)), ("numba", lambda s: numba_product(0)),
+                ("launch", step),
+                ("both", lambda s: (product(0), step(s))))
+    for label, fn in variants:
+        fn(0)
+        cuda.synchronize()
+        e0, e1 = cuda.event(), cuda.event()
+        t0 = time.perf_counter()
+        e0.record()
+        for s in range(T):
+            fn(s)
+        host = (time.perf_counter() - t0) / T * 1e6
+        e1.record()
+        e1.synchronize()
+        gpu = cuda.event_elapsed_time(e0, e1) * 1e3 / T
+        log(f"step-gemm {cell:8s} H={H:4d} B={B:3d} {label:8s} host {host:6.1f} us/step, "
+            f"GPU (events, includes waiting for the host) {gpu:6.1f} us/step")
+    os.environ.pop(fcuda.STEP_GEMM_ENV)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args(argv)
+    lines = []
+
+    def log(text):
+        print(text, flush=True)
+        lines.append(text)
+    rng = np.random.default_rng(0)
+    for cell, B, H in (("rnn_tanh", 256, 256), ("lstm", 128, 256), ("lstm", 256, 256),
+                       ("lstm", 256, 512), ("lstm", 256, 1024)):
+        step_parts(cell, B, H, 256, rng, log)
+    for train in (False, True):
+        for pool in ("0", "1"):
+            os.environ["FASTRNN_CUDA_POOL"] = pool
+            us, call = per_call("lstm", 1, 1, 256, train, rng)
+            log(f"per call, lstm H=256 B=1 T=1 {'train' if train else 'inference'}, pool={pool}: "
+                f"{us:.1f} us")
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(100):
+            call()
+        cuda.synchronize()
+        prof.disable()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(15)
+        log(s.getvalue())
+    with open(os.path.join(args.out, "gpu-overhead.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
