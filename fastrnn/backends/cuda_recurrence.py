@@ -276,7 +276,7 @@ def _build(cell, nb_dtype, BT):
 
         return fwd_step
 
-    fwd_step = make_fwd_step(False)
+    fwd_step = make_fwd_step(False)    # callers pass their shared array as the unused pre
     fwd_step_pre = make_fwd_step(True)
 
     @cuda.jit
@@ -498,7 +498,8 @@ _CACHE = {}
 
 
 def kernels(cell_code, dtype, BT):
-    """The four recurrence kernels for one (cell, dtype, batch tile), compiled lazily."""
+    """The recurrence kernels (persistent, one step, one step after a library product;
+    forward and BPTT) for one (cell, dtype, batch tile), compiled lazily."""
     key = (cell_code, np.dtype(dtype), BT)
     if key not in _CACHE:
         from numba import from_dtype
