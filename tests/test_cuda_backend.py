@@ -221,3 +221,7 @@ def test_pooled_buffers_are_reused_only_when_free():
     assert ptr(c) == first   # the buffer came back to the pool and is taken again
     c.copy_to_device(np.arange(37 * 5, dtype=np.float32))
     np.testing.assert_array_equal(c.copy_to_host(), np.arange(37 * 5, dtype=np.float32))
+    del b, c
+    assert cuda_memory.pooled_bytes() >= 2 * 1024
+    cuda_memory.release()
+    assert cuda_memory.pooled_bytes() == 0

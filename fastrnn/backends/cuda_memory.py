@@ -46,6 +46,14 @@ def device_array(shape, dtype):
     return DeviceNDArray(shape, strides, dtype, gpu_data=pool.take(nbytes))
 
 
+def release():
+    """Hand every buffer on the free lists back (numba frees them): for a program that
+    needs the device memory for something else."""
+    for pool in _pools.values():
+        pool.free.clear()
+        pool.kept = 0
+
+
 def pooled_bytes():
     """Bytes on the free lists of the current context (for tests and `fastrnn info`)."""
     pool = _pools.get(current_context())
