@@ -225,3 +225,49 @@ def test_pooled_buffers_are_reused_only_when_free():
     assert cuda_memory.pooled_bytes() >= 2 * 1024
     cuda_memory.release()
     assert cuda_memory.pooled_bytes() == 0
+
+
+def test_cublas_step_products_layout(monkeypatch):
+    # The step-gemm path's cuBLAS calls (operations, leading dimensions, offsets) checked
+    # without a GPU: a host stand-in for sgemm reads column-major operands at the pointers.
+    import ctypes
+    import sys
+    import types
+    from fastrnn.backends import cuda_blas as blas
+
+    def col_major(ptr, rows, cols, ld):
+        n = ld * (cols - 1) + rows
+        flat = np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr))
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4, 4 * ld))
+
+    def sgemm(handle, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        a = col_major(A, k, m, lda).T if ta else col_major(A, m, k, lda)
+        b = col_major(B, n, k, ldb).T if tb else col_major(B, k, n, ldb)
+        col_major(C, m, n, ldc)[:] = a @ b
+
+    cublas = types.SimpleNamespace(sgemm=sgemm, setStream=lambda handle, stream: None)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs",
+                        types.SimpleNamespace(cublas=cublas))
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
+    monkeypatch.setattr(blas, "_cp", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        device=types.SimpleNamespace(get_cublas_handle=lambda: 1))))
+
+    class Host:   # a host array posing as a device one
+        def __init__(self, a):
+            self.a, self.dtype = a, a.dtype
+            self.device_ctypes_pointer = ctypes.c_void_p(a.ctypes.data)
+
+    rng = np.random.default_rng(10)
+    B, H, G, Bp = 3, 5, 4, 4
+    GH = G * H
+    w = rng.standard_normal((GH, H)).astype(np.float32)
+    hbuf = rng.standard_normal(2 * H * Bp).astype(np.float32)     # slots of (H, Bp)
+    pre = np.zeros(B * GH, np.float32)
+    blas.step_forward(Host(hbuf), Host(w), Host(pre), B, H, GH, Bp)(H * Bp)
+    h = hbuf[H * Bp:].reshape(H, Bp)[:, :B].T
+    np.testing.assert_allclose(pre.reshape(B, GH), h @ w.T, rtol=1e-5, atol=1e-6)
+    dgh = rng.standard_normal(2 * B * GH).astype(np.float32)      # (T, B, GH)
+    pre = np.zeros(B * H, np.float32)
+    blas.step_backward(Host(dgh), Host(w), Host(pre), B, H, GH)(B * GH)
+    np.testing.assert_allclose(pre.reshape(B, H), dgh[B * GH:].reshape(B, GH) @ w,
+                               rtol=1e-5, atol=1e-6)

@@ -59,13 +59,14 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
 
 
 _ONE_ZERO = {}
+OP_N, OP_T = 0, 1   # cuBLAS operations: as stored, transposed
 
 
 def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
-    """f(aoff, boff): column-major C (m x n) = op(A) op(B) on flat device arrays, A and B
-    read from element offsets aoff and boff, on the legacy default stream (where the
-    recurrence kernels run). Pointers and the handle are looked up once: f is called once
-    per step, and its Python cost is what a short step costs."""
+    """f(boff): column-major C (m x n) = op(A) op(B) on flat device arrays, B read from
+    element offset boff, on the legacy default stream (where the recurrence kernels run).
+    Pointers and the handle are looked up once: f is called once per step, and its Python
+    cost is part of what a short step costs."""
     from cupy_backends.cuda.libs import cublas
     dt = np.dtype(c.dtype)
     consts = _ONE_ZERO.get(dt)
@@ -78,20 +79,18 @@ def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
     one, zero = consts.ctypes.data, consts.ctypes.data + item
     pa, pb, pc = (x.device_ctypes_pointer.value for x in (a, b, c))
 
-    def f(aoff, boff):
-        gemm(handle, ta, tb, m, n, k, one, pa + aoff * item, lda, pb + boff * item, ldb, zero, pc, ldc)
+    def f(boff):
+        gemm(handle, ta, tb, m, n, k, one, pa, lda, pb + boff * item, ldb, zero, pc, ldc)
     return f
 
 
 def step_forward(hbuf, w_hh, pre, B, H, GH, Bp):
     """f(hoff): pre (B, GH) = h (B, H) @ W_hh^T, h stored (H, Bp) at hbuf[hoff:]."""
     # column-major: pre^T (GH x B) = op_T(W_hh^T (H x GH)) op_T(h^T (Bp x H, ld Bp))
-    f = _gemm(1, 1, GH, B, H, w_hh, H, hbuf, Bp, pre, GH)
-    return lambda hoff: f(0, hoff)
+    return _gemm(OP_T, OP_T, GH, B, H, w_hh, H, hbuf, Bp, pre, GH)
 
 
 def step_backward(dgh, w_hh, pre, B, H, GH):
     """f(goff): pre (B, H) = dgh (B, GH) @ W_hh, dgh at dgh[goff:]."""
     # column-major: pre^T (H x B) = W_hh^T (H x GH, ld H) dgh^T (GH x B, ld GH)
-    f = _gemm(0, 0, H, B, GH, w_hh, H, dgh, GH, pre, H)
-    return lambda goff: f(0, goff)
+    return _gemm(OP_N, OP_N, H, B, GH, w_hh, H, dgh, GH, pre, H)
