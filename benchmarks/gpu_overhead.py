@@ -27,7 +27,7 @@ from numba import cuda                              # noqa: E402
 
 
 def arrays(cell, T, B, H, rng):
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = fcuda.get_cell(cell).gates
     dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
     return dict(x=dev(T, B, H), h0=dev(B, H), c0=dev(B, H) if cell == "lstm" else None,
                 w_ih=dev(G * H, H), w_hh=dev(G * H, H), b_ih=dev(G * H), b_hh=dev(G * H)), dev(T, B, H)
@@ -57,7 +57,7 @@ def step_parts(cell, B, H, T, rng, log):
     fcuda.forward_layer(cell, **a, train=False)
     cuda.synchronize()
     p = fcuda.plan(cell, H, B)
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = fcuda.get_cell(cell).gates
     GH, Bp = G * H, p["Bp"]
     pre = cuda.device_array(B * GH, np.float32)
     hbuf = cuda.to_device(np.zeros(2 * H * Bp, np.float32))

@@ -351,9 +351,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
                             vary=len(args) + 1)
             product = _products().step_forward(hbuf, w_hh, pre, B, H, GH, Bp)
             for s in range(T):
-                t = T - 1 - s if reverse else s
-                rslot = t + reverse if train else s % 2   # as cuda_recurrence's fwd_slots
-                product(rslot * H * Bp)
+                product(rec.step_slots(s, T, reverse, train)[1] * H * Bp)
                 step(s)
             last_path["forward"] = "step-gemm"
             return True
@@ -461,8 +459,8 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
                             vary=1)
             product = _products().step_backward(dgh, w_hh, pre, B, H, GH)
             for s in range(T + 1):
-                if s > 0:   # pre = dgh of the previous phase (time T - s, or s - 1 reversed) @ W_hh
-                    product((s - 1 if rev else T - s) * B * GH)
+                if s > 0:   # pre = dgh of the previous phase @ W_hh
+                    product(rec.bptt_time(s - 1, T, rev) * B * GH)
                 step(s)
             last_path["backward"] = "step-gemm"
             return True

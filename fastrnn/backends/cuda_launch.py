@@ -172,7 +172,7 @@ class RawKernel:
         st = self._state()
         self.allow_shared(shared, st)
         vals = np.array(self.values(args), np.int64)
-        slot = sum(7 if w is _array_values else 1 for w in self._writers[:vary])
+        slot = len(self.values(args[:vary]))   # parameters before the varying one
         assert self._writers[vary] is _int_value, "the varying argument must be an integer"
         ptrs = np.array([vals.ctypes.data + 8 * i for i in range(len(vals))], np.uint64)
         fn, addr = st["fn"], ptrs.ctypes.data

@@ -50,8 +50,7 @@ def release():
     """Hand every buffer on the free lists back (numba frees them): for a program that
     needs the device memory for something else."""
     for pool in _pools.values():
-        pool.free.clear()
-        pool.kept = 0
+        pool.clear()
 
 
 def pooled_bytes():
@@ -86,9 +85,12 @@ class _Pool:
         try:
             return self.ctx.memalloc(nbytes)
         except Exception:   # out of memory, perhaps: give the free lists back and try again
-            self.free.clear()
-            self.kept = 0
+            self.clear()
             return self.ctx.memalloc(nbytes)
+
+    def clear(self):
+        self.free.clear()
+        self.kept = 0
 
     def _release(self, key, nbytes, backing):
         """The last array using the buffer is gone (called by numba's reference counting)."""

@@ -42,6 +42,21 @@ RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
 
 
+def step_slots(s, T, rev, train):
+    """(time t of forward step s, state slot read, state slot written): train keeps every
+    state (slot t + rev is the input of time t), inference ping-pongs slots 0/1. Plain
+    Python: the kernels compile it, the step-gemm loop (cuda.py) calls it."""
+    t = T - 1 - s if rev else s
+    if train:
+        return t, t + rev, t + 1 - rev
+    return t, s % 2, 1 - s % 2
+
+
+def bptt_time(s, T, rev):
+    """The time BPTT phase s works on (phase T, the final dh0, gives -1 or T)."""
+    return s if rev else T - 1 - s
+
+
 def _build(cell, nb_dtype, BT):
     G = GATES[cell]
     GB = G * BT
@@ -161,14 +176,8 @@ def _build(cell, nb_dtype, BT):
         for i in range(cuda.threadIdx.x, nW, cuda.blockDim.x):
             sm[i] = Wp[base + i]
 
-    @cuda.jit(device=True, inline=True)
-    def fwd_slots(s, T, rev, train):
-        """(time t of step s, state slot read, state slot written): train keeps every
-        state (slot t + rev is the input of time t), inference ping-pongs slots 0/1."""
-        t = T - 1 - s if rev else s
-        if train:
-            return t, t + rev, t + 1 - rev
-        return t, s % 2, 1 - s % 2
+    fwd_slots = cuda.jit(device=True, inline=True)(step_slots)
+    bwd_time = cuda.jit(device=True, inline=True)(bptt_time)
 
     # ------------------------------------------------------------------ forward
     def make_fwd_step(from_pre):
@@ -461,7 +470,7 @@ def _build(cell, nb_dtype, BT):
         load_block_weights(sm, Wb, nW)
         grid = cuda.cg.this_grid()
         for s in range(T + 1):
-            t = s if rev else T - 1 - s
+            t = bwd_time(s, T, rev)
             rs = (s + 1) % 2          # slot the previous phase wrote
             bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
@@ -473,7 +482,7 @@ def _build(cell, nb_dtype, BT):
                     dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
-        t = s if rev else T - 1 - s
+        t = bwd_time(s, T, rev)
         rs = (s + 1) % 2
         bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
                  lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
@@ -484,7 +493,7 @@ def _build(cell, nb_dtype, BT):
                     dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
         """One BPTT phase after a library product wrote pre (B, H) = dgh(previous) W_hh."""
         blk = cuda.blockIdx.x
-        t = s if rev else T - 1 - s
+        t = bwd_time(s, T, rev)
         bwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, s, T, t, rev, lengths, gates, cin, cout, hhn,
                      hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, blk * hs, S,
                      rounds, pre)
