@@ -113,6 +113,18 @@ def test_thread_counts_give_the_same_result():
             assert rel_err(a, b) < 1e-6
 
 
+def test_default_threads_under_omp_proc_bind():
+    """With OMP_PROC_BIND set, the OpenMP runtime pins the main thread to one CPU as the
+    extension loads; the default thread count is still every CPU the process may use."""
+    code = ("import os; n = len(os.sched_getaffinity(0)); import fastrnn; "
+            "from fastrnn.backends import cpu; print(n, fastrnn.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(OMP_PROC_BIND="true")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == out[1], out
+
+
 def test_weights_are_packed_once_per_version():
     """Repeated calls reuse the packed weights; any in-place change (an optimizer step or an
     edit by hand) is seen at the next call, and backward follows the live weights too."""
