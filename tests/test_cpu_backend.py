@@ -113,6 +113,7 @@ def test_thread_counts_give_the_same_result():
             assert rel_err(a, b) < 1e-6
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs os.sched_getaffinity (Linux)")
 def test_default_threads_under_omp_proc_bind():
     """With OMP_PROC_BIND set, the OpenMP runtime pins the main thread to one CPU as the
     extension loads; the default thread count is still every CPU the process may use."""
