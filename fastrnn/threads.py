@@ -15,7 +15,7 @@ def _default():
     try:
         from .backends import cpu
         if cpu.lib is not None:
-            return max(1, int(cpu.lib.fastrnn_omp_max_threads()))
+            return cpu.omp_max_threads()
     except ImportError:
         pass
     try:

@@ -76,6 +76,12 @@ def isa():
     return ffi.string(lib.fastrnn_isa()).decode()
 
 
+def omp_max_threads():
+    """Threads the OpenMP runtime would use by default: OMP_NUM_THREADS, else the CPUs the
+    process could use when the runtime started (before OMP_PROC_BIND pinned the caller)."""
+    return max(1, int(lib.fastrnn_omp_max_threads()))
+
+
 def _native(name, dtype):
     """The C entry point fastrnn_<name>_f32/_f64 for dtype, and its pointer type."""
     single = dtype == np.float32
