@@ -46,21 +46,22 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
 /* Backward over the whole sequence from the forward's workspace. dy (T,B,H), dh_T and
  * dc_T (B,H) may be NULL (zero). Scratch: dgi (T,B,G*H) and, for GRU, dgh_n (T,B,H).
  * Outputs: dx (T,B,I), or the table's (V,I) with tokens (NULL: not computed), dh_0, dc_0
- * (B,H; dc_0 LSTM only), and the parameter gradients dw_ih, dw_hh, db_ih, db_hh (overwritten, not accumulated). */
+ * (B,H; dc_0 LSTM only), and the parameter gradients dw_ih, dw_hh, db_ih, db_hh: overwritten,
+ * or with accumulate != 0 added to (a model's running gradients, with no temporary). */
 int fastrnn_backward_f32(int cell, int T, int B, int I, int H, int reverse,
                          const float *x, int V, const int32_t *tokens,
                          const float *w_ih, const float *w_hh, const float *packed,
                          const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
                          const float *h_in, const float *gates, const float *c_in, const float *c_out,
                          const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
-                         float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int nthreads);
+                         float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int accumulate, int nthreads);
 int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
                          const double *x, int V, const int32_t *tokens,
                          const double *w_ih, const double *w_hh, const double *packed,
                          const double *dy, const double *dh_T, const double *dc_T, const int32_t *lengths,
                          const double *h_in, const double *gates, const double *c_in, const double *c_out,
                          const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
-                         double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int nthreads);
+                         double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int accumulate, int nthreads);
 
 /* Weights packed once for many calls (DESIGN.md: once per parameter version): the size
  * in values of the buffer for calls with `nthreads` threads (0 on bad arguments), and the
@@ -99,9 +100,15 @@ int fastrnn_adam_f32(size_t n, float *p, const float *g, float *m, float *v, dou
 int fastrnn_adam_f64(size_t n, double *p, const double *g, double *m, double *v, double step, double b1,
                      double b2, double c2, double eps, double weight_decay, int nthreads);
 
-/* 1 when the n bytes at a and b are equal: the packed-weights cache's version check
- * (memcmp: 3x faster than NumPy's elementwise comparison). */
-int fastrnn_same_bytes(const void *a, const void *b, size_t n);
+/* Sum of squares of n contiguous values, in double (clipping by global norm). */
+double fastrnn_sumsq_f32(size_t n, const float *x, int nthreads);
+double fastrnn_sumsq_f64(size_t n, const double *x, int nthreads);
+
+/* 1 when the n bytes at a and b are equal, and a copy of n bytes, each split over
+ * threads: the packed-weights cache's version check and snapshot (memcmp: 3x faster
+ * than NumPy's elementwise comparison; one thread does not reach the memory bandwidth). */
+int fastrnn_same_bytes(const void *a, const void *b, size_t n, int nthreads);
+void fastrnn_copy_bytes(void *dst, const void *src, size_t n, int nthreads);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);

@@ -138,9 +138,33 @@ static int isa(void)
     return v;
 }
 
-int fastrnn_same_bytes(const void *a, const void *b, size_t n)
+/* Chunks of at least 256 KB per thread: below that one thread is as fast. */
+static int byte_threads(size_t n, int nthreads)
 {
-    return memcmp(a, b, n) == 0;
+    size_t most = n / (256 * 1024);
+    return most < 1 ? 1 : (size_t)nthreads < most ? nthreads : (int)most;
+}
+
+int fastrnn_same_bytes(const void *a, const void *b, size_t n, int nthreads)
+{
+    const int nth = byte_threads(n, nthreads);
+    int differ = 0;
+#pragma omp parallel for num_threads(nth) if (nth > 1) schedule(static) reduction(| : differ)
+    for (int t = 0; t < nth; t++) {
+        const size_t lo = n * t / nth, hi = n * (t + 1) / nth;
+        differ |= memcmp((const char *)a + lo, (const char *)b + lo, hi - lo) != 0;
+    }
+    return !differ;
+}
+
+void fastrnn_copy_bytes(void *dst, const void *src, size_t n, int nthreads)
+{
+    const int nth = byte_threads(n, nthreads);
+#pragma omp parallel for num_threads(nth) if (nth > 1) schedule(static)
+    for (int t = 0; t < nth; t++) {
+        const size_t lo = n * t / nth, hi = n * (t + 1) / nth;
+        memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
+    }
 }
 
 const char *fastrnn_isa(void)
@@ -185,12 +209,13 @@ int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,
                               const R *dy, const R *dh_T, const R *dc_T, const int32_t *lengths, \
                               const R *h_in, const R *gates, const R *c_in, const R *c_out,     \
                               const R *hh_n, R *dgi, R *dgh_n, R *dx, R *dh_0, R *dc_0,         \
-                              R *dw_ih, R *dw_hh, R *db_ih, R *db_hh, int nthreads)             \
+                              R *dw_ih, R *dw_hh, R *db_ih, R *db_hh, int accumulate,            \
+                              int nthreads)                                                     \
 {                                                                                              \
     if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;      \
     DISPATCH(backward, suffix, cell, T, B, I, H, reverse, x, V, tokens, w_ih, w_hh, packed,    \
              dy, dh_T, dc_T, lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0,     \
-             dc_0, dw_ih, dw_hh, db_ih, db_hh, nthreads)                                       \
+             dc_0, dw_ih, dw_hh, db_ih, db_hh, accumulate, nthreads)                           \
 }                                                                                              \
 size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
 {                                                                                              \
@@ -231,6 +256,14 @@ int fastrnn_adam_##suffix(size_t n, R *p, const R *g, R *m, R *v, double step, d
              (R)weight_decay, nthreads)                                                        \
 }
 
+#define DEFINE_SUMSQ_ENTRY_POINT(R, suffix)                                                    \
+double fastrnn_sumsq_##suffix(size_t n, const R *x, int nthreads)                              \
+{                                                                                              \
+    DISPATCH(sumsq, suffix, n, x, nthreads < 1 ? 1 : nthreads)                                 \
+}
+
+DEFINE_SUMSQ_ENTRY_POINT(float, f32)
+DEFINE_SUMSQ_ENTRY_POINT(double, f64)
 DEFINE_OPTIM_ENTRY_POINTS(float, f32)
 DEFINE_OPTIM_ENTRY_POINTS(double, f64)
 

@@ -281,19 +281,22 @@ class RNNBase:
             for d in range(D):
                 idx = layer * D + d
                 dy_d = None if dy is None else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+                sfx = self._suffix(layer, d)
+                grads = self._layer_grads(sfx) if getattr(be, "accumulates_grads", False) else None
+                kw = {} if grads is None else {"grads_out": grads}
                 gx, gh0, gc0, dw_ih, dw_hh, db_ih, db_hh = be.backward_layer(
                     self.cell.name, saved_dirs[d], dy_d,
-                    None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx])
+                    None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx], **kw)
                 dx = gx if dx is None else dx + gx
                 dh0[idx] = gh0
                 if dc0 is not None:
                     dc0[idx] = gc0
-                sfx = self._suffix(layer, d)
-                self.grads[f"weight_ih_{sfx}"] += dw_ih
-                self.grads[f"weight_hh_{sfx}"] += dw_hh
-                if self.bias:
-                    self.grads[f"bias_ih_{sfx}"] += db_ih
-                    self.grads[f"bias_hh_{sfx}"] += db_hh
+                if grads is None:
+                    self.grads[f"weight_ih_{sfx}"] += dw_ih
+                    self.grads[f"weight_hh_{sfx}"] += dw_hh
+                    if self.bias:
+                        self.grads[f"bias_ih_{sfx}"] += db_ih
+                        self.grads[f"bias_hh_{sfx}"] += db_hh
             dy = dx
         self._saved = None
         if s["scatter"] is not None:
@@ -306,6 +309,22 @@ class RNNBase:
         elif self.batch_first and not table_grad:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return (dx, (dh0, dc0)) if self.cell.has_cell_state else (dx, dh0)
+
+    def _layer_grads(self, sfx):
+        """The running gradients of one layer-direction for a backend that adds into them
+        (dw_ih, dw_hh, db_ih, db_hh), or None if one is not a contiguous array of the
+        parameters' dtype (then the sums are added here). Without bias, fresh zero arrays
+        take the bias sums."""
+        names = [f"weight_ih_{sfx}", f"weight_hh_{sfx}"] + ([f"bias_ih_{sfx}", f"bias_hh_{sfx}"] if self.bias else [])
+        arrays = [self.grads.get(n) for n in names]
+        ok = all(isinstance(a, np.ndarray) and a.shape == self._params[n].shape and a.dtype == self.dtype
+                 and a.flags.c_contiguous and a.flags.writeable for n, a in zip(names, arrays))
+        if not ok:
+            return None
+        if not self.bias:
+            gh = self.cell.gates * self.hidden_size
+            arrays += [np.zeros(gh, self.dtype), np.zeros(gh, self.dtype)]
+        return tuple(arrays)
 
     def _check_grad(self, name, g, shape):
         if g is None:

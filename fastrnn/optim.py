@@ -95,11 +95,19 @@ class Adam(Optimizer):
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm (as
     torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
-    # einsum's own loop, not BLAS (np.vdot): waking numpy's BLAS thread pool inside a
-    # training step makes it spin beside the fastrnn kernels' OpenMP threads
-    total = float(np.sqrt(sum(float(np.einsum("i,i->", g.ravel(), g.ravel())) for g in grads.values())))
+    cpu = backends.get("cpu") if backends.why_unavailable("cpu") is None else None
+    total = float(np.sqrt(sum(_sumsq(g, cpu) for g in grads.values())))
     coef = max_norm / (total + 1e-6)
     if coef < 1:
         for g in grads.values():
             g *= coef
     return total
+
+
+def _sumsq(g, cpu):
+    """Sum of squares of one gradient: the cpu backend's threaded kernel where it is built,
+    else einsum's own loop, not BLAS (np.vdot): waking numpy's BLAS thread pool inside a
+    training step makes it spin beside the fastrnn kernels' OpenMP threads."""
+    if cpu is not None and g.dtype in (np.float32, np.float64) and g.flags.c_contiguous:
+        return cpu.sumsq(g)
+    return float(np.einsum("i,i->", g.ravel(), g.ravel()))

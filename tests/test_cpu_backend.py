@@ -253,3 +253,59 @@ def test_backward_consumes_saved_and_recycles_its_buffers():
     for a, b in zip(first, again):  # ... and gives the same results
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+# grads_out: the parameter gradients are added into the caller's arrays (a model's running
+# sums) instead of returned fresh; H = 256 LSTM takes the by-rows weight_grad path
+@pytest.mark.parametrize("cell,H", [(c, 9) for c in CELLS] + [("lstm", 256)])
+def test_backward_adds_into_grads_out(cell, H):
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(H)
+    T, B, I = 5, 3, 7
+    args = layer_inputs(rng, cell, T, B, I, H, np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    fresh = cpu.backward_layer(cell, cpu.forward_layer(cell, *args)[3], dy, None, None)
+    base = [rng.standard_normal(g.shape).astype(np.float32) for g in fresh[3:]]
+    out = [b.copy() for b in base]
+    summed = cpu.backward_layer(cell, cpu.forward_layer(cell, *args)[3], dy, None, None, grads_out=tuple(out))
+    for k in range(3):   # dx, dh0, dc0 unchanged
+        if fresh[k] is not None:
+            np.testing.assert_array_equal(summed[k], fresh[k])
+    for got, arr, b, f in zip(summed[3:], out, base, fresh[3:]):
+        assert got is arr
+        np.testing.assert_allclose(arr, b + f, rtol=1e-6, atol=1e-6)
+
+
+def test_backward_rejects_bad_grads_out():
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(0)
+    args = layer_inputs(rng, "gru", 4, 2, 3, 5, np.float32)
+    dy = np.zeros((4, 2, 5), np.float32)
+    good = [np.zeros((15, 3), np.float32), np.zeros((15, 5), np.float32), np.zeros(15, np.float32),
+            np.zeros(15, np.float32)]
+    bad = {"shape": (1, np.zeros((15, 4), np.float32)), "dtype": (2, np.zeros(15, np.float64)),
+           "contig": (0, np.zeros((3, 15), np.float32).T), "overlap": (3, good[2])}
+    for what, (i, a) in bad.items():
+        g = list(good)
+        g[i] = a
+        _, _, _, saved = cpu.forward_layer("gru", *args)
+        with pytest.raises(ValueError, match="grads_out"):
+            cpu.backward_layer("gru", saved, dy, None, None, grads_out=tuple(g))
+    _, _, _, saved = cpu.forward_layer("gru", *args)
+    with pytest.raises(TypeError, match="grads_out"):
+        cpu.backward_layer("gru", saved, dy, None, None, grads_out=good[:3])
+
+
+def test_threaded_byte_compare_and_copy_see_every_chunk():
+    """The packed-weights cache's version check and snapshot split big arrays over threads:
+    a change in any chunk, the last byte included, must be seen, and the copy be whole."""
+    from fastrnn.backends import cpu
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(1_000_003).astype(np.float32)   # ~4 MB: several chunks
+    b = cpu._copy(a)
+    assert b is not a and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert cpu._same_bits(a, b)
+    for i in (0, a.size // 2, a.size - 1):
+        c = b.copy()
+        c.view(np.uint8)[4 * i + 3] ^= 1
+        assert not cpu._same_bits(a, c), i

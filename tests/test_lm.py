@@ -124,6 +124,22 @@ def test_clip_grad_norm():
     assert g2["a"][0] == 0.3  # under the bound: unchanged
 
 
+@pytest.mark.skipif("cpu" not in backends.available(), reason="cpu backend not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_sumsq_and_clip_on_large_gradients(dtype):
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(3)
+    g = {"w": rng.standard_normal(300_001).astype(dtype), "b": rng.standard_normal(7).astype(dtype)}
+    want = sum(float(np.sum(v.astype(np.float64) ** 2)) for v in g.values())
+    assert cpu.sumsq(g["w"]) + cpu.sumsq(g["b"]) == pytest.approx(want, rel=1e-12)
+    before = {k: v.copy() for k, v in g.items()}
+    assert clip_grad_norm(g, 2.0) == pytest.approx(np.sqrt(want), rel=1e-9)
+    for k in g:
+        np.testing.assert_allclose(g[k], before[k] * (2.0 / (np.sqrt(want) + 1e-6)), rtol=1e-6)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cpu.sumsq(g["w"][::2])
+
+
 # ----- data ------------------------------------------------------------------------
 def test_tokenizers_vocab_round_trip_and_unk():
     v = D.Vocab.build("abcab", "char")

@@ -84,7 +84,7 @@ static void gradcheck(int cell, int reverse, int ragged)
     rc = fastrnn_backward_f64(cell, T, B, I, H, reverse, p.x, 0, NULL, p.w_ih, p.w_hh, packed, p.wy, p.wh,
                               cell == FASTRNN_LSTM ? p.wc : NULL, ragged ? p.lengths : NULL, h_in,
                               gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh0, dc0, dw_ih, dw_hh,
-                              db_ih, db_hh, 2);
+                              db_ih, db_hh, 0, 2);
     CHECK(rc == 0, "backward rc %d", rc);
     free(packed);
     fd_check(&p, p.x, dx, T * B * I, "x");
@@ -168,7 +168,7 @@ static void lookup_matches_dense(int cell, int reverse)
         CHECK(fastrnn_backward_f64(cell, T3, B3, I3, H3, reverse, in, V3, tok, w_ih, w_hh, NULL, dy, NULL, NULL,
                                    lengths, h_in[k], gates[k], c_in[k], c_out[k], hh_n[k], dgi, dgh_n,
                                    k ? dtable : dx, dh0[k], dc0[k], dw_ih[k], dw_hh[k], db_ih[k], db_hh[k],
-                                   NTH) == 0, "lookup backward %d", k);
+                                   0, NTH) == 0, "lookup backward %d", k);
     }
     double want[V3 * I3] = {0};
     for (int i = 0; i < T3 * B3; i++)

@@ -20,6 +20,8 @@ name = "cpu"
 # forward_layer takes a Lookup x (embedding rows by token): the kernels fold the table
 # into the input projection when it has fewer rows than the T*B inputs (lookup.py)
 accepts_lookup = True
+# backward_layer adds parameter gradients into the caller's arrays (grads_out=...)
+accumulates_grads = True
 
 try:
     from .._fastrnn_cpu import ffi, lib
@@ -57,11 +59,19 @@ def _pack(code, I, H, w_ih, w_hh, nthreads):
 def _same_bits(a, b):
     """Bit-for-bit equality of two C-contiguous arrays of one shape and dtype (memcmp)."""
     return bool(lib.fastrnn_same_bytes(ffi.cast("void *", a.ctypes.data),
-                                       ffi.cast("void *", b.ctypes.data), a.nbytes))
+                                       ffi.cast("void *", b.ctypes.data), a.nbytes, get_num_threads()))
+
+
+def _copy(a):
+    """A copy of a C-contiguous array, split over the kernels' threads."""
+    out = np.empty_like(a)
+    lib.fastrnn_copy_bytes(ffi.cast("void *", out.ctypes.data), ffi.cast("void *", a.ctypes.data),
+                           a.nbytes, get_num_threads())
+    return out
 
 
 # Packed weights by parameter version (see packed_weights.py); clear() frees them.
-packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits)
+packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits, copy=_copy)
 
 
 def unavailable_reason():
@@ -154,10 +164,14 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     return y, h_T, c_T, saved
 
 
-def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
+def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, grads_out=None):
     """BPTT of one layer-direction. Consumes `saved` (its buffers are recycled) unless
     retain=True, which allows another backward over the same forward. For a Lookup input,
-    dx is the table's gradient (V, I)."""
+    dx is the table's gradient (V, I).
+
+    grads_out: optional (dw_ih, dw_hh, db_ih, db_hh), C-contiguous arrays of the weights'
+    shapes and dtype that the parameter gradients are added to in place (a model's running
+    gradients: no temporary, no separate add pass); they are also what is returned."""
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     spec = get_cell(cell)
@@ -172,6 +186,11 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     GH = spec.gates * H
     dt = x.dtype
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt)
+    if grads_out is None:
+        dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+        db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
+    else:
+        dw_ih, dw_hh, db_ih, db_hh = _check_grads_out(grads_out, w_ih.shape, w_hh.shape, GH, dt)
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
     bwd, ctype = _native("backward", dt)
     p = lambda a: _ptr(a, ctype)
@@ -185,14 +204,12 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
     dx = np.empty(x.shape, dt) if need_dx else None   # (V, I) with tokens
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
-    dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
-    db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
     status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"),
                  p(w_ih), p(w_hh), p(packed),
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                  p(saved["h_in"]), p(saved["gates"]), p(saved.get("c_in")), p(saved.get("c_out")),
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
-                 p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), nth)
+                 p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), int(grads_out is not None), nth)
     _check_status(status, "backward")
     if dx is not None and saved["expanded"] is not None:
         dx = saved["expanded"].table_grad(dx)
@@ -202,6 +219,21 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False):
         saved.clear()
         saved["consumed"] = True
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _check_grads_out(grads_out, ih_shape, hh_shape, GH, dt):
+    if not isinstance(grads_out, (tuple, list)) or len(grads_out) != 4:
+        raise TypeError("grads_out: expected a tuple (dw_ih, dw_hh, db_ih, db_hh)")
+    names = ("dw_ih", "dw_hh", "db_ih", "db_hh")
+    for name, a, shape in zip(names, grads_out, (ih_shape, hh_shape, (GH,), (GH,))):
+        if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt
+                or not a.flags.c_contiguous or not a.flags.writeable):
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"grads_out[{names.index(name)}] ({name}): expected a writeable C-contiguous "
+                             f"{dt} array of shape {shape}, got {got}")
+    if any(np.may_share_memory(a, b) for i, a in enumerate(grads_out) for b in grads_out[i + 1:]):
+        raise ValueError("grads_out: expected four arrays that do not overlap")
+    return grads_out
 
 
 # ----- language-model helpers: the same micro-kernel and thread team ------------------
@@ -232,6 +264,14 @@ def matmul(a, b, out=None, accumulate=False):
                 out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
     _check_status(status, "matmul")
     return out
+
+
+def sumsq(a):
+    """Sum of squares of a C-contiguous float32/float64 array, accumulated in double."""
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous:
+        raise ValueError("a: expected a C-contiguous float32 or float64 array")
+    fn, ctype = _native("sumsq", a.dtype)
+    return float(fn(a.size, _ptr(a, ctype), get_num_threads()))
 
 
 def adam_step(p, g, m, v, *, step, b1, b2, c2, eps, weight_decay):

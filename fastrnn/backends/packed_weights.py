@@ -22,11 +22,13 @@ def _numpy_same_bits(a, b):
 class PackedWeightsCache:
     """Least-recently-used map (cell, dtype, shapes, data pointers, threads) -> packed buffer.
     `pack(code, I, H, w_ih, w_hh, nthreads)` returns a freshly packed array;
-    `same_bits(a, b)` compares two C-contiguous same-shape arrays bit for bit."""
+    `same_bits(a, b)` compares two C-contiguous same-shape arrays bit for bit and
+    `copy(a)` returns a copy of one (the snapshot)."""
 
-    def __init__(self, pack, capacity=16, same_bits=_numpy_same_bits):
+    def __init__(self, pack, capacity=16, same_bits=_numpy_same_bits, copy=np.copy):
         self._pack = pack
         self._same_bits = same_bits
+        self._copy = copy
         self.capacity = capacity
         self._entries = OrderedDict()
         self._lock = threading.Lock()
@@ -45,7 +47,7 @@ class PackedWeightsCache:
                 return packed
         # a new version (or new weights): pack it and keep a snapshot to recognise it by
         packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads)
-        entry = (w_ih.copy(), w_hh.copy(), packed)
+        entry = (self._copy(w_ih), self._copy(w_hh), packed)
         with self._lock:
             self.packs += 1
             self._entries[key] = entry
