@@ -43,18 +43,20 @@ def test_softmax_xent_against_numpy_and_finite_differences(name):
         assert abs((fp - fm) / 2e-6 - grad[i, j]) < 1e-7
 
 
+# (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape)
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_matmul_all_transposes(dtype):
+@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102)])
+def test_cpu_matmul_all_transposes(dtype, M, K, N):
     cpu = backends.get("cpu")
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((37, 21)).astype(dtype)
-    b = rng.standard_normal((21, 70)).astype(dtype)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for A in (a, np.asfortranarray(a)):
         for B_ in (b, np.ascontiguousarray(b.T).T):
             assert rel_err(cpu.matmul(A, B_), a @ b) < tol
-    out = np.ones((37, 70), dtype)
+    out = np.ones((M, N), dtype)
     cpu.matmul(a, b, out=out, accumulate=True)
     assert rel_err(out - 1, a @ b) < tol
     with pytest.raises(ValueError, match="expected"):
