@@ -312,14 +312,16 @@ class RNNBase:
 
     def _layer_grads(self, sfx):
         """The running gradients of one layer-direction for a backend that adds into them
-        (dw_ih, dw_hh, db_ih, db_hh), or None if one is not a contiguous array of the
-        parameters' dtype (then the sums are added here). Without bias, fresh zero arrays
-        take the bias sums."""
-        names = [f"weight_ih_{sfx}", f"weight_hh_{sfx}"] + ([f"bias_ih_{sfx}", f"bias_hh_{sfx}"] if self.bias else [])
+        (dw_ih, dw_hh, db_ih, db_hh), or None if they are not separate writeable contiguous
+        arrays of the parameters' shapes and dtype (someone replaced them: then the sums are
+        added here). Without bias, fresh zero arrays take the bias sums."""
+        names = [f"weight_ih_{sfx}", f"weight_hh_{sfx}"]
+        if self.bias:
+            names += [f"bias_ih_{sfx}", f"bias_hh_{sfx}"]
         arrays = [self.grads.get(n) for n in names]
         ok = all(isinstance(a, np.ndarray) and a.shape == self._params[n].shape and a.dtype == self.dtype
                  and a.flags.c_contiguous and a.flags.writeable for n, a in zip(names, arrays))
-        if not ok:
+        if not ok or any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]):
             return None
         if not self.bias:
             gh = self.cell.gates * self.hidden_size

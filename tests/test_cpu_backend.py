@@ -309,3 +309,19 @@ def test_threaded_byte_compare_and_copy_see_every_chunk():
         c = b.copy()
         c.view(np.uint8)[4 * i + 3] ^= 1
         assert not cpu._same_bits(a, c), i
+
+
+def test_module_backward_with_replaced_grads_falls_back_to_adding():
+    """A module whose grads were replaced (here: one array shared by two entries) still
+    accumulates correctly: it adds the backend's results itself instead of grads_out."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    dy = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    mods = [fastrnn.GRU(3, 4, backend=b, seed=1) for b in ("cpu", "reference")]
+    for m in mods:
+        shared = np.zeros(m.grads["bias_ih_l0"].shape, np.float32)
+        m.grads["bias_ih_l0"] = m.grads["bias_hh_l0"] = shared
+        m(x)
+        m.backward(dy)
+    np.testing.assert_allclose(mods[0].grads["bias_ih_l0"], mods[1].grads["bias_ih_l0"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mods[0].grads["weight_hh_l0"], mods[1].grads["weight_hh_l0"], rtol=1e-5, atol=1e-6)
