@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 
 from . import backends
+from .backends.checks import overlapping
 from .cells import get_cell
 from .lookup import Lookup
 
@@ -321,7 +322,7 @@ class RNNBase:
         arrays = [self.grads.get(n) for n in names]
         ok = all(isinstance(a, np.ndarray) and a.shape == self._params[n].shape and a.dtype == self.dtype
                  and a.flags.c_contiguous and a.flags.writeable for n, a in zip(names, arrays))
-        if not ok or any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]):
+        if not ok or overlapping(arrays):
             return None
         if not self.bias:
             gh = self.cell.gates * self.hidden_size

@@ -88,3 +88,9 @@ def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=False):
         if not spec.has_cell_state:
             raise ValueError(f"dc_T: cell {spec.name!r} has no cell state, expected None")
         check_array("dc_T", dc_T, (B, H), dt, device_ok)
+
+
+def overlapping(arrays):
+    """True when any two of the arrays may share memory (grads_out, and a module's running
+    gradients before it offers them as grads_out)."""
+    return any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])

@@ -12,7 +12,7 @@ import numpy as np
 from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
-from .checks import check_backward_grads, check_forward_args
+from .checks import check_backward_grads, check_forward_args, overlapping
 from .packed_weights import PackedWeightsCache
 from .pool import ArrayPool
 
@@ -225,13 +225,13 @@ def _check_grads_out(grads_out, ih_shape, hh_shape, GH, dt):
     if not isinstance(grads_out, (tuple, list)) or len(grads_out) != 4:
         raise TypeError("grads_out: expected a tuple (dw_ih, dw_hh, db_ih, db_hh)")
     names = ("dw_ih", "dw_hh", "db_ih", "db_hh")
-    for name, a, shape in zip(names, grads_out, (ih_shape, hh_shape, (GH,), (GH,))):
+    for i, (name, a, shape) in enumerate(zip(names, grads_out, (ih_shape, hh_shape, (GH,), (GH,)))):
         if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt
                 or not a.flags.c_contiguous or not a.flags.writeable):
             got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-            raise ValueError(f"grads_out[{names.index(name)}] ({name}): expected a writeable C-contiguous "
+            raise ValueError(f"grads_out[{i}] ({name}): expected a writeable C-contiguous "
                              f"{dt} array of shape {shape}, got {got}")
-    if any(np.may_share_memory(a, b) for i, a in enumerate(grads_out) for b in grads_out[i + 1:]):
+    if overlapping(grads_out):
         raise ValueError("grads_out: expected four arrays that do not overlap")
     return grads_out
 
