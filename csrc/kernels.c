@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "fastrnn.h"
 
 #ifdef _OPENMP
@@ -20,6 +21,22 @@ int fastrnn_omp_max_threads(void) { return 1; }
 
 /* gates per hidden unit: LSTM i f g o, GRU r z n, plain RNN 1 */
 static int gates_of(int cell) { return cell == FASTRNN_LSTM ? 4 : cell == FASTRNN_GRU ? 3 : 1; }
+
+/* Bytes of one core's L2 cache, 1 MB where unknown. Cached: sysconf may run cpuid, which
+ * traps to the hypervisor in a VM. */
+static size_t l2_bytes(void)
+{
+    static long cached = 0;
+    long v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v <= 0) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (v <= 0) v = 1L << 20;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return (size_t)v;
+}
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -221,6 +238,11 @@ size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)       
 {                                                                                              \
     if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;                                        \
     DISPATCH(packed_layout, suffix, cell, I, H, nthreads, -1, NULL, NULL, NULL)                \
+}                                                                                              \
+int fastrnn_by_batch_##suffix(int cell, int B, int H, int nthreads)                            \
+{                                                                                              \
+    if (bad_args(cell, 0, B, 1, H, nthreads)) return 0;                                        \
+    DISPATCH(by_batch, suffix, cell, B, H, nthreads)                                           \
 }                                                                                              \
 int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, R *packed,     \
                           int nthreads)                                                        \

@@ -45,6 +45,28 @@ def test_lstm_weight_gradients_by_rows_match_reference(dtype, H, reverse, ragged
         assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads):
+    """Enough batch rows per thread: each thread runs all units of its rows (no barrier
+    per step; rows split unevenly, unit slices of unequal width), and the weight and bias
+    gradients gather every thread's rows. Fewer rows: split by units, same numbers."""
+    cpu = backends.get("cpu")
+    saved_threads = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        for k, (T, B, I, H) in enumerate([(6, 13, 5, 37), (4, 2 * threads - 1, 5, 37)]):
+            assert cpu.splits_by_batch(cell, B, H, dtype) == (k == 0)
+            for reverse, ragged in ((False, False), (True, True), (False, True)):
+                out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
+                                                  seed=[k, threads, reverse, ragged])
+                assert out_err <= TOL[dtype][0], (T, B, I, H, reverse, ragged, out_err)
+                assert grad_err <= TOL[dtype][1], (T, B, I, H, reverse, ragged, grad_err)
+    finally:
+        fastrnn.set_num_threads(saved_threads)
+
+
 ISA_SCRIPT = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})

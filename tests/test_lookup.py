@@ -23,10 +23,11 @@ def _table_grad_by_hand(ids, dx, V):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("V", [5, 500])   # folded (V <= T*B) and expanded (V > T*B)
 @pytest.mark.parametrize("wide", [False, True])  # LSTM at H = 256 (128 double): dW by rows
-def test_cpu_layer_lookup_matches_dense_reference(cell, dtype, V, wide):
+@pytest.mark.parametrize("B", [4, 13])   # 13: the recurrence splits by batch rows on 2+ threads
+def test_cpu_layer_lookup_matches_dense_reference(cell, dtype, V, wide, B):
     from fastrnn.backends import cpu, reference
-    rng = np.random.default_rng([CELLS.index(cell), V, wide])
-    T, B, I, H = 7, 4, 6, (256 if dtype == np.float32 else 128) if wide else 37
+    rng = np.random.default_rng([CELLS.index(cell), V, wide, B])
+    T, I, H = 7, 6, (256 if dtype == np.float32 else 128) if wide else 37
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, cell, T, B, I, H, dtype)
     table = rng.standard_normal((V, I)).astype(dtype)
     ids = rng.integers(0, V, (T, B))

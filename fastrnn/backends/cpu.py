@@ -86,6 +86,13 @@ def isa():
     return ffi.string(lib.fastrnn_isa()).decode()
 
 
+def splits_by_batch(cell, B, H, dtype=np.float32, threads=None):
+    """True when the kernels split a layer's recurrence by batch rows for these sizes (each
+    thread runs all units of its rows, no barrier per step), False when by hidden units."""
+    fn, _ = _native("by_batch", np.dtype(dtype))
+    return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads())))
+
+
 def omp_max_threads():
     """Threads the OpenMP runtime would use by default: OMP_NUM_THREADS, else the CPUs the
     process could use when the runtime started (before OMP_PROC_BIND pinned the caller)."""
