@@ -106,8 +106,15 @@ def _native(name, dtype):
 
 
 def _ptr(a, ctype):
-    """Raw pointer to a C-contiguous array (the caller keeps `a` alive), NULL for None."""
-    return ffi.NULL if a is None else ffi.cast(ctype, a.ctypes.data)
+    """Pointer to the first element of `a` (the caller keeps `a` alive), NULL for None.
+    A C-contiguous array goes through the buffer protocol (0.15 us against 1 us for
+    `a.ctypes.data`; a training step makes ~150 of these calls); strided views (matmul's
+    transposed operands) through `ctypes.data`."""
+    if a is None:
+        return ffi.NULL
+    if a.flags.c_contiguous:
+        return ffi.from_buffer(ctype[:-1] + "[]", a)
+    return ffi.cast(ctype, a.ctypes.data)
 
 
 def _check_status(status, what):
