@@ -58,15 +58,13 @@ def _pack(code, I, H, w_ih, w_hh, nthreads):
 
 def _same_bits(a, b):
     """Bit-for-bit equality of two C-contiguous arrays of one shape and dtype (memcmp)."""
-    return bool(lib.fastrnn_same_bytes(ffi.cast("void *", a.ctypes.data),
-                                       ffi.cast("void *", b.ctypes.data), a.nbytes, get_num_threads()))
+    return bool(lib.fastrnn_same_bytes(_ptr(a, "char *"), _ptr(b, "char *"), a.nbytes, get_num_threads()))
 
 
 def _copy(a):
     """A copy of a C-contiguous array, split over the kernels' threads."""
     out = np.empty_like(a)
-    lib.fastrnn_copy_bytes(ffi.cast("void *", out.ctypes.data), ffi.cast("void *", a.ctypes.data),
-                           a.nbytes, get_num_threads())
+    lib.fastrnn_copy_bytes(_ptr(out, "char *"), _ptr(a, "char *"), a.nbytes, get_num_threads())
     return out
 
 
