@@ -49,7 +49,9 @@ static size_t l2_bytes(void)
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma,bmi2")
 #define FN(name) CAT(name, f32_avx512)
 #define VBYTES 64
-#define MR 4
+/* 6 x 4 vectors: 24 accumulators of the 32 registers. 4 x 4 (16) reached 81% of the FMA
+ * roof with everything in L1, 6 x 4 87%; the LM train step ran 2.3% faster. */
+#define MR 6
 #define NV 4
 #include "recurrence.inc"
 #undef FN

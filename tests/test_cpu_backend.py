@@ -56,7 +56,7 @@ def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads):
     saved_threads = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(threads)
-        for k, (T, B, I, H) in enumerate([(6, 13, 5, 37), (4, 2 * threads - 1, 5, 37)]):
+        for k, (T, B, I, H) in enumerate([(6, 19, 5, 37), (4, 2 * threads - 1, 5, 37)]):
             assert cpu.splits_by_batch(cell, B, H, dtype) == (k == 0)
             for reverse, ragged in ((False, False), (True, True), (False, True)):
                 out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
