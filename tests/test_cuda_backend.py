@@ -129,6 +129,15 @@ def test_chunked_staging(cu, monkeypatch):
     compare(cu, "lstm", 3, 2, 2, 6, ragged=True, reverse=True)
 
 
+def test_staging_in_several_load_groups(cu):
+    # a thread stages STAGE_BYTES of rows at a time: BPTT's 4*23 rows x 3 sequences of
+    # float64 take several groups a chunk, and 23 summed terms leave a remainder of 3
+    from fastrnn.backends import cuda_recurrence as rec
+    p = cu.plan("lstm", 23, 3, backward=True)
+    assert p["KC"] * p["Bp"] > (rec.STAGE_BYTES // 8) * p["threads"]
+    compare(cu, "lstm", 3, 3, 2, 23, ragged=True, reverse=True, seed=5)
+
+
 def test_device_arrays_in_device_arrays_out(cu):
     from numba import cuda
     rng = np.random.default_rng(3)
