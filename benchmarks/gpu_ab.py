@@ -11,6 +11,7 @@ clock and thermal drift fall on both sides alike. A tree is any directory holdin
 medians and head/base; writes benchmarks/results/gpu-ab-<device>.json (or --out).
 
     python benchmarks/gpu_ab.py --base ab-base [--head .] [--rounds 5] [--shapes SPEC]
+    python benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4   # a switch, one tree
 
 SPEC: comma-separated cell:H:B:T:mode, mode inf or train (default: the shapes where the
 targets of issue 4 were missed, plus a step-gemm shape as a control).
@@ -72,10 +73,11 @@ def worker(tree):
 
 
 class Side:
-    def __init__(self, tree):
+    def __init__(self, tree, env):
         self.tree = tree
         self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", tree],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, **env))
         first = self.p.stdout.readline()
         if not first:
             raise RuntimeError(f"worker for {tree} did not start")
@@ -109,6 +111,10 @@ def main(argv=None):
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--base", help="source tree of the base side")
     ap.add_argument("--head", default=ROOT, help="source tree of the head side (default: this one)")
+    ap.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the base worker only (repeatable)")
+    ap.add_argument("--head-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the head worker only (repeatable)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5, help="calls per measurement (median)")
     ap.add_argument("--shapes", default=DEFAULT_SHAPES)
@@ -122,7 +128,12 @@ def main(argv=None):
         if not os.path.isdir(os.path.join(t, "fastrnn")):
             ap.error(f"{t}: no fastrnn package there")
     shapes = parse_shapes(a.shapes)
-    base, head = Side(a.base), Side(a.head)
+    envs = []
+    for items, flag in ((a.base_env, "--base-env"), (a.head_env, "--head-env")):
+        if any("=" not in e for e in items):
+            ap.error(f"{flag}: expected KEY=VALUE")
+        envs.append(dict(e.split("=", 1) for e in items))
+    base, head = Side(a.base, envs[0]), Side(a.head, envs[1])
     res = {i: dict(base=[], head=[]) for i in range(len(shapes))}
     try:
         for r in range(a.rounds):
@@ -148,6 +159,7 @@ def main(argv=None):
     out = a.out or os.path.join(ROOT, "benchmarks", "results", f"gpu-ab-{dev.replace(' ', '-')}.json")
     with open(out, "w") as f:
         json.dump(dict(device=dev, base=os.path.abspath(a.base), head=os.path.abspath(a.head),
+                       base_env=envs[0], head_env=envs[1],
                        date=time.strftime("%Y-%m-%d"), rounds=a.rounds, reps=a.reps, rows=rows), f, indent=1)
     print("wrote", out)
     return 0

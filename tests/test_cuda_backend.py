@@ -73,6 +73,18 @@ def test_split_summed_index_and_batch_tiles(cu, monkeypatch):
     compare(cu, "gru", 2, 66, 2, 2, ragged=True)
 
 
+def test_forced_batch_tile(cu, monkeypatch):
+    # FASTRNN_CUDA_BT times either tiling on a GPU; both must give the reference's numbers
+    monkeypatch.setenv(cu.BT_ENV, "4")
+    assert cu.plan("lstm", 5, 3)["BT"] == 4 and cu.plan("lstm", 5, 3)["Bp"] == 4
+    compare(cu, "lstm", 3, 3, 2, 5, ragged=True, seed=7)
+    monkeypatch.setenv(cu.BT_ENV, "1")
+    assert cu.plan("gru", 2, 66)["BT"] == 1
+    monkeypatch.setenv(cu.BT_ENV, "2")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_BT"):
+        cu.plan("lstm", 5, 3)
+
+
 @pytest.mark.parametrize("cell, persistent", [(c, "1") for c in CELLS] + [("lstm", "0")])
 def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
     # (the per-step path runs the same step code; one cell keeps the simulator time down)

@@ -39,6 +39,7 @@ SLICE_TERMS = 8              # at least this many summed terms per thread slice
 MAX_SLICES = 32              # slices of a tile are lanes of one warp (shuffle reduction)
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
 STEP_GEMM_ENV = "FASTRNN_CUDA_STEP_GEMM"     # "1" forces the per-step library product, "0" never
+BT_ENV = "FASTRNN_CUDA_BT"   # "1" or "4" forces the sequences per thread (for timing both)
 STEP_GEMM_MIN_BH = 32768     # B * H from which a step's product is a library matrix product
 
 
@@ -81,7 +82,7 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           os.environ.get(STEP_GEMM_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
+           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
            STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
@@ -105,6 +106,11 @@ def _plan(cell, H, B, dtype, backward, persistent):
     # once the (unit, sequence) pairs fill a block (H=512, B=64: 1.3-1.4x), slower below
     # (B=8: 0.8x), so 4 only then.
     BT = 4 if B > 64 or hs * B >= THREADS else 1
+    forced = os.environ.get(BT_ENV)
+    if forced is not None:
+        if forced not in ("1", "4"):
+            raise ValueError(f"{BT_ENV}: expected 1 or 4, got {forced!r}")
+        BT = int(forced)
     Bp = -(-B // BT) * BT
     blocks = -(-H // hs)
     pairs = hs * (Bp // BT)
