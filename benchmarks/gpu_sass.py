@@ -35,12 +35,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # (an unknown name fails loudly, so a new parameter cannot be typed by accident).
 FLOAT_ARRAYS = {"Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "gates", "cin",
                 "cout", "hhn", "pre", "dy", "carry", "dc", "dgi", "dgh", "dgT", "dh0",
-                "A", "Bm", "C", "bias", "X", "Y", "out", "src", "dst", "w", "a"}
+                "A", "Bm", "C", "bias", "X", "Y", "out", "src", "dst", "w", "a",
+                "h0", "c0", "h_T", "c_T", "dh", "dcin"}
 INT_ARRAYS = {"lengths"}
-BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast"}
+BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast", "has_c", "has_dh", "has_dc",
+         "has_cell"}
 INTS = {"T", "B", "H", "Bp", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
         "sa1", "sa2", "boff", "sb1", "sb2", "sbn", "coff", "scm", "scn", "M", "N", "K", "K2",
-        "R", "Cn", "xoff", "yoff", "ldy", "G",
+        "R", "Cn", "xoff", "yoff", "ldy", "G", "slot0", "nslots", "first", "nzero",
         "v"}   # fill's value: the Python int 0 at every call site
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 
@@ -85,6 +87,7 @@ def kernel_list(quick):
     from fastrnn.backends import cuda as cu
     from fastrnn.backends import cuda_dense as dense
     from fastrnn.backends import cuda_recurrence as rec
+    from fastrnn.backends import cuda_setup as setup
     dtypes = [np.float32] if quick else [np.float32, np.float64]
     out = []
     for dt in dtypes:
@@ -99,7 +102,8 @@ def kernel_list(quick):
         for k in dense.kernels(dt):
             out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
         if dt == np.float32:
-            for k in (dense._fill_kernel, cu._copy_kernel, cu._pack_kernel):
+            for k in (dense._fill_kernel, cu._pack_kernel, setup._init_state_kernel,
+                      setup._init_grads_kernel):
                 out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
     return out
 

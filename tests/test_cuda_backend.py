@@ -164,6 +164,27 @@ def test_device_arrays_in_device_arrays_out(cu):
     np.testing.assert_allclose(g[4].copy_to_host(), gr[4], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_state_setup_with_padding_columns(cu, train, monkeypatch):
+    # B = 3 in tiles of 4: the state history and BPTT's staging buffer have a padding
+    # column, which the set-up kernels zero; the h0 slot is the last one when reversed;
+    # BPTT starts from zero carries when dh_T and dc_T are None
+    monkeypatch.setenv(cu.BT_ENV, "4")
+    rng = np.random.default_rng(8)
+    x, h0, c0, w, dy, _, _ = make("lstm", 4, 3, 2, 5, np.float64, rng)
+    lengths = np.array([4, 1, 3])
+    r = ref.forward_layer("lstm", x, h0, c0, **w, lengths=lengths, reverse=True)
+    for _ in range(2):   # the second call reuses the scratch buffers the first one left
+        c = cu.forward_layer("lstm", x, h0, c0, **w, lengths=lengths, reverse=True, train=train)
+        for a, b in zip(c[:3], r[:3]):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    if train:
+        gc = cu.backward_layer("lstm", c[3], dy, None, None)
+        gr = ref.backward_layer("lstm", r[3], dy, None, None)
+        for name, a, b in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"), gc, gr):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_empty_sequence_passes_state(cu):
     rng = np.random.default_rng(4)
     x, h0, c0, w, *_ = make("lstm", 0, 2, 3, 4, np.float64, rng)

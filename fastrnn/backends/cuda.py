@@ -24,6 +24,7 @@ from ..cells import get_cell
 from . import cuda_blas as blas
 from . import cuda_dense as dense
 from . import cuda_recurrence as rec
+from . import cuda_setup as setup
 from .checks import check_backward_grads, check_forward_args, check_lengths
 from .cuda_launch import NotCoResident, current_context, launch, prepared
 from .cuda_memory import device_array
@@ -199,33 +200,6 @@ def _scratch(key, n, dtype):
     return views[n]
 
 
-def _zeros(n, dtype):
-    a = device_array(n, dtype)
-    dense.fill(a, 0)
-    return a
-
-
-def _zero_scratch(key, n, dtype):
-    a = _scratch(key, n, dtype)
-    dense.fill(a, 0)
-    return a
-
-
-@cuda.jit
-def _copy_kernel(src, dst):
-    i = cuda.grid(1)
-    if i < dst.size:
-        dst[i] = src[i]
-
-
-def _copy(a):
-    """A new device array equal to `a` (a kernel: cheaper to issue than a driver memcpy)."""
-    out = device_array(a.shape, a.dtype)
-    if a.size:
-        launch(_copy_kernel, math.ceil(a.size / 256), 256, (a, out))
-    return out
-
-
 _lengths_cache = {}
 
 
@@ -319,9 +293,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     dt, G = x.dtype, spec.gates
     GH = G * H
     y = device_array((T, B, H), dt)
-    h_T = _copy(h0)
-    c_T = _copy(c0) if spec.has_cell_state else None
+    h_T = device_array((B, H), dt)   # = h0, c0 (init_state), then updated in place
+    c_T = device_array((B, H), dt) if spec.has_cell_state else None
     if T == 0 or B == 0 or H == 0:
+        setup.init_state(h0, c0, h_T, c_T, None, 0, 0, B, H, B)
         dense.fill(y, 0)
         saved = _saved(spec, x, w_ih, w_hh, lengths, reverse, host, T, B, H, None) if train else None
         return _out(host, y, h_T, c_T, saved)
@@ -337,9 +312,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     else:
         dense.fill(xp, 0)
     slots = T + 1 if train else 2
-    hbuf = _zeros(slots * H * Bp, dt) if train else _zero_scratch("hbuf", 2 * H * Bp, dt)
+    hbuf = device_array(slots * H * Bp, dt) if train else _scratch("hbuf", 2 * H * Bp, dt)
     first = reverse * T if train else 0
-    dense.transpose(h0, 0, B, H, hbuf, first * H * Bp, Bp)
+    setup.init_state(h0, c0, h_T, c_T, hbuf, slots, first, B, H, Bp)
     cst = c_T if c_T is not None else dummy
     gates = device_array(T * B * GH, dt) if train else dummy
     cin = device_array(T * B * H, dt) if train and spec.name == "lstm" else dummy
@@ -433,11 +408,10 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     db_ih = device_array(GH, dt)
     db_hh = device_array(GH, dt)
     dx = device_array((T, B, I), dt) if need_dx else None
-    carry = _copy(dh_T) if dh_T is not None else _zeros((B, H), dt)
-    dc = None
-    if spec.has_cell_state:
-        dc = _copy(dc_T) if dc_T is not None else _zeros((B, H), dt)
+    carry = device_array((B, H), dt)   # = dh_T, dc_T or zeros (init_grads)
+    dc = device_array((B, H), dt) if spec.has_cell_state else None
     if T == 0 or B == 0 or H == 0:
+        setup.init_grads(dh_T, dc_T, carry, dc, carry, B, B)
         for a in (dw_ih, dw_hh, db_ih, db_hh, dx):
             if a is not None:
                 dense.fill(a, 0)
@@ -450,7 +424,8 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     Bp = p["Bp"]
     dgi = _scratch("dgi", T * B * GH, dt)
     dgh = _scratch("dgh", T * B * GH, dt) if spec.name == "gru" else dgi
-    dgT = _zero_scratch("dgT", 2 * GH * Bp, dt)
+    dgT = _scratch("dgT", 2 * GH * Bp, dt)
+    setup.init_grads(dh_T, dc_T, carry, dc, dgT, B, Bp)
     dummy = _scratch("dummy", 1, dt)
     k = rec.kernels(spec.code, dt, p["BT"])
     tail = (rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
