@@ -30,3 +30,14 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     for r in rows:
         if r["kernel"].startswith(("fwd_persistent", "bwd_persistent")) and "per_fma" in r:
             assert r["per_fma"] < 8, r
+
+
+def test_host_time_tool_runs_with_the_driver_mocked():
+    # benchmarks/gpu_host_mock.py drives the backend's real host path with no GPU
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_host_mock.py"), "--quick",
+                        "--calls", "3"], capture_output=True, text=True, env=env, timeout=600)
+    if p.returncode == 3:
+        pytest.skip(p.stdout.strip())
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "us a call" in p.stdout

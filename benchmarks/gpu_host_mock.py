@@ -1,0 +1,130 @@
+"""Host time of cuda-backend calls on a machine without a GPU: the CUDA driver mocked.
+
+At short sequences a layer call on the GPU is mostly host time (Python, then the driver).
+This runs the backend's real Python path (argument checks, plans, pooled device arrays,
+parameter buffers of the raw launches) with the kernels compiled for sm_90 but never
+launched: the driver's launch calls return at once and device memory is fake addresses.
+What it leaves out: the driver calls themselves (a few microseconds a launch on an H100
+host) and CuPy (the Numba matrix kernel stands in for cuBLAS). So it measures the Python
+part, which a change to the host path moves, not a call's wall time.
+
+It patches numba-cuda internals (0.30), so it is a measuring tool, not a test of the
+backend. Needs the sass extra (NVVM, NVRTC): pip install -e '.[sass]'.
+
+    python benchmarks/gpu_host_mock.py [--calls 200] [--profile]
+"""
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SHAPES = [("lstm", 512, 8, 32, False), ("rnn_tanh", 256, 1, 32, False), ("gru", 512, 8, 32, False),
+          ("lstm", 512, 8, 32, True), ("rnn_tanh", 256, 8, 32, True)]
+
+
+def mock_driver():
+    """Patch numba-cuda and fastrnn's launch layer so that nothing reaches a driver."""
+    import numpy as np
+    from numba import cuda
+    import numba.cuda.codegen as codegen
+    import numba.cuda.dispatcher as disp
+    from numba.cuda.cudadrv import devices, driver
+    from cuda.bindings import driver as drv
+    from fastrnn.backends import cuda as fc, cuda_launch as cl, cuda_memory as cm
+
+    class Device:
+        compute_capability = (9, 0)
+        id = 0
+        name = b"mock sm_90"
+
+    class Context:
+        next_addr = 0x7F0000000000
+
+        def memalloc(self, n):
+            Context.next_addr += -(-n // 4096) * 4096
+            return driver.MemoryPointer(self, Context.next_addr, n)
+
+    ctx = Context()
+    disp.get_current_device = lambda: Device()            # kernels compile for sm_90
+    cuda.get_current_device = lambda: Device()
+    codegen.CUDACodeLibrary._ensure_cc = lambda self, cc: cc if cc is not None else (9, 0, "a")
+    disp._Kernel.bind = lambda self: None                  # no module load
+    devices._runtime.ensure_context = lambda: contextlib.nullcontext()
+    for mod in (cl, cm, fc):
+        mod.current_context = lambda: 1
+    cm.cuda = type("cuda", (), dict(current_context=staticmethod(lambda: ctx)))
+    fc._query_limits = lambda: (132, 160 * 1024, "mock sm_90")
+    cuda.device_array = lambda n, dtype=np.float32: cm.device_array(n, dtype)
+    cuda.to_device = lambda a: cm.device_array(a.shape, a.dtype)
+    drv.cuLaunchKernel = lambda *a: (0,)
+    drv.cuLaunchCooperativeKernel = lambda *a: (0,)
+    cl.RawKernel._state = lambda self: dict(fn=None, kernel=None, shared=1 << 30, most={})
+    cl.RawKernel.check_coresident = lambda self, grid, block, shared, st=None: None
+
+
+def inputs(cell, T, B, H):
+    import numpy as np
+    from fastrnn.backends import cuda_memory as cm
+    from fastrnn.cells import get_cell
+    G = get_cell(cell).gates
+    d = lambda *s: cm.device_array(s, np.float32)
+    return (d(T, B, H), d(B, H), d(B, H) if cell == "lstm" else None, d(G * H, H), d(G * H, H),
+            d(G * H), d(G * H)), d(T, B, H)
+
+
+def caller(cell, T, B, H, train):
+    from fastrnn.backends import cuda as fc
+    args, dy = inputs(cell, T, B, H)
+
+    def run():
+        out = fc.forward_layer(cell, *args, train=train)
+        if train:
+            fc.backward_layer(cell, out[3], dy, None, None)
+    run()
+    run()   # compile, fill the pool
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="cProfile of the first shape too")
+    ap.add_argument("--quick", action="store_true", help="the first shape only")
+    a = ap.parse_args(argv)
+    from gpu_sass import offline_compiler
+    why = offline_compiler()
+    if why:
+        print(f"gpu_host_mock: cannot compile for the GPU here ({why}); pip install -e '.[sass]'")
+        return 3
+    mock_driver()
+    from fastrnn.backends import cuda_launch as cl
+    for cell, H, B, T, train in SHAPES[:1] if a.quick else SHAPES:
+        run = caller(cell, T, B, H, train)
+        n0 = len(cl._compiled_cache)
+        times = []
+        for _ in range(a.calls):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        assert len(cl._compiled_cache) == n0
+        print(f"{cell:8s} H={H:4d} B={B:3d} T={T:4d} {'train' if train else 'inf  '}  "
+              f"host {statistics.median(times) * 1e6:7.1f} us a call (median of {a.calls})")
+    if a.profile:
+        import cProfile
+        import pstats
+        cell, H, B, T, train = SHAPES[0]
+        run = caller(cell, T, B, H, train)
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [run() for _ in range(a.calls)])
+        pstats.Stats(prof).sort_stats("cumtime").print_stats(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
