@@ -83,8 +83,8 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
-           STEP_GEMM_MIN_BH)
+           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), _device_limits(), SLICE_TERMS,
+           MAX_SLICES, STAGE_LIMIT, STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
