@@ -252,7 +252,8 @@ def _build(cell, nb_dtype, BT):
                         b = bq * BT + q
                         if b < B:
                             hp[q] = hbuf[rslot * HB + j * Bp + b]
-                            ln[q] = lengths[b]
+                            if not from_pre:   # early only where a product follows
+                                ln[q] = lengths[b]
                             if cell == LSTM:
                                 cp[q] = cst[b * H + j]
                 if from_pre:
@@ -275,7 +276,7 @@ def _build(cell, nb_dtype, BT):
                     for q in range(BT):
                         b = bq * BT + q
                         if b < B:
-                            valid = t < ln[q]
+                            valid = t < (lengths[b] if from_pre else ln[q])
                             hprev = hp[q]
                             xo = (t * B + b) * GH + j
                             if cell == LSTM:
@@ -393,7 +394,8 @@ def _build(cell, nb_dtype, BT):
                             go = (t * B + b) * GH + j
                             ho = (t * B + b) * H + j
                             pf[q] = carry[b * H + j]
-                            ln[q] = lengths[b]
+                            if not from_pre:   # early only where a product follows
+                                ln[q] = lengths[b]
                             pf[BT + q] = dy[ho] if has_dy else zero
                             pf[2 * BT + q] = gates[go]
                             if cell == LSTM:
@@ -431,7 +433,7 @@ def _build(cell, nb_dtype, BT):
                                 continue
                             dh = pf[q] + acc[q]
                             dho = dh + pf[BT + q]
-                            valid = t < ln[q]
+                            valid = t < (lengths[b] if from_pre else ln[q])
                             go = (t * B + b) * GH + j
                             tb = wslot * GH * Bp + j * Bp + b
                             if cell == LSTM:
