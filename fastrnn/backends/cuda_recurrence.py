@@ -74,6 +74,14 @@ def _build(cell, nb_dtype, BT):
     def sigm(a):
         return one / (one + math.exp(-a))
 
+    @cuda.jit(device=True, inline=True)
+    def pow2_bits(S):
+        """log2 of S, a power of two (at most 32)."""
+        b = 0
+        while (1 << b) < S:
+            b += 1
+        return b
+
     def tile_ops(NG):
         """The staged product and the slice reduction for a thread tile of NG rows x BT
         sequences: NG = G (all gates of a unit, forward) or 1 (one unit, BPTT)."""
@@ -108,14 +116,17 @@ def _build(cell, nb_dtype, BT):
             buf = cuda.local.array(STAGE_DEPTH, nb_dtype)
             for i in range(NB):
                 acc[i] = zero
-            for c0 in range(0, nk, KC):
+            sbits = pow2_bits(S)
+            c0 = 0
+            while c0 < nk:   # while loops: a range() with a step divides for its length
                 rows = min(KC, nk - c0)
                 cuda.syncthreads()
                 n = rows * Bp
                 base = sb + c0 * Bp
                 r = r0
                 cc = cc0
-                for i0 in range(tid, n, STAGE_DEPTH * nt):
+                i0 = tid
+                while i0 < n:
                     # STAGE_DEPTH loads in flight at once, then their stores: one wait on
                     # L2 latency instead of one per few values
                     for v in range(STAGE_DEPTH):
@@ -129,11 +140,12 @@ def _build(cell, nb_dtype, BT):
                         if cc >= Bp:
                             cc -= Bp
                             r += 1
+                    i0 += STAGE_DEPTH * nt
                 cuda.syncthreads()
                 if active:
                     hi = ix(so + sl * Bs + bq * BT)
                     wi = ix(wb + (c0 + sl) * wstride + u * ustride)
-                    terms = (rows - sl + S - 1) // S    # k = sl, sl + S, ... < rows
+                    terms = (rows - sl + S - 1) >> sbits   # k = sl, sl + S, ... < rows
                     for _ in range(terms & 3):
                         add_term(W, wi, gstride, sm, hi, acc)
                         hi += hstep
@@ -145,6 +157,7 @@ def _build(cell, nb_dtype, BT):
                             hi += hstep
                             wi += wstep
                         quads -= 1
+                c0 += KC
 
         @cuda.jit(device=True, inline=True)
         def shuffle_reduce(acc, S):
@@ -184,10 +197,11 @@ def _build(cell, nb_dtype, BT):
     @cuda.jit(device=True, inline=True)
     def thread_slice(S):
         """(slice sl, tile position tp, tiles per round ntp): the S slices that split one
-        tile's summed index are neighbouring lanes."""
+        tile's summed index are neighbouring lanes. S is a power of two: shifts, not
+        divisions (each of which costs ~100 cycles of a step's latency)."""
         tid = cuda.threadIdx.x
-        sl = tid % S
-        return sl, tid // S, cuda.blockDim.x // S
+        sbits = pow2_bits(S)
+        return tid & (S - 1), tid >> sbits, cuda.blockDim.x >> sbits
 
     @cuda.jit(device=True, inline=True)
     def tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast):
