@@ -34,14 +34,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # (an unknown name fails loudly, so a new parameter cannot be typed by accident).
 FLOAT_ARRAYS = {"Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "gates", "cin",
                 "cout", "hhn", "pre", "dy", "carry", "dc", "dgi", "dgh", "dgT", "dh0",
-                "A", "Bm", "C", "bias", "X", "Y", "out", "src", "dst", "w", "a",
+                "A", "Bm", "C", "bias", "X", "out", "w", "a",
                 "h0", "c0", "h_T", "c_T", "dh", "dcin"}
 INT_ARRAYS = {"lengths"}
 BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast", "has_c", "has_dh", "has_dc",
          "has_cell"}
 INTS = {"T", "B", "H", "Bp", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
         "sa1", "sa2", "boff", "sb1", "sb2", "sbn", "coff", "scm", "scn", "M", "N", "K", "K2",
-        "R", "Cn", "xoff", "yoff", "ldy", "G", "slot0", "nslots", "first", "nzero",
+        "R", "G", "slot0", "nslots", "first", "nzero",
         "v"}   # fill's value: the Python int 0 at every call site
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 

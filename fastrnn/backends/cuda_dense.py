@@ -1,5 +1,5 @@
 """Numba CUDA dense kernels for the cuda backend: one strided matrix product, a column
-sum, a transpose and a fill.
+sum and a fill.
 
 The product covers every layout the recurrence needs (x @ W_ih^T, dG^T @ x, dG^T @ h,
 dG @ W_ih) without copies: each operand is a flat array with a base offset and strides,
@@ -96,16 +96,7 @@ def _kernels(nb_dtype):
             s += X[r * N + n]
         cuda.atomic.add(out, n, s)
 
-    @cuda.jit
-    def transpose(X, xoff, R, Cn, Y, yoff, ldy):
-        """Y[yoff + c * ldy + r] = X[xoff + r * Cn + c] for an R x Cn block of X."""
-        i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        if i < R * Cn:
-            r = i // Cn
-            c = i - r * Cn
-            Y[yoff + c * ldy + r] = X[xoff + i]
-
-    return matmul, colsum, transpose
+    return matmul, colsum
 
 
 _CACHE = {}
@@ -136,7 +127,7 @@ def matmul(a, b, c, coff, scm, scn, M, N, K, *, bias=None, accumulate=False):
             raise ValueError("matmul with K = 0 must accumulate")
         return
     assert a.K2 == b.K2
-    mm, _, _ = kernels(c.dtype)
+    mm, _ = kernels(c.dtype)
     grid = (math.ceil(N / TILE), math.ceil(M / TILE))
     bias_arr = bias if bias is not None else c
     launch(mm, grid, THREADS, (a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2,
@@ -148,18 +139,9 @@ def colsum(x, rows, cols, out):
     """out[:cols] += x.reshape(rows, cols).sum(0) (x flat on the device)."""
     if rows == 0 or cols == 0:
         return
-    _, cs, _ = kernels(out.dtype)
+    _, cs = kernels(out.dtype)
     split = max(1, min(256, rows // 64))
     launch(cs, (math.ceil(cols / 128), split), 128, (x, rows, cols, out))
-
-
-def transpose(x, xoff, rows, cols, y, yoff, ldy):
-    """Write the rows x cols block of flat x at xoff, transposed, into flat y."""
-    n = rows * cols
-    if n == 0:
-        return
-    _, _, tr = kernels(y.dtype)
-    launch(tr, math.ceil(n / 256), 256, (x, xoff, rows, cols, y, yoff, ldy))
 
 
 # The same entry points as cuda_blas (the backend uses whichever is available).

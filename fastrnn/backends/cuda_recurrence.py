@@ -41,7 +41,7 @@ SIM_THREADS = 32   # block size the cuda backend uses under the simulator
 # Array indices in the hot loops are cast to unsigned: numba then skips its negative-index
 # wraparound (a sign test and an add on every access), and the loops walk indices by fixed
 # steps, four terms per test of the loop counter. The product loop went from 13-32 to
-# 1.6-5.3 SASS instructions per FMA on sm_90 (benchmarks/gpu_sass.py).
+# 1.6-5.5 SASS instructions per FMA on sm_90 (benchmarks/gpu_sass.py).
 ix = np.uint64
 STAGE_BYTES = 64   # bytes of state a thread loads at once when staging rows in shared memory
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
