@@ -36,8 +36,9 @@ def worker(tree):
     sys.path.insert(0, os.path.abspath(tree))
     import numpy as np
     from numba import cuda
-    from fastrnn.backends import cuda as fcuda
-    from fastrnn.cells import get_cell
+    from fastrnn.backends import cuda as fcuda   # the tree's, before gpu_profile imports it
+    sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+    from gpu_profile import call, inputs
     rng = np.random.default_rng(0)
     cache = {}
     name = getattr(cuda.get_current_device(), "name", b"Numba CUDA simulator")
@@ -47,16 +48,11 @@ def worker(tree):
         key = (q["cell"], q["H"], q["B"], q["T"], q["train"])
         if key not in cache:
             cell, H, B, T, train = key
-            G = get_cell(cell).gates
-            dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
-            x, w_ih, w_hh, b_ih, b_hh = dev(T, B, H), dev(G * H, H), dev(G * H, H), dev(G * H), dev(G * H)
-            h0, c0, dy = dev(B, H), (dev(B, H) if cell == "lstm" else None), dev(T, B, H)
+            args, dy = inputs(cell, T, B, H, rng)
 
-            def run(cell=cell, train=train, a=(x, h0, c0, w_ih, w_hh, b_ih, b_hh), dy=dy):
+            def run(cell=cell, train=train, args=args, dy=dy):
                 fcuda.last_path.clear()
-                out = fcuda.forward_layer(cell, *a, train=train)
-                if train:
-                    fcuda.backward_layer(cell, out[3], dy, None, None)
+                call(cell, args, dy, train)
                 cuda.synchronize()
             run()
             run()   # compile and warm the pool
