@@ -18,6 +18,14 @@ TOL = {np.float32: (1e-5, 1e-4), np.float64: (1e-10, 1e-10)}
 SHAPES = [(7, 5, 6, 37), (3, 1, 4, 130), (9, 4, 1, 16), (1, 3, 5, 9)]
 
 
+@pytest.fixture
+def num_threads():
+    """fastrnn.set_num_threads for one test: the count it had comes back afterwards."""
+    saved = fastrnn.get_num_threads()
+    yield fastrnn.set_num_threads
+    fastrnn.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -39,40 +47,32 @@ def test_layer_matches_reference(cell, dtype, reverse, ragged):
 @pytest.mark.parametrize("dtype,H", [(np.float32, 256), (np.float64, 128)])
 @pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True)])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_lstm_weight_gradients_by_rows_match_reference(dtype, H, reverse, ragged, threads):
+def test_lstm_weight_gradients_by_rows_match_reference(dtype, H, reverse, ragged, threads, num_threads):
     cpu = backends.get("cpu")
-    saved_threads = fastrnn.get_num_threads()
-    try:
-        fastrnn.set_num_threads(threads)
-        for k, (T, B, I) in enumerate([(3, 2, 40), (2, 5, H)]):
-            out_err, grad_err = compare_layer(cpu, "lstm", T, B, I, H, dtype, reverse, ragged,
-                                              seed=[k, H, reverse])
-            assert out_err <= TOL[dtype][0], (T, B, I, H, out_err)
-            assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
-    finally:
-        fastrnn.set_num_threads(saved_threads)
+    num_threads(threads)
+    for k, (T, B, I) in enumerate([(3, 2, 40), (2, 5, H)]):
+        out_err, grad_err = compare_layer(cpu, "lstm", T, B, I, H, dtype, reverse, ragged,
+                                          seed=[k, H, reverse])
+        assert out_err <= TOL[dtype][0], (T, B, I, H, out_err)
+        assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads):
+def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads, num_threads):
     """Enough batch rows per thread: each thread runs all units of its rows (no barrier
     per step; rows split unevenly, unit slices of unequal width), and the weight and bias
     gradients gather every thread's rows. Fewer rows: split by units, same numbers."""
     cpu = backends.get("cpu")
-    saved_threads = fastrnn.get_num_threads()
-    try:
-        fastrnn.set_num_threads(threads)
-        for k, (T, B, I, H) in enumerate([(6, 19, 5, 37), (4, 2 * threads - 1, 5, 37)]):
-            assert cpu.splits_by_batch(cell, B, H, dtype) == (k == 0)
-            for reverse, ragged in ((False, False), (True, True), (False, True)):
-                out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
-                                                  seed=[k, threads, reverse, ragged])
-                assert out_err <= TOL[dtype][0], (T, B, I, H, reverse, ragged, out_err)
-                assert grad_err <= TOL[dtype][1], (T, B, I, H, reverse, ragged, grad_err)
-    finally:
-        fastrnn.set_num_threads(saved_threads)
+    num_threads(threads)
+    for k, (T, B, I, H) in enumerate([(6, 19, 5, 37), (4, 2 * threads - 1, 5, 37)]):
+        assert cpu.splits_by_batch(cell, B, H, dtype) == (k == 0)
+        for reverse, ragged in ((False, False), (True, True), (False, True)):
+            out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
+                                              seed=[k, threads, reverse, ragged])
+            assert out_err <= TOL[dtype][0], (T, B, I, H, reverse, ragged, out_err)
+            assert grad_err <= TOL[dtype][1], (T, B, I, H, reverse, ragged, grad_err)
 
 
 ISA_SCRIPT = """
@@ -123,21 +123,17 @@ def test_model_api_matches_reference(cell):
         assert rel_err(p1[k], p2[k]) < 1e-10, k
 
 
-def test_thread_counts_give_the_same_result():
+def test_thread_counts_give_the_same_result(num_threads):
     """More threads than units, and any split of the units, compute the same numbers."""
     cpu = backends.get("cpu")
     rng = np.random.default_rng(0)
     args = layer_inputs(rng, "gru", 5, 3, 4, 20, np.float32)
     dy = rng.standard_normal((5, 3, 20)).astype(np.float32)
-    saved_threads = fastrnn.get_num_threads()
     results = []
-    try:
-        for n in (1, 2, 3, 7):
-            fastrnn.set_num_threads(n)
-            y, h, _, s = cpu.forward_layer("gru", *args)
-            results.append((y, h) + cpu.backward_layer("gru", s, dy, None, None)[3:5])
-    finally:
-        fastrnn.set_num_threads(saved_threads)
+    for n in (1, 2, 3, 7):
+        num_threads(n)
+        y, h, _, s = cpu.forward_layer("gru", *args)
+        results.append((y, h) + cpu.backward_layer("gru", s, dy, None, None)[3:5])
     for r in results[1:]:
         for a, b in zip(r, results[0]):
             assert rel_err(a, b) < 1e-6
@@ -156,7 +152,7 @@ def test_default_threads_under_omp_proc_bind():
     assert out[0] == out[1], out
 
 
-def test_weights_are_packed_once_per_version():
+def test_weights_are_packed_once_per_version(num_threads):
     """Repeated calls reuse the packed weights; any in-place change (an optimizer step or an
     edit by hand) is seen at the next call, and backward follows the live weights too."""
     from fastrnn.backends import cpu, reference
@@ -194,12 +190,8 @@ def test_weights_are_packed_once_per_version():
         if b is not None:
             assert rel_err(a, b) < 1e-10
     # another thread count is another packing
-    saved_threads = fastrnn.get_num_threads()
-    try:
-        fastrnn.set_num_threads(3)
-        y3 = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
-    finally:
-        fastrnn.set_num_threads(saved_threads)
+    num_threads(3)
+    y3 = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
     y_r = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
     assert rel_err(y3, y_r) < 1e-10
 
