@@ -43,7 +43,6 @@ INTS = {"T", "B", "H", "Bp", "hs", "S", "rounds", "rev", "train", "KC", "s", "ao
         "sa1", "sa2", "boff", "sb1", "sb2", "sbn", "coff", "scm", "scn", "M", "N", "K", "K2",
         "R", "G", "slot0", "nslots", "first", "nzero",
         "v"}   # fill's value: the Python int 0 at every call site
-CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 
 
 def find_tool(name):
@@ -102,16 +101,17 @@ def kernel_list(quick):
     from fastrnn.backends import cuda_dense as dense
     from fastrnn.backends import cuda_recurrence as rec
     from fastrnn.backends import cuda_setup as setup
+    from fastrnn.cells import CELLS
     dtypes = [np.float32] if quick else [np.float32, np.float64]
     out = []
     for dt in dtypes:
         nb = from_dtype(np.dtype(dt))
         tag = np.dtype(dt).name
-        for cell, code in CELLS.items():
+        for cell, spec in CELLS.items():
             if quick and cell == "rnn_relu":
                 continue
             for BT in ([1] if quick else [1, 4]):
-                for name, k in rec.kernels(code, dt, BT).items():
+                for name, k in rec.kernels(spec.code, dt, BT).items():
                     out.append((f"{name} {cell} BT={BT} {tag}", k.py_func, nb))
         for k in dense.kernels(dt):
             out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
