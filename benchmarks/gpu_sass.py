@@ -145,6 +145,21 @@ def fma_loops(sass):
     return best
 
 
+def loop_divisions(sass):
+    """Integer divisions inside the kernel's largest loop (the persistent kernels' time
+    loop, the step kernels' rounds): each is a ~20-instruction sequence in series, or a
+    call when an operand needs 64 bits. Counted by the I2F.U32.RP that starts each."""
+    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
+    where = {a: i for i, (a, _) in enumerate(ins)}
+    spans = [(where[int(m.group(1), 16)], i) for i, (a, t) in enumerate(ins)
+             for m in [re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)]
+             if m and int(m.group(1), 16) <= a and int(m.group(1), 16) in where]
+    if not spans:
+        return 0
+    lo, hi = max(spans, key=lambda s: s[1] - s[0])
+    return sum("I2F.U32.RP" in t for _, t in ins[lo:hi + 1])
+
+
 def compile_one(label, pyfunc, nb, arch, tools, workdir):
     from numba import cuda
     row = dict(kernel=label)
@@ -173,6 +188,7 @@ def compile_one(label, pyfunc, nb, arch, tools, workdir):
         with open(base + ".sass", "w") as f:
             f.write(s)
         row["instructions"] = len(re.findall(r"/\*[0-9a-f]{4,}\*/\s+\S", s))
+        row["loop_divisions"] = loop_divisions(s)
         loop = fma_loops(s)
         if loop:
             row.update(loop_instructions=loop[0], loop_fma=loop[1],
@@ -211,7 +227,8 @@ def main(argv=None):
         if r["ok"]:
             loop = f"{r['per_fma']:5.2f} ({r['loop_instructions']}/{r['loop_fma']})" if "per_fma" in r else ""
             print(f"{label:42s} regs {r['registers']:3d}  spill {r['spill_stores']:3d}/{r['spill_loads']:<3d} "
-                  f"stack {r['stack']:4d}  instr {r.get('instructions', 0):6d}  loop instr/FMA {loop}")
+                  f"stack {r['stack']:4d}  instr {r.get('instructions', 0):6d}  "
+                  f"div/loop {r.get('loop_divisions', '-')!s:>2}  loop instr/FMA {loop}")
         else:
             print(f"{label:42s} FAILED: {r['error']}")
     if a.json:

@@ -3,6 +3,7 @@ simulator (NUMBA_ENABLE_CUDASIM=1, set by .ci/run) at small sizes; on a machine 
 GPU the same tests run the real kernels (benchmarks/gpu_check.py checks full sizes)."""
 import numpy as np
 import pytest
+from numba import cuda   # a global: the simulator swaps it in the kernels defined here
 
 from fastrnn import backends
 from fastrnn.backends import reference as ref
@@ -132,6 +133,55 @@ def test_step_gemm_chosen_at_large_batches(cu, monkeypatch):
     assert "matrix product" in cu.describe()
     monkeypatch.setenv(cu.STEP_GEMM_ENV, "0")
     assert not cu.plan("lstm", 256, B)["step_gemm"]
+
+
+@pytest.mark.parametrize("nt, S, hs, nq, kfast, Bp", [
+    (32, 1, 5, 9, False, 36),    # rounds wrap past a unit boundary (32 % 5 != 0)
+    (32, 1, 3, 40, False, 160),
+    (64, 4, 6, 3, True, 3),      # S > 1: slices, k-fastest tiles
+    (32, 32, 1, 1, True, 1),
+    (32, 8, 2, 2, True, 9)])
+def test_thread_geometry_matches_divmod(cu, nt, S, hs, nq, kfast, Bp):
+    # the kernels compute each thread's tiles and staging walk once per launch and step
+    # them by additions; every round must land on divmod's tile (p = round*ntp + tp)
+    from fastrnn.backends import cuda_recurrence as rec
+    rounds = -(-hs * nq // (nt // S)) + 1
+
+    @cuda.jit
+    def walk(out, S, hs, nq, kfast, Bp, rounds):
+        t = cuda.threadIdx.x
+        geo = rec.thread_geometry(S, hs, nq, kfast, Bp)
+        out[t, 0, 0], out[t, 0, 1], out[t, 0, 2] = geo.sl, geo.r0, geo.cc0
+        out[t, 0, 3], out[t, 0, 4] = geo.dr, geo.dc
+        maj, mnr = geo.maj, geo.mnr
+        for r in range(rounds):
+            u, bq, j, active = rec.tile_at(maj, mnr, 100, hs, nq, 100 + hs, kfast)
+            out[t, r + 1, 0], out[t, r + 1, 1], out[t, r + 1, 2] = u, bq, j
+            out[t, r + 1, 3] = active
+            maj, mnr = rec.next_tile(maj, mnr, geo)
+
+    out = np.zeros((nt, rounds + 1, 5), np.int64)
+    walk[1, nt](out, S, hs, nq, kfast, Bp, rounds)
+    seen = set()
+    for t in range(nt):
+        tp, ntp = t // S, nt // S
+        assert list(out[t, 0]) == [t % S, t // Bp, t % Bp, nt // Bp, nt % Bp]
+        for r in range(rounds):
+            p = r * ntp + tp
+            u, bq = divmod(p, nq) if kfast else divmod(p, hs)[::-1]
+            active = u < hs and bq < nq
+            assert list(out[t, r + 1, :4]) == [u, bq, 100 + u, active], (t, r)
+            if active:
+                seen.add((u, bq))
+    assert seen == {(u, bq) for u in range(hs) for bq in range(nq)}
+
+
+def test_rounds_that_wrap_past_a_unit(cu):
+    # several tiles per thread (rounds > 1) whose step wraps past the units of a batch
+    # tile (32 threads, hs = 5 under the simulator's one persistent block)
+    p = cu.plan("lstm", 5, 33)
+    assert p["rounds"] > 1 and p["S"] == 1 and cu.THREADS % p["hs"] != 0
+    compare(cu, "lstm", 3, 33, 2, 5, ragged=True, seed=8)
 
 
 def test_chunked_staging(cu, monkeypatch):

@@ -25,10 +25,12 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     names = {r["kernel"].split()[0] for r in rows}
     assert {"fwd_persistent", "bwd_persistent", "fwd_onestep", "bwd_onestep", "fwd_prestep",
             "bwd_prestep", "matmul"} <= names
-    # the step's product loop: a few instructions per FMA (it was 13-32 with signed indices)
+    # the step's product loop: a few instructions per FMA (it was 13-32 with signed indices),
+    # and no integer division left in the time loop (it had 6: thread_geometry)
     for r in rows:
-        if r["kernel"].startswith(("fwd_persistent", "bwd_persistent")) and "per_fma" in r:
-            assert r["per_fma"] < 8, r
+        if r["kernel"].startswith(("fwd_persistent", "bwd_persistent")):
+            assert "per_fma" in r and r["per_fma"] < 8, r
+            assert r["loop_divisions"] == 0, r
 
 
 def test_host_time_tool_runs_with_the_driver_mocked():

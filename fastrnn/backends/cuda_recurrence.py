@@ -31,6 +31,7 @@ batch-tile) tiles than threads, S <= 32 neighbouring lanes split a tile's summed
 their partial sums. Every thread reaches every syncthreads and shuffle (uniform loops).
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import cuda, int32
@@ -46,6 +47,66 @@ ix = np.uint64
 STAGE_BYTES = 64   # bytes of state a thread loads at once when staging rows in shared memory
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
+
+# Where a thread works, fixed for a launch (thread_geometry): computed once, so a step of
+# the persistent kernels does no integer division (numba's floor division is a ~50-
+# instruction sequence). sl: the thread's slice of the summed index (S slices, sbits =
+# log2 S). Tiles: coordinates (maj, mnr), mnr < m, stepped by (dmaj, dmnr) a round (see
+# tile_at). Staging: the thread's first (row r0, column cc0) and its step (dr, dc).
+Geometry = namedtuple("Geometry", "sl S sbits m maj mnr dmaj dmnr r0 cc0 dr dc")
+
+
+@cuda.jit(device=True, inline=True)
+def pow2_bits(S):
+    """log2 of S, a power of two (at most 32)."""
+    b = 0
+    while (1 << b) < S:
+        b += 1
+    return b
+
+
+@cuda.jit(device=True, inline=True)
+def thread_geometry(S, hs, nq, kfast, Bp):
+    """This thread's Geometry for the launch. The S slices that split one tile's summed
+    index are neighbouring lanes (S a power of two: shifts). Tile position tp has
+    coordinates (maj, mnr) = divmod(tp, m); a round moves them by ntp positions, the
+    tiles a block covers at once. With k-fastest weights (kfast) m = nq: neighbouring
+    tiles share a unit, so their weight reads are broadcasts; otherwise m = hs: they
+    share a batch tile and read neighbouring units."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    sbits = pow2_bits(S)
+    tp = tid >> sbits
+    ntp = nt >> sbits
+    m = nq if kfast else hs
+    maj = tp // m
+    dmaj = ntp // m
+    r0 = tid // Bp
+    dr = nt // Bp
+    return Geometry(tid & (S - 1), S, sbits, m, maj, tp - maj * m, dmaj, ntp - dmaj * m,
+                    r0, tid - r0 * Bp, dr, nt - dr * Bp)
+
+
+@cuda.jit(device=True, inline=True)
+def tile_at(maj, mnr, u0, hs, nq, H, kfast):
+    """(unit u in the block, batch tile bq, hidden unit j, active) of tile (maj, mnr)."""
+    if kfast:
+        u, bq = maj, mnr
+    else:
+        u, bq = mnr, maj
+    j = u0 + u
+    return u, bq, j, u < hs and bq < nq and j < H
+
+
+@cuda.jit(device=True, inline=True)
+def next_tile(maj, mnr, geo):
+    """The coordinates of this thread's tile in the next round."""
+    maj += geo.dmaj
+    mnr += geo.dmnr
+    if mnr >= geo.m:
+        mnr -= geo.m
+        maj += 1
+    return maj, mnr
 
 
 def step_slots(s, T, rev, train):
@@ -74,14 +135,6 @@ def _build(cell, nb_dtype, BT):
     def sigm(a):
         return one / (one + math.exp(-a))
 
-    @cuda.jit(device=True, inline=True)
-    def pow2_bits(S):
-        """log2 of S, a power of two (at most 32)."""
-        b = 0
-        while (1 << b) < S:
-            b += 1
-        return b
-
     def tile_ops(NG):
         """The staged product and the slice reduction for a thread tile of NG rows x BT
         sequences: NG = G (all gates of a unit, forward) or 1 (one unit, BPTT)."""
@@ -96,7 +149,7 @@ def _build(cell, nb_dtype, BT):
                     acc[g * BT + q] += W[wi + ix(g * gstride)] * hv
 
         @cuda.jit(device=True, inline=True)
-        def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, sl, S,
+        def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, geo,
                            u, bq, active, acc):
             """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
             * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
@@ -106,25 +159,21 @@ def _build(cell, nb_dtype, BT):
             The summed loop walks unsigned indices by fixed steps (see ix)."""
             tid = cuda.threadIdx.x
             nt = cuda.blockDim.x
+            sl, S, dr, dc = geo.sl, geo.S, geo.dr, geo.dc   # (dr, dc): the copy loop's step
             Bs = Bp | 1
-            dr = nt // Bp            # (row, column) step of the copy loop: no division inside
-            dc = nt - dr * Bp
-            r0 = tid // Bp
-            cc0 = tid - r0 * Bp
             hstep = ix(S * Bs)
             wstep = ix(S * wstride)
             buf = cuda.local.array(STAGE_DEPTH, nb_dtype)
             for i in range(NB):
                 acc[i] = zero
-            sbits = pow2_bits(S)
             c0 = 0
             while c0 < nk:   # while loops: a range() with a step divides for its length
                 rows = min(KC, nk - c0)
                 cuda.syncthreads()
                 n = rows * Bp
                 base = sb + c0 * Bp
-                r = r0
-                cc = cc0
+                r = geo.r0
+                cc = geo.cc0
                 i0 = tid
                 while i0 < n:
                     # STAGE_DEPTH loads in flight at once, then their stores: one wait on
@@ -145,7 +194,7 @@ def _build(cell, nb_dtype, BT):
                 if active:
                     hi = ix(so + sl * Bs + bq * BT)
                     wi = ix(wb + (c0 + sl) * wstride + u * ustride)
-                    terms = (rows - sl + S - 1) >> sbits   # k = sl, sl + S, ... < rows
+                    terms = (rows - sl + S - 1) >> geo.sbits   # k = sl, sl + S, ... < rows
                     for _ in range(terms & 3):
                         add_term(W, wi, gstride, sm, hi, acc)
                         hi += hstep
@@ -195,30 +244,6 @@ def _build(cell, nb_dtype, BT):
     bwd_product, bwd_reduce = tile_ops(1)
 
     @cuda.jit(device=True, inline=True)
-    def thread_slice(S):
-        """(slice sl, tile position tp, tiles per round ntp): the S slices that split one
-        tile's summed index are neighbouring lanes. S is a power of two: shifts, not
-        divisions (numba's floor division is a ~50-instruction sequence in SASS)."""
-        tid = cuda.threadIdx.x
-        sbits = pow2_bits(S)
-        return tid & (S - 1), tid >> sbits, cuda.blockDim.x >> sbits
-
-    @cuda.jit(device=True, inline=True)
-    def tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast):
-        """(unit u in the block, batch tile bq, hidden unit j, active) of round rnd. With
-        k-fastest weights (kfast) neighbouring tiles share a unit, so their weight reads
-        are broadcasts; otherwise they share a batch tile and read neighbouring units."""
-        p = rnd * ntp + tp
-        if kfast:
-            u = p // nq
-            bq = p - u * nq
-        else:
-            bq = p // hs
-            u = p - bq * hs
-        j = u0 + u
-        return u, bq, j, u < hs and bq < nq and j < H
-
-    @cuda.jit(device=True, inline=True)
     def load_block_weights(sm, Wp, nW):
         """Copy this block's packed weight slice (nW values) into shared memory."""
         base = cuda.blockIdx.x * nW
@@ -236,20 +261,21 @@ def _build(cell, nb_dtype, BT):
 
         @cuda.jit(device=True)
         def fwd_step(W, wb, src, sb, sm, so, KC, kfast, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
-                     cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, S, rounds, train,
+                     cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, geo, rounds, train,
                      pre):
             acc = cuda.local.array(GB, nb_dtype)
             xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
             hp = cuda.local.array(BT, nb_dtype)   # previous h
             cp = cuda.local.array(BT, nb_dtype)   # previous c (LSTM)
             ln = cuda.local.array(BT, int32)      # lengths
-            sl, tp, ntp = thread_slice(S)
             nq = Bp // BT
             GH = G * H
             HB = H * Bp
-            for rnd in range(rounds):
-                u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
-                owner = active and sl == 0
+            maj, mnr = geo.maj, geo.mnr
+            for _ in range(rounds):
+                u, bq, j, active = tile_at(maj, mnr, u0, hs, nq, H, kfast)
+                maj, mnr = next_tile(maj, mnr, geo)
+                owner = active and geo.sl == 0
                 if owner:
                     # Issue the step's global loads before the product: they arrive while it runs.
                     for g in range(G):
@@ -278,11 +304,11 @@ def _build(cell, nb_dtype, BT):
                                 if b < B:
                                     acc[g * BT + q] = pre[b * GH + g * H + j]
                 elif kfast:   # Wf[u][g][k]
-                    fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
+                    fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, geo, u, bq, active, acc)
                 else:         # Wf[k][u][g]
-                    fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, sl, S, u, bq, active, acc)
-                if S > 1 and not from_pre:
-                    fwd_reduce(acc, S)
+                    fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, geo, u, bq, active, acc)
+                if geo.S > 1 and not from_pre:
+                    fwd_reduce(acc, geo.S)
                 if owner:
                     bhn = zero
                     if cell == GRU and has_bias:
@@ -348,12 +374,13 @@ def _build(cell, nb_dtype, BT):
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wf, nW)
+        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
         grid = cuda.cg.this_grid()
         for s in range(T):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
             fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, S > 1, xp, b_ih, b_hh, has_bias, lengths,
                      hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
-                     blk * hs, S, rounds, train, sm)
+                     blk * hs, geo, rounds, train, sm)
             grid.sync()
 
     @cuda.jit
@@ -364,9 +391,10 @@ def _build(cell, nb_dtype, BT):
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         t, rslot, wslot = fwd_slots(s, T, rev, train)
+        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
         fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, S > 1, xp, b_ih, b_hh,
                  has_bias, lengths, hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1,
-                 B, H, Bp, hs, blk * hs, S, rounds, train, sm)
+                 B, H, Bp, hs, blk * hs, geo, rounds, train, sm)
 
     @cuda.jit
     def fwd_prestep(pre, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
@@ -374,9 +402,10 @@ def _build(cell, nb_dtype, BT):
         """One step after a library product wrote pre (B, G*H) = h(previous) W_hh^T."""
         blk = cuda.blockIdx.x
         t, rslot, wslot = fwd_slots(s, T, rev, train)
+        geo = thread_geometry(S, hs, Bp // BT, False, Bp)
         fwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot,
                      wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
-                     S, rounds, train, pre)
+                     geo, rounds, train, pre)
 
     # ------------------------------------------------------------------ backward
     # values BPTT reads per (unit, sequence) and step, loaded before the step's product
@@ -388,18 +417,19 @@ def _build(cell, nb_dtype, BT):
 
         @cuda.jit(device=True)
         def bwd_step(W, wb, src, sb, sm, so, KC, kfast, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
-                     dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, S, rounds, pre):
+                     dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, geo, rounds, pre):
             """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
             gradients of time t; for s == T the final dh0."""
             acc = cuda.local.array(BT, nb_dtype)
             pf = cuda.local.array(NPF, nb_dtype)   # pf[v * BT + q]: value v of sequence q
             ln = cuda.local.array(BT, int32)       # lengths
-            sl, tp, ntp = thread_slice(S)
             nq = Bp // BT
             GH = G * H
-            for rnd in range(rounds):
-                u, bq, j, active = tile_of(rnd, tp, ntp, hs, u0, nq, H, kfast)
-                owner = active and sl == 0
+            maj, mnr = geo.maj, geo.mnr
+            for _ in range(rounds):
+                u, bq, j, active = tile_at(maj, mnr, u0, hs, nq, H, kfast)
+                maj, mnr = next_tile(maj, mnr, geo)
+                owner = active and geo.sl == 0
                 if owner and s < T:
                     # Issue the step's global loads before the product: they arrive while it runs.
                     for q in range(BT):
@@ -433,11 +463,11 @@ def _build(cell, nb_dtype, BT):
                             if b < B:
                                 acc[q] = pre[b * H + j] if s > 0 else zero
                 elif kfast:   # Wb[u][r]
-                    bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
+                    bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, geo, u, bq, active, acc)
                 else:         # Wb[r][u]
-                    bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, sl, S, u, bq, active, acc)
-                if S > 1 and not from_pre:
-                    bwd_reduce(acc, S)
+                    bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, geo, u, bq, active, acc)
+                if geo.S > 1 and not from_pre:
+                    bwd_reduce(acc, geo.S)
                 if owner:
                     for q in range(BT):
                         b = bq * BT + q
@@ -523,13 +553,14 @@ def _build(cell, nb_dtype, BT):
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wb, nW)
+        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
         grid = cuda.cg.this_grid()
         for s in range(T + 1):
             t = bwd_time(s, T, rev)
             rs = (s + 1) % 2          # slot the previous phase wrote
             bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
-                     hs, blk * hs, S, rounds, sm)
+                     hs, blk * hs, geo, rounds, sm)
             grid.sync()
 
     @cuda.jit
@@ -539,9 +570,10 @@ def _build(cell, nb_dtype, BT):
         blk = cuda.blockIdx.x
         t = bwd_time(s, T, rev)
         rs = (s + 1) % 2
+        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
         bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
                  lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
-                 dh0, B, H, Bp, hs, blk * hs, S, rounds, sm)
+                 dh0, B, H, Bp, hs, blk * hs, geo, rounds, sm)
 
     @cuda.jit
     def bwd_prestep(pre, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
@@ -549,9 +581,10 @@ def _build(cell, nb_dtype, BT):
         """One BPTT phase after a library product wrote pre (B, H) = dgh(previous) W_hh."""
         blk = cuda.blockIdx.x
         t = bwd_time(s, T, rev)
+        geo = thread_geometry(S, hs, Bp // BT, False, Bp)
         bwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, s, T, t, rev, lengths, gates, cin, cout, hhn,
-                     hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, blk * hs, S,
-                     rounds, pre)
+                     hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, blk * hs,
+                     geo, rounds, pre)
 
     return dict(fwd_persistent=fwd_persistent, fwd_onestep=fwd_onestep,
                 bwd_persistent=bwd_persistent, bwd_onestep=bwd_onestep,
