@@ -75,20 +75,27 @@ def correctness(cells, rng):
     shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
               (12, 256, 64, 256, True, True), (24, 1, 128, 512, False, False),
               (10, 70, 33, 130, True, True)]
-    # (label, persistent, step product, matmul, shapes): each kernel path with cuBLAS
-    # where CuPy is present, the per-step paths also with the Numba matmul kernels
-    paths = (("persistent", "1", "0", "auto", shapes), ("per-step", "0", "0", "numba", shapes[2:4]),
-             ("step-gemm", "1", "1", "auto", shapes[2:]), ("step-gemm", "1", "1", "numba", shapes[2:4]))
-    for label, persistent, step_gemm, matmul, sel in paths:
+    # (label, persistent, step product, matmul, grid sync, shapes): each kernel path with
+    # cuBLAS where CuPy is present, the per-step paths also with the Numba matmul kernels,
+    # the persistent kernels with either grid barrier
+    paths = (("persistent", "1", "0", "auto", "cg", shapes),
+             ("pers-flag", "1", "0", "auto", "flag", shapes),
+             ("per-step", "0", "0", "numba", "cg", shapes[2:4]),
+             ("step-gemm", "1", "1", "auto", "cg", shapes[2:]),
+             ("step-gemm", "1", "1", "numba", "cg", shapes[2:4]))
+    sync_env = os.environ.get(fcuda.GRID_SYNC_ENV)   # the timings below run under the caller's
+    for label, persistent, step_gemm, matmul, sync, sel in paths:
         os.environ[fcuda.PERSISTENT_ENV] = persistent
         os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
         os.environ["FASTRNN_CUDA_MATMUL"] = matmul
+        os.environ[fcuda.GRID_SYNC_ENV] = sync
         for cell in cells:
             for T, B, I, H, rev, ragged in sel:
                 p = fcuda.plan(cell, H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
                 rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged, path=label,
+                                 grid_sync=sync,
                                  persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst,
                                  errors=errs, ok=bool(worst < 1e-4)))
                 print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
@@ -96,6 +103,9 @@ def correctness(cells, rng):
                       f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
     os.environ[fcuda.PERSISTENT_ENV] = "1"
     os.environ.pop(fcuda.STEP_GEMM_ENV)
+    os.environ.pop(fcuda.GRID_SYNC_ENV)
+    if sync_env is not None:
+        os.environ[fcuda.GRID_SYNC_ENV] = sync_env
     os.environ["FASTRNN_CUDA_MATMUL"] = "auto"
     return rows
 

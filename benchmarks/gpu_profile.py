@@ -3,12 +3,13 @@
 1. Fixed cost: wall time per call at T = 1 and T = 32, and a host profile (cProfile) of
    a few calls, so the Python/launch overhead is visible function by function.
 2. Kernel time alone: the persistent kernels timed with CUDA events around the launch.
-3. Grid-sync cost: a cooperative kernel doing n grid syncs, for several grid sizes.
+3. Grid-sync cost: a kernel doing n grid syncs, for several grid sizes, with numba's
+   grid sync and with cuda_recurrence.flag_sync (FASTRNN_CUDA_GRID_SYNC=flag).
 4. Co-residency: how many blocks of each persistent kernel the driver allows per
    launch, as a function of dynamic shared memory (the per-step fallback runs when
    that is below the plan's block count).
 
-    python benchmarks/gpu_profile.py [--out DIR]
+    python benchmarks/gpu_profile.py [--out DIR] [--sync-only]
 """
 import argparse
 import cProfile
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from fastrnn.backends import cuda as fcuda          # noqa: E402
 from fastrnn.backends import cuda_launch            # noqa: E402
+from fastrnn.backends import cuda_recurrence as rec  # noqa: E402
 from fastrnn.cells import get_cell                 # noqa: E402
 from numba import cuda                             # noqa: E402
 
@@ -111,16 +113,36 @@ def _sync_loop(n, out):
         out[0] = n
 
 
-def sync_cost(blocks, n=20000):
+@cuda.jit
+def _flag_loop(n, out, bar):
+    for i in range(n):
+        rec.flag_sync(bar)
+    if cuda.grid(1) == 0:
+        out[0] = n
+
+
+def sync_cost(blocks, flag, n=20000):
+    """Microseconds per grid sync of an otherwise empty kernel, blocks x 256 threads."""
     out = cuda.device_array(1, np.int32)
-    _sync_loop[blocks, 256](10, out)
+    bar = cuda.to_device(np.zeros(1, np.uint32))
+    run = (lambda m: _flag_loop[blocks, 256](m, out, bar)) if flag else (
+        lambda m: _sync_loop[blocks, 256](m, out))
+    run(10)
     cuda.synchronize()
     e0, e1 = cuda.event(), cuda.event()
     e0.record()
-    _sync_loop[blocks, 256](n, out)
+    run(n)
     e1.record()
     e1.synchronize()
-    return cuda.event_elapsed_time(e0, e1) * 1e3 / n   # microseconds per sync
+    return cuda.event_elapsed_time(e0, e1) * 1e3 / n
+
+
+def print_sync_costs():
+    nsm = fcuda._device_limits()[0]
+    for blocks in (8, nsm):
+        for flag in (False, True):
+            print(f"grid sync {'flag' if flag else 'cg  '}, {blocks:3d} blocks x 256 threads: "
+                  f"{sync_cost(blocks, flag):.2f} us", flush=True)
 
 
 def coresidency():
@@ -144,10 +166,14 @@ def coresidency():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--sync-only", action="store_true", help="only the grid-sync costs")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     os.makedirs(args.out, exist_ok=True)
     print("device:", fcuda.describe())
+    if args.sync_only:
+        print_sync_costs()
+        return
     for raw in ("1", "0"):   # launches through the driver, then through numba's dispatcher
         os.environ["FASTRNN_CUDA_RAW_LAUNCH"] = raw
         for cell in ("lstm", "gru", "rnn_tanh"):
@@ -165,8 +191,7 @@ def main(argv=None):
     text = profile("lstm", 32, 1, 256, True, rng, args.out)
     print("--- profile lstm train T=32, 20 calls (tottime)")
     print("\n".join(text.splitlines()[:30]))
-    for blocks in (8, 132):
-        print(f"grid sync, {blocks:3d} blocks x 256 threads: {sync_cost(blocks):.2f} us", flush=True)
+    print_sync_costs()
     # compile the shapes the timing grid fell back on, then ask the driver
     for cell, H, B in (("lstm", 256, 256), ("lstm", 1024, 8), ("gru", 1024, 8)):
         p = fcuda.plan(cell, H, B)

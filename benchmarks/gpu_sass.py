@@ -37,6 +37,7 @@ FLOAT_ARRAYS = {"Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "g
                 "A", "Bm", "C", "bias", "X", "out", "w", "a",
                 "h0", "c0", "h_T", "c_T", "dh", "dcin"}
 INT_ARRAYS = {"lengths"}
+UINT32_ARRAYS = {"bar"}
 BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast", "has_c", "has_dh", "has_dc",
          "has_cell"}
 INTS = {"T", "B", "H", "Bp", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
@@ -84,6 +85,8 @@ def arg_types(pyfunc, dtype):
             out.append(fl)
         elif n in INT_ARRAYS:
             out.append(types.Array(types.int32, 1, "C"))
+        elif n in UINT32_ARRAYS:
+            out.append(types.Array(types.uint32, 1, "C"))
         elif n in BOOLS:
             out.append(types.boolean)
         elif n in INTS:
@@ -113,6 +116,9 @@ def kernel_list(quick):
             for BT in ([1] if quick else [1, 4]):
                 for name, k in rec.kernels(spec.code, dt, BT).items():
                     out.append((f"{name} {cell} BT={BT} {tag}", k.py_func, nb))
+                for name, k in rec.kernels(spec.code, dt, BT, flag=True).items():
+                    if "persistent" in name:   # FASTRNN_CUDA_GRID_SYNC=flag
+                        out.append((f"{name} {cell} BT={BT} {tag} flag", k.py_func, nb))
         for k in dense.kernels(dt):
             out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
         if dt == np.float32:

@@ -176,6 +176,26 @@ def test_thread_geometry_matches_divmod(cu, nt, S, hs, nq, kfast, Bp):
     assert seen == {(u, bq) for u in range(hs) for bq in range(nq)}
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")   # the simulator's uint32 adds wrap
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_flag_grid_sync(cu, cell, monkeypatch):
+    # FASTRNN_CUDA_GRID_SYNC=flag: the persistent kernels synchronise on flag_sync's
+    # counter, whose top bit flips once per barrier (T forward + T + 1 BPTT phases).
+    # The simulator runs one block, so this checks the kernels and the counter, not
+    # blocks racing (benchmarks/gpu_check.py checks that on a GPU).
+    monkeypatch.setenv(cu.GRID_SYNC_ENV, "flag")
+    counter = cu._grid_counter()
+    before = int(counter.copy_to_host()[0])
+    compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=True, seed=9)
+    assert cu.last_path == {"forward": "persistent", "backward": "persistent"}
+    after = int(counter.copy_to_host()[0])
+    assert after == before ^ 0x80000000   # 4 + 5 flips
+    assert "grid sync flag" in cu.describe()
+    monkeypatch.setenv(cu.GRID_SYNC_ENV, "atomic")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_GRID_SYNC"):
+        compare(cu, cell, 2, 1, 2, 3)
+
+
 def test_rounds_that_wrap_past_a_unit(cu):
     # several tiles per thread (rounds > 1) whose step wraps past the units of a batch
     # tile (32 threads, hs = 5 under the simulator's one persistent block)

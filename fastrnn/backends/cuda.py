@@ -41,6 +41,9 @@ MAX_SLICES = 32              # slices of a tile are lanes of one warp (shuffle r
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
 STEP_GEMM_ENV = "FASTRNN_CUDA_STEP_GEMM"     # "1" forces the per-step library product, "0" never
 BT_ENV = "FASTRNN_CUDA_BT"   # "1" or "4" forces the sequences per thread (for timing both)
+# the persistent kernels' barrier: "cg" numba's grid sync (default), "flag" cuda_recurrence's
+# flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
+GRID_SYNC_ENV = "FASTRNN_CUDA_GRID_SYNC"
 STEP_GEMM_MIN_BH = 32768     # B * H from which a step's product is a library matrix product
 
 
@@ -144,6 +147,23 @@ def _plan(cell, H, B, dtype, backward, persistent):
                 step_gemm=False)
 
 
+def _flag_sync():
+    """Whether the persistent kernels use flag_sync (GRID_SYNC_ENV)."""
+    mode = os.environ.get(GRID_SYNC_ENV, "cg")
+    if mode not in ("cg", "flag"):
+        raise ValueError(f"{GRID_SYNC_ENV}: expected cg or flag, got {mode!r}")
+    return mode == "flag"
+
+
+def _kernels(spec, dt, p):
+    return rec.kernels(spec.code, dt, p["BT"], flag=_flag_sync())
+
+
+def _grid_counter():
+    """flag_sync's counter (one uint32 per context; any value works, it is never reset)."""
+    return _scratch("grid_counter", 1, np.uint32)
+
+
 def describe():
     """One line for `fastrnn info`."""
     nsm, smem, dev = _device_limits()
@@ -151,7 +171,8 @@ def describe():
             f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
             f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above; "
             f"from B*H={STEP_GEMM_MIN_BH} a step is a {_products().NAME} matrix product and a "
-            f"launch of the gates' elementwise work")
+            f"launch of the gates' elementwise work; grid sync "
+            f"{'flag' if _flag_sync() else 'cg'}")
 
 
 def _max_h(cell):
@@ -320,7 +341,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
     cin = device_array(T * B * H, dt) if train and spec.name == "lstm" else dummy
     cout = device_array(T * B * H, dt) if train and spec.name == "lstm" else dummy
     hhn = device_array(T * B * H, dt) if train and spec.name == "gru" else dummy
-    k = rec.kernels(spec.code, dt, p["BT"])
+    k = _kernels(spec, dt, p)
     args = (xp, b_ih if has_bias else dummy, b_hh if has_bias else dummy, has_bias,
             _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
@@ -338,7 +359,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
             return True
         Wf = _pack(w_hh, G, H, p, backward=False)
         if p["persistent"]:
-            return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape, "forward")
+            return _run_persistent(k["fwd_persistent"], p, (Wf,) + args + shape + (_grid_counter(),),
+                                   "forward")
         for s in range(T):
             _launch(k["fwd_onestep"], p["blocks"], (Wf,) + args + (s,) + shape, p["shared_bytes"])
         last_path["forward"] = "per-step"
@@ -427,7 +449,7 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     dgT = _scratch("dgT", 2 * GH * Bp, dt)
     setup.init_grads(dh_T, dc_T, carry, dc, dgT, B, Bp)
     dummy = _scratch("dummy", 1, dt)
-    k = rec.kernels(spec.code, dt, p["BT"])
+    k = _kernels(spec, dt, p)
     tail = (rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
             ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
@@ -447,7 +469,8 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             return True
         Wb = _pack(w_hh, G, H, p, backward=True)
         if p["persistent"]:
-            return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape, "backward")
+            return _run_persistent(k["bwd_persistent"], p, (Wb, T) + tail + shape + (_grid_counter(),),
+                                   "backward")
         for s in range(T + 1):
             _launch(k["bwd_onestep"], p["blocks"], (Wb, s, T) + tail + shape, p["shared_bytes"])
         last_path["backward"] = "per-step"

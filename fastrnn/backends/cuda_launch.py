@@ -195,7 +195,7 @@ class RawKernel:
         vals = self.values(args)
         self._vals[:len(vals)] = vals
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
-        if self.cooperative:
+        if cooperative or self.cooperative:   # flag_sync's kernels do not use numba's cg
             err = drv.cuLaunchCooperativeKernel(st["fn"], gx, gy, 1, block, 1, 1, shared,
                                                 0, self._ptrs_addr)[0]
         else:

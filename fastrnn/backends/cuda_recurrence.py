@@ -109,6 +109,29 @@ def next_tile(maj, mnr, geo):
     return maj, mnr
 
 
+@cuda.jit(device=True, inline=True)
+def flag_sync(bar):
+    """A grid barrier on one uint32 in global memory, bar[0] (the persistent kernels with
+    FASTRNN_CUDA_GRID_SYNC=flag): one atomic add a block, and the blocks' adds sum to
+    2**31, so the top bit flips once all have arrived and the low bits come back to where
+    they were; any starting value works and nothing resets it between launches. This is
+    the scheme of CUDA's header grid sync; numba's grid.sync() calls cudadevrt's instead
+    (a function call a step; 1.2-1.4 us a sync measured on an H100). The whole grid must
+    be resident: the kernels are launched cooperatively. Polls with atomic adds of 0:
+    numba has no volatile load, and a plain load may be served from a stale L1 line."""
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        add = np.uint32(1)
+        if cuda.blockIdx.x == 0:
+            add = np.uint32(0x80000000 - (cuda.gridDim.x - 1))
+        cuda.threadfence()   # this block's writes (ordered by syncthreads) before the arrival
+        old = cuda.atomic.add(bar, 0, add)
+        while ((old ^ cuda.atomic.add(bar, 0, np.uint32(0))) & np.uint32(0x80000000)) == 0:
+            pass
+        cuda.threadfence()   # the other blocks' writes before this block's reads
+    cuda.syncthreads()
+
+
 def step_slots(s, T, rev, train):
     """(time t of forward step s, state slot read, state slot written): train keeps every
     state (slot t + rev is the input of time t), inference ping-pongs slots 0/1. Plain
@@ -124,7 +147,7 @@ def bptt_time(s, T, rev):
     return s if rev else T - 1 - s
 
 
-def _build(cell, nb_dtype, BT):
+def _build(cell, nb_dtype, BT, flag):
     G = GATES[cell]
     GB = G * BT
     STAGE_DEPTH = STAGE_BYTES * 8 // nb_dtype.bitwidth   # 16 float32, 8 float64
@@ -134,6 +157,24 @@ def _build(cell, nb_dtype, BT):
     @cuda.jit(device=True, inline=True)
     def sigm(a):
         return one / (one + math.exp(-a))
+
+    # the persistent kernels' barrier between steps: flag_sync (flag) or numba's grid sync
+    if flag:
+        @cuda.jit(device=True, inline=True)
+        def grid_handle():
+            return 0
+
+        @cuda.jit(device=True, inline=True)
+        def grid_barrier(grid, bar):
+            flag_sync(bar)
+    else:
+        @cuda.jit(device=True, inline=True)
+        def grid_handle():
+            return cuda.cg.this_grid()
+
+        @cuda.jit(device=True, inline=True)
+        def grid_barrier(grid, bar):
+            grid.sync()
 
     def tile_ops(NG):
         """The staged product and the slice reduction for a thread tile of NG rows x BT
@@ -368,20 +409,20 @@ def _build(cell, nb_dtype, BT):
 
     @cuda.jit
     def fwd_persistent(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout,
-                       hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC):
-        """Shared memory: [packed weights | KC x Bp staged state rows]."""
+                       hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC, bar):
+        """Shared memory: [packed weights | KC x Bp staged state rows]. bar: flag_sync's."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wf, nW)
         geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
-        grid = cuda.cg.this_grid()
+        grid = grid_handle()
         for s in range(T):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
             fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, S > 1, xp, b_ih, b_hh, has_bias, lengths,
                      hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
                      blk * hs, geo, rounds, train, sm)
-            grid.sync()
+            grid_barrier(grid, bar)
 
     @cuda.jit
     def fwd_onestep(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
@@ -547,21 +588,21 @@ def _build(cell, nb_dtype, BT):
 
     @cuda.jit
     def bwd_persistent(Wb, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
-                       dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
-        """Shared memory: [packed weights | KC x Bp staged gradient rows]."""
+                       dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC, bar):
+        """Shared memory: [packed weights | KC x Bp staged gradient rows]. bar: flag_sync's."""
         sm = cuda.shared.array(0, nb_dtype)
         blk = cuda.blockIdx.x
         nW = hs * G * H
         load_block_weights(sm, Wb, nW)
         geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
-        grid = cuda.cg.this_grid()
+        grid = grid_handle()
         for s in range(T + 1):
             t = bwd_time(s, T, rev)
             rs = (s + 1) % 2          # slot the previous phase wrote
             bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
                      hs, blk * hs, geo, rounds, sm)
-            grid.sync()
+            grid_barrier(grid, bar)
 
     @cuda.jit
     def bwd_onestep(Wb, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
@@ -594,11 +635,12 @@ def _build(cell, nb_dtype, BT):
 _CACHE = {}
 
 
-def kernels(cell_code, dtype, BT):
+def kernels(cell_code, dtype, BT, flag=False):
     """The recurrence kernels (persistent, one step, one step after a library product;
-    forward and BPTT) for one (cell, dtype, batch tile), compiled lazily."""
-    key = (cell_code, np.dtype(dtype), BT)
+    forward and BPTT) for one (cell, dtype, batch tile), compiled lazily. flag: the
+    persistent kernels synchronise the grid with flag_sync instead of numba's grid sync."""
+    key = (cell_code, np.dtype(dtype), BT, bool(flag))
     if key not in _CACHE:
         from numba import from_dtype
-        _CACHE[key] = _build(cell_code, from_dtype(np.dtype(dtype)), BT)
+        _CACHE[key] = _build(cell_code, from_dtype(np.dtype(dtype)), BT, bool(flag))
     return _CACHE[key]
