@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A GPU session's measurements in a few device calls (the device tool allows 10 minutes a
+# call and 30 a session): each stage writes its log and result files under $OUT and the
+# last lines printed are a short summary. Run from the repository root on the device:
+#
+#   bash benchmarks/gpu_session.sh check sync ab     # ~8 min: full-size checks, grid-sync
+#                                                    # cost, A/B of the kernels and switches
+#   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
+#   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
+#
+# Before the session, on the machine with the repository (network there, none on the device):
+#   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
+#                                                                      # H100 run, for `ab`
+#   python3 -m pip download -q -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 numpy==2.4.6 numba-cuda==0.30.4
+# and carry ab-base and .whl (both ignored by git). Without .whl the image's numba-cuda is used.
+set -u
+OUT=${OUT:-gpu-session-out}
+mkdir -p "$OUT"
+summary=()
+failed=0
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
+unset NUMBA_ENABLE_CUDASIM
+python3 - <<'EOF' | tee "$OUT/versions.txt"
+import importlib, platform
+print("python", platform.python_version())
+for m in ("numpy", "numba", "numba_cuda", "torch", "cupy"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "?"))
+    except Exception as exc:
+        print(m, "missing:", type(exc).__name__)
+EOF
+nvidia-smi -L 2>&1 | tee -a "$OUT/versions.txt"
+
+step() {   # step NAME COMMAND...: run, log to $OUT/NAME.log, keep the last line for the summary
+    local name=$1; shift
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || failed=1
+    summary+=("$name rc=$rc $((SECONDS - t0))s: $(grep -v '^\s*$' "$OUT/$name.log" | tail -1 | cut -c1-150)")
+}
+
+for stage in "$@"; do
+    case $stage in
+        check) step check python3 benchmarks/gpu_check.py --budget 0 --out "$OUT/gpu-check-only.json" ;;
+        sync) step sync python3 benchmarks/gpu_profile.py --sync-only --out "$OUT" ;;
+        ab)
+            if [ -d ab-base/fastrnn ]; then
+                step ab-kernels python3 benchmarks/gpu_ab.py --base ab-base --out "$OUT/gpu-ab-kernels.json"
+            else
+                summary+=("ab-kernels skipped: no ab-base/fastrnn (see the header)")
+            fi
+            step ab-flag python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_GRID_SYNC=flag \
+                --out "$OUT/gpu-ab-flag.json"
+            step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
+                --shapes "lstm:1024:8:256:train,gru:1024:8:256:train,lstm:512:8:256:train,lstm:512:8:256:inf" \
+                --out "$OUT/gpu-ab-bt4.json" ;;
+        paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
+        full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
+        *) echo "gpu_session: unknown stage $stage (check sync ab paths full)"; exit 2 ;;
+    esac
+done
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+exit $failed
