@@ -6,18 +6,26 @@ more than its kernels take at short sequences. Here a buffer whose last array (o
 is gone returns to a free list of its size, and the next array of that size takes it.
 
 The arrays are ordinary numba DeviceNDArrays. Their buffer is reference-counted as
-numba's own are (an AutoFreePointer, handed out through OwnedPointers): a view keeps it.
-All the backend's work is on the legacy default stream, so a buffer taken again by a
-later call is written only after the work that read it before.
+numba's own are, through OwnedPointers (an array and each view hold one): when the last
+goes, the buffer's _PooledPointer returns it to the free list. One _PooledPointer per
+buffer serves every array that takes it, so taking a buffer makes one OwnedPointer
+(3.4 us of host time with the array and its release, against 10.3 with a fresh numba
+AutoFreePointer per array, benchmarks/gpu_host_mock.py's machine). All the backend's work
+is on the legacy default stream, so a buffer taken again by a later call is written only
+after the work that read it before.
 """
-import functools
-import itertools
 import os
 
 import numpy as np
 from numba import cuda
 
 from .cuda_launch import SIMULATOR, current_context
+
+if not SIMULATOR:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer
+else:
+    MemoryPointer = object
 
 POOL_BYTES = 512 << 20   # most bytes kept on free lists per context; beyond, numba frees them
 GRANULE = 512            # sizes are rounded up to this, so near-equal requests share a list
@@ -36,7 +44,6 @@ def device_array(shape, dtype):
         n *= s
     if SIMULATOR or n == 0 or os.environ.get("FASTRNN_CUDA_POOL", "1") == "0":
         return cuda.device_array(shape, dtype=dtype)
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
     strides = tuple(reversed(strides))
     nbytes = -(-n // GRANULE) * GRANULE
     ctx = current_context()
@@ -59,27 +66,38 @@ def pooled_bytes():
     return 0 if pool is None else pool.kept
 
 
+class _PooledPointer(MemoryPointer):
+    """One pooled buffer. numba's OwnedPointers count the arrays and views using it (own()
+    adds one, each one's finalizer takes one off) and call free() at zero, which hands the
+    buffer back to the pool. OwnedPointers hold it by a weak proxy, as numba's own
+    allocations are held, so the pool keeps it alive while it is in use."""
+
+    def __init__(self, pool, backing, nbytes):
+        super().__init__(pool.ctx, backing.device_pointer, nbytes)   # no finalizer: free() below
+        self.refct = 0
+        self.backing = backing   # numba's allocation: freed once this pointer is dropped
+        self.pool = pool
+
+    def free(self):
+        self.pool._release(self)
+
+
 class _Pool:
     def __init__(self):
         self.ctx = cuda.current_context()
-        self.free = {}      # nbytes -> numba allocations (OwnedPointer) not in use
+        self.free = {}      # nbytes -> _PooledPointers not in use
         self.kept = 0
-        self.live = {}      # key -> AutoFreePointer handed out (kept alive until released)
-        self.keys = itertools.count()
+        self.live = {}      # id -> _PooledPointer in use (its arrays hold only weak proxies)
 
     def take(self, nbytes):
-        from numba.cuda.cudadrv.driver import AutoFreePointer
         free = self.free.get(nbytes)
         if free:
-            backing = free.pop()
+            ptr = free.pop()
             self.kept -= nbytes
         else:
-            backing = self._alloc(nbytes)
-        key = next(self.keys)
-        mem = AutoFreePointer(self.ctx, backing.device_pointer, nbytes,
-                              finalizer=functools.partial(self._release, key, nbytes, backing))
-        self.live[key] = mem
-        return mem.own()
+            ptr = _PooledPointer(self, self._alloc(nbytes), nbytes)
+        self.live[id(ptr)] = ptr
+        return ptr.own()
 
     def _alloc(self, nbytes):
         try:
@@ -92,9 +110,9 @@ class _Pool:
         self.free.clear()
         self.kept = 0
 
-    def _release(self, key, nbytes, backing):
-        """The last array using the buffer is gone (called by numba's reference counting)."""
-        self.live.pop(key, None)
-        if self.kept + nbytes <= POOL_BYTES:
-            self.free.setdefault(nbytes, []).append(backing)
-            self.kept += nbytes
+    def _release(self, ptr):
+        """The last array using ptr's buffer is gone (called by numba's reference counting)."""
+        self.live.pop(id(ptr), None)
+        if self.kept + ptr.size <= POOL_BYTES:
+            self.free.setdefault(ptr.size, []).append(ptr)
+            self.kept += ptr.size
