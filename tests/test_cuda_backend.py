@@ -306,13 +306,17 @@ def test_raw_launch_parameters():
            types.float64]
     overload = SimpleNamespace(argument_types=sig, cooperative=False)
     rk = RawKernel(SimpleNamespace(overloads={0: overload}, py_func=test_raw_launch_parameters))
-    arr = SimpleNamespace(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
-                          device_ctypes_pointer=SimpleNamespace(value=0x7000))
+    fields = dict(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
+                  device_ctypes_pointer=SimpleNamespace(value=0x7000))
+    arr = SimpleNamespace(**fields)
     vals = rk.values((arr, -3, True, 1.5, -2.0))
     assert vals == [0, 0, 6, 4, 0x7000, 6, 4, -3, 1,
                     int(np.float32(1.5).view(np.int32)), int(np.float64(-2.0).view(np.int64))]
     assert rk._vals.size == len(vals)
-    bad = SimpleNamespace(**dict(vars(arr), is_c_contiguous=lambda: False))
+    assert rk.values((arr, 7, False, 1.5, -2.0))[:9] == vals[:7] + [7, 0]   # kept on the array
+    rk._pack(rk._vals, 0, *vals)
+    assert list(rk._vals) == vals
+    bad = SimpleNamespace(**dict(fields, is_c_contiguous=lambda: False))
     with pytest.raises(ValueError, match="C-contiguous"):
         rk.values((bad, 0, False, 0.0, 0.0))
 

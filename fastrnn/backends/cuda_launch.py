@@ -16,6 +16,7 @@ narrower value (bool, float32, int32) sits in the slot's low bytes.
 Under the simulator, or with FASTRNN_CUDA_RAW_LAUNCH=0, launches go through the dispatcher.
 """
 import os
+import struct
 
 import numpy as np
 from numba import cuda, types
@@ -114,7 +115,11 @@ class RawKernel:
             else:
                 raise TypeError(f"cuda_launch: unsupported kernel argument type {t}")
         self._writers = writers
+        # values() inlines the two common kinds (a Python loop's call per argument was
+        # most of a launch's host time): 0 array, 1 integer, else a float's bit writer
+        self._kinds = [0 if w is _array_values else 1 if w is _int_value else w for w in writers]
         n = sum(7 if w is _array_values else 1 for w in writers)
+        self._pack = struct.Struct(f"<{n}q").pack_into   # the values into _vals, in C
         self._vals = np.zeros(max(n, 1), np.int64)
         base = self._vals.ctypes.data
         self._ptrs = np.array([base + 8 * i for i in range(max(n, 1))], np.uint64)
@@ -123,8 +128,14 @@ class RawKernel:
     def values(self, args):
         """The kernel parameters of args, in order (numba's flattened ABI)."""
         vals = []
-        for write, a in zip(self._writers, args):
-            vals.extend(write(a))
+        add, ext = vals.append, vals.extend
+        for kind, a in zip(self._kinds, args):
+            if kind == 0:
+                ext(_array_values(a))
+            elif kind == 1:
+                add(int(a))
+            else:
+                ext(kind(a))
         return vals
 
     def _state(self):
@@ -192,8 +203,7 @@ class RawKernel:
             self.check_coresident(grid, block, shared, st)
         else:
             self.allow_shared(shared, st)
-        vals = self.values(args)
-        self._vals[:len(vals)] = vals
+        self._pack(self._vals, 0, *self.values(args))
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
         if cooperative or self.cooperative:   # flag_sync's kernels do not use numba's cg
             err = drv.cuLaunchCooperativeKernel(st["fn"], gx, gy, 1, block, 1, 1, shared,
@@ -216,11 +226,20 @@ def current_context():
 
 
 def _array_values(a):
-    """The 7 parameters of a flat array: meminfo, parent, nitems, itemsize, data, shape, stride."""
-    if not a.is_c_contiguous():
-        raise ValueError("cuda_launch: array arguments must be C-contiguous")
-    n, item = a.size, a.dtype.itemsize
-    return (0, 0, n, item, a.device_ctypes_pointer.value or 0, n, item)
+    """The 7 parameters of a flat array: meminfo, parent, nitems, itemsize, data, shape, stride.
+    Kept on the array (its buffer, size and layout never change): weights, cached lengths
+    and scratch views are passed again call after call."""
+    v = getattr(a, "_fastrnn_params", None)
+    if v is None:
+        if not a.is_c_contiguous():
+            raise ValueError("cuda_launch: array arguments must be C-contiguous")
+        n, item = a.size, a.dtype.itemsize
+        v = (0, 0, n, item, a.device_ctypes_pointer.value or 0, n, item)
+        try:
+            a._fastrnn_params = v
+        except AttributeError:   # an array type without an instance dict: no cache
+            pass
+    return v
 
 
 def _int_value(v):
