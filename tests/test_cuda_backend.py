@@ -184,12 +184,19 @@ def test_flag_grid_sync(cu, cell, monkeypatch):
     # The simulator runs one block, so this checks the kernels and the counter, not
     # blocks racing (benchmarks/gpu_check.py checks that on a GPU).
     monkeypatch.setenv(cu.GRID_SYNC_ENV, "flag")
+    # the counter must start with its low 31 bits at 0 whatever device memory held
+    real = cu.cuda.device_array
+    monkeypatch.setattr(cu, "_grid_counters", {})
+    monkeypatch.setattr(cu.cuda, "device_array",
+                        lambda *a, **k: cu.cuda.to_device(np.full(a[0], 0x5A5A5A5A, np.uint32)))
     counter = cu._grid_counter()
+    monkeypatch.setattr(cu.cuda, "device_array", real)
     before = int(counter.copy_to_host()[0])
+    assert before & 0x7FFFFFFF == 0
     compare(cu, cell, 4, 3, 2, 5, ragged=True, reverse=True, seed=9)
     assert cu.last_path == {"forward": "persistent", "backward": "persistent"}
     after = int(counter.copy_to_host()[0])
-    assert after == before ^ 0x80000000   # 4 + 5 flips
+    assert after == before ^ 0x80000000   # 4 + 5 flips, low bits back at 0
     assert "grid sync flag" in cu.describe()
     monkeypatch.setenv(cu.GRID_SYNC_ENV, "atomic")
     with pytest.raises(ValueError, match="FASTRNN_CUDA_GRID_SYNC"):

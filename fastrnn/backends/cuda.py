@@ -160,8 +160,16 @@ def _kernels(spec, dt, p):
 
 
 def _grid_counter():
-    """flag_sync's counter (one uint32 per context; any value works, it is never reset)."""
-    return _scratch("grid_counter", 1, np.uint32)
+    """flag_sync's counter: one uint32 per context, zeroed once (flag_sync needs its low 31
+    bits at 0 and leaves them there)."""
+    key = current_context()
+    c = _grid_counters.get(key)
+    if c is None:
+        c = _grid_counters[key] = cuda.to_device(np.zeros(1, np.uint32))
+    return c
+
+
+_grid_counters = {}
 
 
 def describe():

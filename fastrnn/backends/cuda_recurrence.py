@@ -112,10 +112,12 @@ def next_tile(maj, mnr, geo):
 @cuda.jit(device=True, inline=True)
 def flag_sync(bar):
     """A grid barrier on one uint32 in global memory, bar[0] (the persistent kernels with
-    FASTRNN_CUDA_GRID_SYNC=flag): one atomic add a block, and the blocks' adds sum to
-    2**31, so the top bit flips once all have arrived and the low bits come back to where
-    they were; any starting value works and nothing resets it between launches. This is
-    the scheme of CUDA's header grid sync; numba's grid.sync() calls cudadevrt's instead
+    FASTRNN_CUDA_GRID_SYNC=flag): one atomic add a block, block 0 adding 2**31 - (blocks
+    - 1) and the others 1, so the adds sum to 2**31: the top bit flips once all blocks
+    have arrived, and not before, only if the low 31 bits start at 0 (with block 0 in,
+    the sum is short of 2**31 by the missing blocks and borrows from the top bit). They
+    come back to 0 after every barrier, so a counter zeroed once serves every launch.
+    This is the scheme of CUDA's header grid sync; numba's grid.sync() calls cudadevrt's instead
     (a function call a step; 1.2-1.4 us a sync measured on an H100). The whole grid must
     be resident: the kernels are launched cooperatively. Polls with atomic adds of 0:
     numba has no volatile load, and a plain load may be served from a stale L1 line."""
