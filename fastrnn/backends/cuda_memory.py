@@ -36,21 +36,22 @@ _pools = {}
 def device_array(shape, dtype):
     """An uninitialised C-contiguous device array (like cuda.device_array)."""
     # plain integer arithmetic: numpy's reductions cost microseconds a call on tuples
-    dtype = np.dtype(dtype)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    strides, n = [], dtype.itemsize
-    for s in reversed(shape):
-        strides.append(n)
-        n *= s
+    if not isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype)
+    if shape.__class__ is not tuple:
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    n = dtype.itemsize
+    strides = ()
+    for s in shape[::-1]:
+        strides = (n,) + strides
+        n *= int(s)
     if SIMULATOR or n == 0 or os.environ.get("FASTRNN_CUDA_POOL", "1") == "0":
         return cuda.device_array(shape, dtype=dtype)
-    strides = tuple(reversed(strides))
-    nbytes = -(-n // GRANULE) * GRANULE
     ctx = current_context()
     pool = _pools.get(ctx)
     if pool is None:
         pool = _pools[ctx] = _Pool()
-    return DeviceNDArray(shape, strides, dtype, gpu_data=pool.take(nbytes))
+    return DeviceNDArray(shape, strides, dtype, gpu_data=pool.take(-(-n // GRANULE) * GRANULE))
 
 
 def release():
