@@ -7,6 +7,8 @@
 #                                                    # cost, A/B of the kernels and switches
 #   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
 #   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
+#   bash benchmarks/gpu_session.sh ncu               # ~3 min: Nsight Compute stall reasons of
+#                                                    # the persistent kernels at two shapes
 #
 # Before the session, on the machine with the repository (network there, none on the device):
 #   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
@@ -64,7 +66,18 @@ for stage in "$@"; do
                 --out "$OUT/gpu-ab-bt4.json" ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
         full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
-        *) echo "gpu_session: unknown stage $stage (check sync ab paths full)"; exit 2 ;;
+        ncu)   # where a small step's time goes: stall reasons of the persistent kernels
+            NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+            for shape in "rnn_tanh 256 1 64" "lstm 1024 8 64"; do
+                step "ncu-${shape// /-}" "${NCU:-ncu}" --clock-control none -k regex:persistent \
+                    --launch-skip 2 --launch-count 2 --section SpeedOfLight --section LaunchStats \
+                    --section WarpStateStats --section SchedulerStats --section SourceCounters \
+                    python3 benchmarks/gpu_ncu_target.py $shape
+            done
+            FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
+                -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
+                --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
+        *) echo "gpu_session: unknown stage $stage (check sync ab paths full ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"
