@@ -3,12 +3,15 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
-#   bash benchmarks/gpu_session.sh check sync ab     # ~8 min: full-size checks, grid-sync
-#                                                    # cost, A/B of the kernels and switches
-#   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
+#   bash benchmarks/gpu_session.sh check sync ab     # ~6 min: full-size checks, grid-sync
+#                                                    # cost, the kernels against ab-base's
+#   bash benchmarks/gpu_session.sh switches          # ~7 min: A/B of FASTRNN_CUDA_GRID_SYNC,
+#                                                    # _BT and _MAX_BLOCKS at the small shapes
 #   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
+#   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
 #   bash benchmarks/gpu_session.sh ncu               # ~3 min: Nsight Compute stall reasons of
 #                                                    # the persistent kernels at two shapes
+# in that order of value (30 min of device time hold about the first three).
 #
 # Before the session, on the machine with the repository (network there, none on the device):
 #   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
@@ -58,9 +61,19 @@ for stage in "$@"; do
                 step ab-kernels python3 benchmarks/gpu_ab.py --base ab-base --out "$OUT/gpu-ab-kernels.json"
             else
                 summary+=("ab-kernels skipped: no ab-base/fastrnn (see the header)")
-            fi
+            fi ;;
+        switches)   # the latency-bound shapes, where a barrier or the block count matters
+            small="rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train"
+            small="$small,lstm:512:8:256:train,lstm:512:8:32:inf,gru:512:8:32:inf"
             step ab-flag python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_GRID_SYNC=flag \
-                --out "$OUT/gpu-ab-flag.json"
+                --shapes "$small" --out "$OUT/gpu-ab-flag.json"
+            step ab-blocks16 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
+                --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train" \
+                --out "$OUT/gpu-ab-blocks16.json"
+            step ab-flag-blocks16 python3 benchmarks/gpu_ab.py --base . \
+                --head-env FASTRNN_CUDA_GRID_SYNC=flag --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
+                --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train" \
+                --out "$OUT/gpu-ab-flag-blocks16.json"
             step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
                 --shapes "lstm:1024:8:256:train,gru:1024:8:256:train,lstm:512:8:256:train,lstm:512:8:256:inf" \
                 --out "$OUT/gpu-ab-bt4.json" ;;
@@ -77,7 +90,7 @@ for stage in "$@"; do
             FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
                 -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
                 --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
-        *) echo "gpu_session: unknown stage $stage (check sync ab paths full ncu)"; exit 2 ;;
+        *) echo "gpu_session: unknown stage $stage (check sync ab switches full paths ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"

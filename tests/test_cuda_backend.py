@@ -86,6 +86,19 @@ def test_forced_batch_tile(cu, monkeypatch):
         cu.plan("lstm", 5, 3)
 
 
+def test_max_blocks(cu, monkeypatch):
+    # FASTRNN_CUDA_MAX_BLOCKS: fewer blocks with more units each (timed on a GPU against
+    # one block per SM); the per-step path runs 3 "SMs" under the simulator
+    monkeypatch.setenv(cu.PERSISTENT_ENV, "0")
+    assert cu.plan("gru", 7, 2)["blocks"] == 3
+    monkeypatch.setenv(cu.MAX_BLOCKS_ENV, "2")
+    assert cu.plan("gru", 7, 2)["blocks"] == 2 and cu.plan("gru", 7, 2)["hs"] == 4
+    compare(cu, "gru", 3, 2, 2, 7, ragged=True, seed=10)
+    monkeypatch.setenv(cu.MAX_BLOCKS_ENV, "0")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_MAX_BLOCKS"):
+        cu.plan("gru", 7, 2)
+
+
 @pytest.mark.parametrize("cell, persistent", [(c, "1") for c in CELLS] + [("lstm", "0")])
 def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
     # (the per-step path runs the same step code; one cell keeps the simulator time down)

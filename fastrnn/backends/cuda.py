@@ -41,6 +41,9 @@ MAX_SLICES = 32              # slices of a tile are lanes of one warp (shuffle r
 PERSISTENT_ENV = "FASTRNN_CUDA_PERSISTENT"   # "0" forces the one-launch-per-step path
 STEP_GEMM_ENV = "FASTRNN_CUDA_STEP_GEMM"     # "1" forces the per-step library product, "0" never
 BT_ENV = "FASTRNN_CUDA_BT"   # "1" or "4" forces the sequences per thread (for timing both)
+# at most this many blocks (default one per SM): fewer blocks, each with more units, for
+# timing the latency-bound small layers (fewer arrivals at each grid barrier)
+MAX_BLOCKS_ENV = "FASTRNN_CUDA_MAX_BLOCKS"
 # the persistent kernels' barrier: "cg" numba's grid sync (default), "flag" cuda_recurrence's
 # flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
 GRID_SYNC_ENV = "FASTRNN_CUDA_GRID_SYNC"
@@ -86,7 +89,8 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), _device_limits(), SLICE_TERMS,
+           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
+           _device_limits(), SLICE_TERMS,
            MAX_SLICES, STAGE_LIMIT, STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
@@ -104,6 +108,11 @@ def _plan(cell, H, B, dtype, backward, persistent):
     allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
     if SIMULATOR and allow_persistent:
         nsm = 1   # the simulator runs blocks one after another: grid sync needs one block
+    most = os.environ.get(MAX_BLOCKS_ENV)
+    if most is not None:
+        if not most.isdigit() or int(most) < 1:
+            raise ValueError(f"{MAX_BLOCKS_ENV}: expected a positive integer, got {most!r}")
+        nsm = min(nsm, int(most))
     hs = -(-H // nsm)
     # Batches per thread: 4 reuses each weight read 4 times, but runs the gate epilogue
     # of 4 sequences one after another. Measured on an H100 (benchmarks/results): faster
