@@ -2,7 +2,8 @@
 
 1. Correctness: every cell, forward and every gradient, against the NumPy reference in
    float64 (same float32 inputs), at full sizes (H up to 1024), ragged and reversed,
-   for the persistent kernels and for the one-launch-per-step fallback.
+   for the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC), the
+   one-launch-per-step fallback and the step-gemm path.
 2. Speed: forward (inference) and forward+backward (training, dx included) of one layer,
    float32, TF32 off, H in {256, 512, 1024}, B in {1, 8, 64, 256}, T in {32, 256, 1024},
    against torch.nn.LSTM/GRU/RNN on cuDNN in the same run.
