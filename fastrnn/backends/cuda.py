@@ -90,8 +90,7 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
            os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
-           _device_limits(), SLICE_TERMS,
-           MAX_SLICES, STAGE_LIMIT, STEP_GEMM_MIN_BH)
+           _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT, STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)

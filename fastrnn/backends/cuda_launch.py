@@ -101,24 +101,24 @@ class RawKernel:
         self.name = specialized.py_func.__name__
         self.cooperative = bool(getattr(self.overload, "cooperative", False))
         self._contexts = {}   # context handle -> function handle and its launch limits
-        writers = []   # per argument: its parameter values, as a tuple
+        # per argument, how values() writes it: 0 an array (7 parameters), 1 an integer,
+        # else the function that gives a float's bits (kinds inlined: a call per argument
+        # was most of a launch's host time)
+        kinds = []
         for t in self.overload.argument_types:
             if isinstance(t, types.Array):
                 assert t.ndim == 1, "arrays are passed flat"
-                writers.append(_array_values)
+                kinds.append(0)
             elif isinstance(t, (types.Integer, types.Boolean)):
-                writers.append(_int_value)
+                kinds.append(1)
             elif t == types.float32:
-                writers.append(_f32_bits)
+                kinds.append(_f32_bits)
             elif t == types.float64:
-                writers.append(_f64_bits)
+                kinds.append(_f64_bits)
             else:
                 raise TypeError(f"cuda_launch: unsupported kernel argument type {t}")
-        self._writers = writers
-        # values() inlines the two common kinds (a Python loop's call per argument was
-        # most of a launch's host time): 0 array, 1 integer, else a float's bit writer
-        self._kinds = [0 if w is _array_values else 1 if w is _int_value else w for w in writers]
-        n = sum(7 if w is _array_values else 1 for w in writers)
+        self._kinds = kinds
+        n = sum(7 if k == 0 else 1 for k in kinds)
         self._pack = struct.Struct(f"<{n}q").pack_into   # the values into _vals, in C
         self._vals = np.zeros(max(n, 1), np.int64)
         base = self._vals.ctypes.data
@@ -184,7 +184,7 @@ class RawKernel:
         self.allow_shared(shared, st)
         vals = np.array(self.values(args), np.int64)
         slot = len(self.values(args[:vary]))   # parameters before the varying one
-        assert self._writers[vary] is _int_value, "the varying argument must be an integer"
+        assert self._kinds[vary] == 1, "the varying argument must be an integer"
         ptrs = np.array([vals.ctypes.data + 8 * i for i in range(len(vals))], np.uint64)
         fn, addr = st["fn"], ptrs.ctypes.data
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
@@ -240,10 +240,6 @@ def _array_values(a):
         except AttributeError:   # an array type without an instance dict: no cache
             pass
     return v
-
-
-def _int_value(v):
-    return (int(v),)
 
 
 def _f32_bits(v):
