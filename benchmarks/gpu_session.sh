@@ -63,17 +63,15 @@ for stage in "$@"; do
                 summary+=("ab-kernels skipped: no ab-base/fastrnn (see the header)")
             fi ;;
         switches)   # the latency-bound shapes, where a barrier or the block count matters
-            small="rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train"
-            small="$small,lstm:512:8:256:train,lstm:512:8:32:inf,gru:512:8:32:inf"
+            rnn256="rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train"
             step ab-flag python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_GRID_SYNC=flag \
-                --shapes "$small" --out "$OUT/gpu-ab-flag.json"
+                --shapes "$rnn256,lstm:512:8:256:train,lstm:512:8:32:inf,gru:512:8:32:inf" \
+                --out "$OUT/gpu-ab-flag.json"
             step ab-blocks16 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
-                --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train" \
-                --out "$OUT/gpu-ab-blocks16.json"
+                --shapes "$rnn256" --out "$OUT/gpu-ab-blocks16.json"
             step ab-flag-blocks16 python3 benchmarks/gpu_ab.py --base . \
                 --head-env FASTRNN_CUDA_GRID_SYNC=flag --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
-                --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train" \
-                --out "$OUT/gpu-ab-flag-blocks16.json"
+                --shapes "$rnn256" --out "$OUT/gpu-ab-flag-blocks16.json"
             step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
                 --shapes "lstm:1024:8:256:train,gru:1024:8:256:train,lstm:512:8:256:train,lstm:512:8:256:inf" \
                 --out "$OUT/gpu-ab-bt4.json" ;;
