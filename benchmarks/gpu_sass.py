@@ -128,10 +128,9 @@ def kernel_list(quick):
     return out
 
 
-def fma_loops(sass):
-    """(instructions, FMAs) of the innermost loop (a backward branch with no loop inside)
-    that reads shared memory and has the most FMAs, or None: the product loop of the
-    recurrence and matmul kernels (the gates' exp and tanh also use FMAs, not LDS)."""
+def loops(sass):
+    """(instructions, loops): the SASS as a list of instruction texts, and each loop as the
+    (first, last) instruction indices of a backward branch and its target."""
     ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
     where = {a: i for i, (a, _) in enumerate(ins)}
     spans = []
@@ -139,11 +138,19 @@ def fma_loops(sass):
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)
         if m and int(m.group(1), 16) <= a and int(m.group(1), 16) in where:
             spans.append((where[int(m.group(1), 16)], i))
+    return [t for _, t in ins], spans
+
+
+def fma_loops(sass):
+    """(instructions, FMAs) of the innermost loop (a backward branch with no loop inside)
+    that reads shared memory and has the most FMAs, or None: the product loop of the
+    recurrence and matmul kernels (the gates' exp and tanh also use FMAs, not LDS)."""
+    ins, spans = loops(sass)
     best = None
     for lo, hi in spans:
         if any(lo <= l2 and h2 <= hi and (l2, h2) != (lo, hi) for l2, h2 in spans):
             continue   # not innermost
-        body = [x for _, x in ins[lo:hi + 1]]
+        body = ins[lo:hi + 1]
         fma = sum(bool(re.match(r"(@!?U?P\w+ )?[FD]FMA", x)) for x in body)
         lds = any(re.match(r"(@!?U?P\w+ )?LDS", x) for x in body)
         if fma and lds and (best is None or fma > best[1]):
@@ -155,15 +162,11 @@ def loop_divisions(sass):
     """Integer divisions inside the kernel's largest loop (the persistent kernels' time
     loop, the step kernels' rounds): each is a ~20-instruction sequence in series, or a
     call when an operand needs 64 bits. Counted by the I2F.U32.RP that starts each."""
-    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass)]
-    where = {a: i for i, (a, _) in enumerate(ins)}
-    spans = [(where[int(m.group(1), 16)], i) for i, (a, t) in enumerate(ins)
-             for m in [re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)]
-             if m and int(m.group(1), 16) <= a and int(m.group(1), 16) in where]
+    ins, spans = loops(sass)
     if not spans:
         return 0
     lo, hi = max(spans, key=lambda s: s[1] - s[0])
-    return sum("I2F.U32.RP" in t for _, t in ins[lo:hi + 1])
+    return sum("I2F.U32.RP" in t for t in ins[lo:hi + 1])
 
 
 def compile_one(label, pyfunc, nb, arch, tools, workdir):
