@@ -14,8 +14,9 @@ def make_module(cell, input_size, hidden_size, **kw):
 
 
 def rel_err(a, b):
-    """||a - b|| / ||b|| (0 when both are 0)."""
+    """||a - b|| / ||b|| (0 when both are 0); the shapes must be equal (no broadcasting)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} and {b.shape}"
     nb = np.linalg.norm(b)
     return float(np.linalg.norm(a - b) / (nb if nb > 0 else 1.0))
 
@@ -30,7 +31,7 @@ def random_lengths(rng, T, B):
 def layer_inputs(rng, cell, T, B, I, H, dtype):
     """Random arguments of forward_layer for one layer-direction."""
     G = fastrnn.get_cell(cell).gates
-    k = 1 / np.sqrt(H)
+    k = 1 / np.sqrt(max(H, 1))
     u = lambda *s: rng.uniform(-k, k, size=s).astype(dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)

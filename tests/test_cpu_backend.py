@@ -9,6 +9,7 @@ import pytest
 
 import fastrnn
 from fastrnn import backends
+from fastrnn.lookup import Lookup
 from helpers import CELLS, compare_layer, layer_inputs, make_module, random_lengths, rel_err
 
 pytestmark = pytest.mark.skipif("cpu" not in backends.available(),
@@ -37,6 +38,33 @@ def test_layer_matches_reference(cell, dtype, reverse, ragged):
                                           seed=[k, CELLS.index(cell), reverse, ragged])
         assert out_err <= TOL[dtype][0], (T, B, I, H, out_err)
         assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
+
+
+# the kernels take I, H >= 1: the backend runs I = 0 as one zero feature and H = 0 itself
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H", [(0, 3, 4, 5), (4, 0, 4, 5), (4, 3, 0, 5), (4, 3, 4, 0), (4, 3, 0, 0)])
+def test_zero_sized_dimensions_match_reference(cell, T, B, I, H):
+    out_err, grad_err = compare_layer(backends.get("cpu"), cell, T, B, I, H, np.float32, reverse=True,
+                                      ragged=T > 0 and B > 0, seed=[T, B, I, H])
+    assert out_err <= 1e-5 and grad_err <= 1e-4
+
+
+@pytest.mark.parametrize("H", [0, 6])
+def test_no_input_features_with_lookup_and_grads_out(H):
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(H)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 5, 2, 0, H, np.float32)
+    ids = rng.integers(0, 3, size=(5, 2))
+    y, h, c, saved = cpu.forward_layer("lstm", Lookup(np.zeros((3, 0), np.float32), ids), h0, c0,
+                                       w_ih, w_hh, b_ih, b_hh)
+    y_r, h_r, _, _ = backends.get("reference").forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    assert rel_err(y, y_r) <= 1e-5 and rel_err(h, h_r) <= 1e-5
+    out = tuple(np.ones(a.shape, np.float32) for a in (w_ih, w_hh, b_ih, b_hh))
+    grads = cpu.backward_layer("lstm", saved, np.ones_like(y), None, None, grads_out=out)
+    assert grads[0].shape == (3, 0)   # the table's gradient
+    assert all(g is o for g, o in zip(grads[3:], out))
+    assert grads[3].shape == (4 * H, 0) and (H == 0 or np.abs(grads[4] - 1).max() > 0)
+    assert saved == {"consumed": True}
 
 
 # LSTM whose gate rows are a multiple of 4 KB apart (H = 256 float, 128 double): the

@@ -147,6 +147,13 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither")
+    if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
+        return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train)
+    # the kernels take I >= 1: no input features run as one zero feature (it projects to 0);
+    # backward gives dx and dW_ih their 0-wide shapes back
+    padded = _dx_shape(x) if I == 0 else None
+    if I == 0:
+        x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
     x, tokens, V, expanded = _lookup_input(x, T, B)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
     dt, GH = x.dtype, spec.gates * H
@@ -172,8 +179,36 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     saved = None
     if train:
         saved = dict(ws, cell=spec.name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
-                     w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=bool(reverse))
+                     w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=bool(reverse), padded_input=padded)
     return y, h_T, c_T, saved
+
+
+def _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train):
+    """forward_layer for H = 0: empty outputs; `saved` holds what backward needs for the
+    zero gradients of x and the shapes of the (empty) weight gradients."""
+    dt = x.dtype
+    empty = np.empty((B, 0), dt)
+    saved = None
+    if train:
+        saved = dict(cell=spec.name, gates=None, no_units=_dx_shape(x), T=T, B=B, w_ih=w_ih,
+                     w_hh=w_hh, lengths=lengths, reverse=bool(reverse))
+    return (np.empty((T, B, 0), dt), empty, empty.copy() if spec.has_cell_state else None, saved)
+
+
+_zero_columns = {}
+
+
+def _zero_column(rows, dtype):
+    """A (rows, 1) zero W_ih, one per shape: the packed-weights cache then keeps hitting."""
+    key = (rows, np.dtype(dtype).str)
+    if key not in _zero_columns:
+        _zero_columns[key] = np.zeros((rows, 1), dtype)
+    return _zero_columns[key]
+
+
+def _dx_shape(x):
+    """The shape of backward's dx for input x: the table's for a Lookup."""
+    return x.table.shape if isinstance(x, Lookup) else x.shape
 
 
 def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, grads_out=None):
@@ -191,18 +226,31 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
         raise ValueError("saved: already used by a backward_layer call (each forward allows one backward)")
     if not isinstance(saved, dict) or saved.get("cell") != spec.name or "gates" not in saved:
         raise ValueError(f"saved: expected the workspace of a {spec.name!r} cpu forward_layer call")
-    x, tokens, w_ih, w_hh = saved["x"], saved["tokens"], saved["w_ih"], saved["w_hh"]
-    T, B, I = saved["T"], saved["B"], x.shape[-1]
-    V = x.shape[0] if tokens is not None else 0
-    H = w_hh.shape[1]
+    w_ih, w_hh, T, B = saved["w_ih"], saved["w_hh"], saved["T"], saved["B"]
+    H, dt, padded = w_hh.shape[1], w_hh.dtype, saved.get("padded_input")
     GH = spec.gates * H
-    dt = x.dtype
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt)
+    # no input features (padded: dx's shape): the kernels ran one zero feature, whose
+    # gradients are dropped; the caller's dW_ih has no columns
+    ih_shape = (GH, 0) if padded is not None else w_ih.shape
     if grads_out is None:
-        dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+        dw_ih, dw_hh = np.empty(ih_shape, dt), np.empty_like(w_hh)
         db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
     else:
-        dw_ih, dw_hh, db_ih, db_hh = _check_grads_out(grads_out, w_ih.shape, w_hh.shape, GH, dt)
+        dw_ih, dw_hh, db_ih, db_hh = _check_grads_out(grads_out, ih_shape, w_hh.shape, GH, dt)
+    if saved.get("no_units") is not None:   # H = 0: the weight gradients are empty
+        dx = np.zeros(saved["no_units"], dt) if need_dx else None
+        if not retain:
+            saved.clear()
+            saved["consumed"] = True
+        return (dx, np.empty((B, 0), dt), np.empty((B, 0), dt) if spec.has_cell_state else None,
+                dw_ih, dw_hh, db_ih, db_hh)
+    caller_dw_ih = dw_ih
+    if padded is not None:
+        dw_ih = np.zeros_like(w_ih)
+    x, tokens = saved["x"], saved["tokens"]
+    I = x.shape[-1]
+    V = x.shape[0] if tokens is not None else 0
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
     bwd, ctype = _native("backward", dt)
     p = lambda a: _ptr(a, ctype)
@@ -213,7 +261,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
-    dx = np.empty(x.shape, dt) if need_dx else None   # (V, I) with tokens
+    dx = np.empty(x.shape, dt) if need_dx and padded is None else None   # (V, I) with tokens
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
     status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"),
@@ -225,6 +273,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     _check_status(status, "backward")
     if dx is not None and saved["expanded"] is not None:
         dx = saved["expanded"].table_grad(dx)
+    if padded is not None:
+        dx, dw_ih = (np.empty(padded, dt) if need_dx else None), caller_dw_ih
     workspace_pool.release(dgi, dgh_n)
     if not retain:
         workspace_pool.release(*(saved.get(n) for n in _WORKSPACE))
