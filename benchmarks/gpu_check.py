@@ -2,8 +2,9 @@
 
 1. Correctness: every cell, forward and every gradient, against the NumPy reference in
    float64 (same float32 inputs), at full sizes (H up to 1024), ragged and reversed,
-   for the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC), the
-   one-launch-per-step fallback and the step-gemm path.
+   for the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC, and with
+   the batch split over blocks, FASTRNN_CUDA_BATCH_BLOCKS), the one-launch-per-step
+   fallback and the step-gemm path.
 2. Speed: forward (inference) and forward+backward (training, dx included) of one layer,
    float32, TF32 off, H in {256, 512, 1024}, B in {1, 8, 64, 256}, T in {32, 256, 1024},
    against torch.nn.LSTM/GRU/RNN on cuDNN in the same run.
@@ -76,27 +77,31 @@ def correctness(cells, rng):
     shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
               (12, 256, 64, 256, True, True), (24, 1, 128, 512, False, False),
               (10, 70, 33, 130, True, True)]
-    # (label, persistent, step product, matmul, grid sync, shapes): each kernel path with
-    # cuBLAS where CuPy is present, the per-step paths also with the Numba matmul kernels,
-    # the persistent kernels with either grid barrier
-    paths = (("persistent", "1", "0", "auto", "cg", shapes),
-             ("pers-flag", "1", "0", "auto", "flag", shapes),
-             ("per-step", "0", "0", "numba", "cg", shapes[2:4]),
-             ("step-gemm", "1", "1", "auto", "cg", shapes[2:]),
-             ("step-gemm", "1", "1", "numba", "cg", shapes[2:4]))
-    sync_env = os.environ.get(fcuda.GRID_SYNC_ENV)   # the timings below run under the caller's
-    for label, persistent, step_gemm, matmul, sync, sel in paths:
+    # (label, persistent, step product, matmul, grid sync, batch blocks, shapes): each kernel
+    # path with cuBLAS where CuPy is present, the per-step paths also with the Numba matmul
+    # kernels, the persistent kernels with either grid barrier and with the batch split
+    # over 4 batch blocks (FASTRNN_CUDA_BATCH_BLOCKS; H = 1024 then runs per step)
+    paths = (("persistent", "1", "0", "auto", "cg", "1", shapes),
+             ("pers-flag", "1", "0", "auto", "flag", "1", shapes),
+             ("pers-bblocks", "1", "0", "auto", "cg", "4", shapes),
+             ("per-step", "0", "0", "numba", "cg", "1", shapes[2:4]),
+             ("step-gemm", "1", "1", "auto", "cg", "1", shapes[2:]),
+             ("step-gemm", "1", "1", "numba", "cg", "1", shapes[2:4]))
+    # the timings below run under the caller's settings of these
+    saved_env = {k: os.environ.get(k) for k in (fcuda.GRID_SYNC_ENV, fcuda.BATCH_BLOCKS_ENV)}
+    for label, persistent, step_gemm, matmul, sync, bblocks, sel in paths:
         os.environ[fcuda.PERSISTENT_ENV] = persistent
         os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
         os.environ["FASTRNN_CUDA_MATMUL"] = matmul
         os.environ[fcuda.GRID_SYNC_ENV] = sync
+        os.environ[fcuda.BATCH_BLOCKS_ENV] = bblocks
         for cell in cells:
             for T, B, I, H, rev, ragged in sel:
                 p = fcuda.plan(cell, H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
                 rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged, path=label,
-                                 grid_sync=sync,
+                                 grid_sync=sync, batch_blocks=p["nbb"],
                                  persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst,
                                  errors=errs, ok=bool(worst < 1e-4)))
                 print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
@@ -104,9 +109,10 @@ def correctness(cells, rng):
                       f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
     os.environ[fcuda.PERSISTENT_ENV] = "1"
     os.environ.pop(fcuda.STEP_GEMM_ENV)
-    os.environ.pop(fcuda.GRID_SYNC_ENV)
-    if sync_env is not None:
-        os.environ[fcuda.GRID_SYNC_ENV] = sync_env
+    for k, v in saved_env.items():
+        os.environ.pop(k)
+        if v is not None:
+            os.environ[k] = v
     os.environ["FASTRNN_CUDA_MATMUL"] = "auto"
     return rows
 
@@ -175,7 +181,7 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
                                    fastrnn_s=t_f, cudnn_s=t_t, ratio=t_t / t_f,
                                    fastrnn_tok_s=T * B / t_f, cudnn_tok_s=T * B / t_t,
                                    persistent=p["persistent"], blocks=p["blocks"], S=p["S"],
-                                   BT=p["BT"], KC=p["KC"], step_gemm=p["step_gemm"],
+                                   BT=p["BT"], KC=p["KC"], batch_blocks=p["nbb"], step_gemm=p["step_gemm"],
                                    path=dict(fcuda.last_path))
                         rows.append(row)
                         print(f"{cell:8s} {row['mode']:9s} H={H:4d} B={B:3d} T={T:4d} fastrnn "

@@ -72,7 +72,7 @@ def step_parts(cell, B, H, T, rng, log):
     y = cuda.device_array(T * B * H, np.float32)
     hT = cuda.device_array(B * H, np.float32)
     args = (pre, xp, d, d, False, lengths, hbuf, cst, y, hT, d, d, d, d, 0, T, B, H, Bp,
-            p["hs"], p["S"], p["rounds"], 0, 0, p["KC"])
+            p["hs"], p["S"], p["rounds"], 0, 0, p["KC"], p["Bs"], p["nbb"])
     step = prepared(k["fwd_prestep"], p["blocks"], fcuda.THREADS, args, vary=14)
     variants = (("cublas", lambda s: product(0)), ("numba", lambda s: numba_product(0)),
                 ("launch", step),

@@ -40,7 +40,7 @@ INT_ARRAYS = {"lengths"}
 UINT32_ARRAYS = {"bar"}
 BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast", "has_c", "has_dh", "has_dc",
          "has_cell"}
-INTS = {"T", "B", "H", "Bp", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
+INTS = {"T", "B", "H", "Bp", "Bs", "nbb", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
         "sa1", "sa2", "boff", "sb1", "sb2", "sbn", "coff", "scm", "scn", "M", "N", "K", "K2",
         "R", "G", "slot0", "nslots", "first", "nzero",
         "v"}   # fill's value: the Python int 0 at every call site

@@ -7,11 +7,13 @@
 #                                                    # cost, the kernels against ab-base's
 #   bash benchmarks/gpu_session.sh switches          # ~7 min: A/B of FASTRNN_CUDA_GRID_SYNC,
 #                                                    # _BT and _MAX_BLOCKS at the small shapes
+#   bash benchmarks/gpu_session.sh bblocks           # ~4 min: A/B of FASTRNN_CUDA_BATCH_BLOCKS
+#                                                    # (4, 8) at B = 64 and 256
 #   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
 #   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
 #   bash benchmarks/gpu_session.sh ncu               # ~3 min: Nsight Compute stall reasons of
 #                                                    # the persistent kernels at two shapes
-# in that order of value (30 min of device time hold about the first three).
+# in that order of value (30 min of device time hold about the first three or four).
 #
 # Before the session, on the machine with the repository (network there, none on the device):
 #   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
@@ -75,6 +77,14 @@ for stage in "$@"; do
             step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
                 --shapes "lstm:1024:8:256:train,gru:1024:8:256:train,lstm:512:8:256:train,lstm:512:8:256:inf" \
                 --out "$OUT/gpu-ab-bt4.json" ;;
+        bblocks)   # the batch split, where staging every sequence's state costs most of a step
+            # (B = 256 runs step-gemm by default: the head runs the kernels with the split)
+            for n in 4 8; do
+                step ab-bblocks$n python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BATCH_BLOCKS=$n \
+                    --head-env FASTRNN_CUDA_STEP_GEMM=0 \
+                    --shapes "rnn_tanh:256:64:256:inf,rnn_tanh:256:64:256:train,lstm:256:64:256:train,lstm:512:64:256:inf,rnn_tanh:256:256:256:inf,gru:256:256:256:train" \
+                    --out "$OUT/gpu-ab-bblocks$n.json"
+            done ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
         full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
         ncu)   # where a small step's time goes: stall reasons of the persistent kernels
@@ -88,7 +98,7 @@ for stage in "$@"; do
             FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
                 -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
                 --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
-        *) echo "gpu_session: unknown stage $stage (check sync ab switches full paths ncu)"; exit 2 ;;
+        *) echo "gpu_session: unknown stage $stage (check sync ab switches bblocks full paths ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"

@@ -99,6 +99,32 @@ def test_max_blocks(cu, monkeypatch):
         cu.plan("gru", 7, 2)
 
 
+def test_batch_blocks(cu, monkeypatch):
+    # FASTRNN_CUDA_BATCH_BLOCKS: blocks split the batch as well as the units, each staging
+    # only its sequences' columns. Under the simulator (per-step path; 4 "SMs" here) 2
+    # batch blocks x 2 unit blocks, the last batch block part padding (B = 5 -> Bp = 6)
+    monkeypatch.setattr(cu, "_device_limits", lambda: (4, 48 * 1024, "simulator, 4 SMs"))
+    monkeypatch.setenv(cu.BATCH_BLOCKS_ENV, "2")
+    p = cu.plan("gru", 7, 5)
+    assert (p["nbb"], p["ublocks"], p["blocks"], p["Bs"], p["Bp"], p["persistent"]) == (2, 2, 4, 3, 6, False)
+    compare(cu, "gru", 3, 5, 2, 7, ragged=True, reverse=True, seed=11)
+    # staged in chunks of 4 rows (6 forward, 24 in BPTT): the copy loop wraps rows of
+    # Bs = 3 columns out of Bp = 6
+    monkeypatch.setattr(cu, "STAGE_LIMIT", 4 * 3 * 8)
+    assert cu.plan("lstm", 6, 5, np.float64)["KC"] == 4
+    compare(cu, "lstm", 2, 5, 2, 6, ragged=True, seed=13)
+    # 4-sequence tiles and thread slices of the summed index inside a batch block
+    monkeypatch.setattr(cu, "STAGE_LIMIT", 32 * 1024)
+    monkeypatch.setenv(cu.BT_ENV, "4")
+    monkeypatch.setattr(cu, "SLICE_TERMS", 2)
+    p = cu.plan("lstm", 6, 9)
+    assert p["Bs"] == 8 and p["Bp"] == 16 and p["S"] > 1
+    compare(cu, "lstm", 2, 9, 2, 6, ragged=True, reverse=True, seed=14)
+    monkeypatch.setenv(cu.BATCH_BLOCKS_ENV, "x")
+    with pytest.raises(ValueError, match="FASTRNN_CUDA_BATCH_BLOCKS"):
+        cu.plan("gru", 7, 5)
+
+
 @pytest.mark.parametrize("cell, persistent", [(c, "1") for c in CELLS] + [("lstm", "0")])
 def test_slices_of_every_cell(cu, cell, persistent, monkeypatch):
     # (the per-step path runs the same step code; one cell keeps the simulator time down)

@@ -44,6 +44,11 @@ BT_ENV = "FASTRNN_CUDA_BT"   # "1" or "4" forces the sequences per thread (for t
 # at most this many blocks (default one per SM): fewer blocks, each with more units, for
 # timing the latency-bound small layers (fewer arrivals at each grid barrier)
 MAX_BLOCKS_ENV = "FASTRNN_CUDA_MAX_BLOCKS"
+# batch blocks: the blocks split the batch this many ways as well as the units (default 1,
+# units only). Each block then stages only its sequences' state columns each step instead
+# of the whole batch's, which at B >= 64 costs most of a step; to be timed on a GPU
+# (benchmarks/gpu_session.sh, switches) before it becomes a default
+BATCH_BLOCKS_ENV = "FASTRNN_CUDA_BATCH_BLOCKS"
 # the persistent kernels' barrier: "cg" numba's grid sync (default), "flag" cuda_recurrence's
 # flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
 GRID_SYNC_ENV = "FASTRNN_CUDA_GRID_SYNC"
@@ -90,7 +95,8 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
            os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
-           _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT, STEP_GEMM_MIN_BH)
+           os.environ.get(BATCH_BLOCKS_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
+           STEP_GEMM_MIN_BH)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -100,40 +106,59 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
 _plans = {}
 
 
+def _positive_env(name):
+    """The positive integer in environment variable `name`, None when unset."""
+    v = os.environ.get(name)
+    if v is not None and (not v.isdigit() or int(v) < 1):
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return None if v is None else int(v)
+
+
 def _plan(cell, H, B, dtype, backward, persistent):
     spec = get_cell(cell)
     G, item = spec.gates, np.dtype(dtype).itemsize
     nsm, smem_max, _ = _device_limits()
+    step_gemm = os.environ.get(STEP_GEMM_ENV, "auto")
+    step_gemm = step_gemm == "1" or (step_gemm != "0" and B * H >= STEP_GEMM_MIN_BH)
+    # batch blocks: at most one a sequence; none with step-gemm (the product is a library
+    # one, the step's elementwise work splits by units)
+    nbb = 1 if step_gemm else min(_positive_env(BATCH_BLOCKS_ENV) or 1, max(B, 1))
     allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
     if SIMULATOR and allow_persistent:
-        nsm = 1   # the simulator runs blocks one after another: grid sync needs one block
-    most = os.environ.get(MAX_BLOCKS_ENV)
+        if nbb > 1:   # the simulator runs blocks one after another: grid sync needs one block
+            allow_persistent = False
+        else:
+            nsm = 1
+    most = _positive_env(MAX_BLOCKS_ENV)
     if most is not None:
-        if not most.isdigit() or int(most) < 1:
-            raise ValueError(f"{MAX_BLOCKS_ENV}: expected a positive integer, got {most!r}")
-        nsm = min(nsm, int(most))
-    hs = -(-H // nsm)
+        nsm = min(nsm, most)
+    nbb = min(nbb, nsm)
+    hs = -(-H // max(1, nsm // nbb))
     # Batches per thread: 4 reuses each weight read 4 times, but runs the gate epilogue
     # of 4 sequences one after another. Measured on an H100 (benchmarks/results): faster
     # once the (unit, sequence) pairs fill a block (H=512, B=64: 1.3-1.4x), slower below
-    # (B=8: 0.8x), so 4 only then.
-    BT = 4 if B > 64 or hs * B >= THREADS else 1
+    # (B=8: 0.8x), so 4 only then. (A block's pairs: its share of the batch.)
+    per = -(-B // nbb)
+    BT = 4 if per > 64 or hs * per >= THREADS else 1
     forced = os.environ.get(BT_ENV)
     if forced is not None:
         if forced not in ("1", "4"):
             raise ValueError(f"{BT_ENV}: expected 1 or 4, got {forced!r}")
         BT = int(forced)
-    Bp = -(-B // BT) * BT
-    blocks = -(-H // hs)
-    pairs = hs * (Bp // BT)
     K = G * H if backward else H
-    step_gemm = os.environ.get(STEP_GEMM_ENV, "auto")
-    if step_gemm == "1" or (step_gemm != "0" and B * H >= STEP_GEMM_MIN_BH):
+    tiles = -(-B // BT)               # batch tiles of BT sequences
+    nbb = max(1, min(nbb, tiles))
+    Bs = -(-tiles // nbb) * BT        # sequences of a block: b0 = batch block * Bs
+    Bp = Bs * nbb
+    ublocks = -(-H // hs)
+    blocks = ublocks * nbb            # block = unit block * nbb + batch block
+    pairs = hs * (Bs // BT)
+    common = dict(BT=BT, Bp=Bp, Bs=Bs, nbb=nbb, hs=hs, ublocks=ublocks, blocks=blocks, threads=THREADS)
+    if step_gemm:
         # A step = a matrix product (cuBLAS where CuPy is, else cuda_dense) and a launch of
         # the gates' elementwise work: at large batches the product is a real GEMM, which
         # the in-kernel product (one unit x BT sequences a thread) runs far below.
-        return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=1,
-                    rounds=-(-pairs // THREADS), KC=1, shared_bytes=0, weight_bytes=0,
+        return dict(common, S=1, rounds=-(-pairs // THREADS), KC=1, shared_bytes=0, weight_bytes=0,
                     persistent=False, step_gemm=True)
     if pairs >= THREADS:
         S, rounds = 1, -(-pairs // THREADS)
@@ -144,15 +169,14 @@ def _plan(cell, H, B, dtype, backward, persistent):
             S *= 2
         rounds = 1
     weights = hs * G * H * item
-    row = (Bp | 1) * item                            # staged row stride (odd)
+    row = (Bs | 1) * item                            # staged row stride (odd)
     KC = max(1, min(K, STAGE_LIMIT // row))          # state rows staged per chunk
     persistent = allow_persistent and weights + min(K, 8) * row <= smem_max
     if persistent:
         KC = max(1, min(KC, (smem_max - weights) // row))
     shared = (weights if persistent else 0) + KC * row
-    return dict(BT=BT, Bp=Bp, hs=hs, blocks=blocks, threads=THREADS, S=S, rounds=rounds,
-                KC=KC, shared_bytes=shared, weight_bytes=weights, persistent=persistent,
-                step_gemm=False)
+    return dict(common, S=S, rounds=rounds, KC=KC, shared_bytes=shared, weight_bytes=weights,
+                persistent=persistent, step_gemm=False)
 
 
 def _flag_sync():
@@ -273,7 +297,7 @@ def _pack(w_hh, G, H, p, backward):
     """Pack W_hh into the per-block layout of cuda_recurrence (module docstring): k fastest
     when thread slices split the summed index (S > 1), units fastest otherwise."""
     hs = p["hs"]
-    n = p["blocks"] * hs * G * H
+    n = p["ublocks"] * hs * G * H
     out = _scratch("packed", n, w_hh.dtype)
     launch(_pack_kernel, math.ceil(n / 256), 256, (w_hh, out, G, H, hs, backward, p["S"] > 1))
     return out
@@ -362,7 +386,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
             _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
     def run(p):
-        shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"])
+        shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"], p["Bs"],
+                 p["nbb"])
         if p["step_gemm"]:
             pre = _scratch("pre", B * GH, dt)
             step = prepared(k["fwd_prestep"], p["blocks"], THREADS, (pre,) + args + (0,) + shape,
@@ -471,7 +496,7 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
-        shape = (p["hs"], p["S"], p["rounds"], p["KC"])
+        shape = (p["hs"], p["S"], p["rounds"], p["KC"], p["Bs"], p["nbb"])
         if p["step_gemm"]:
             pre = _scratch("pre", B * H, dt)
             step = prepared(k["bwd_prestep"], p["blocks"], THREADS, (pre, 0, T) + tail + shape,

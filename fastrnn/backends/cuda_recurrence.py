@@ -1,8 +1,11 @@
 """Numba CUDA recurrence kernels: forward and BPTT for one layer-direction.
 
-Work split (DESIGN.md, "how a fast backend is fast"): block `blk` owns hidden units
-j in [blk*hs, blk*hs + hs) with all G gates of each, so a step's product, gates and
-nonlinearity fuse and a step needs one grid-wide barrier.
+Work split (DESIGN.md, "how a fast backend is fast"): unit block `ub` owns hidden units
+j in [ub*hs, ub*hs + hs) with all G gates of each, so a step's product, gates and
+nonlinearity fuse and a step needs one grid-wide barrier. With nbb > 1 batch blocks
+(FASTRNN_CUDA_BATCH_BLOCKS) block ub*nbb + bb runs those units for sequences
+[bb*Bs, bb*Bs + Bs) only, and stages only their state columns (Bs of each row's Bp);
+nbb = 1, Bs = Bp is the units-only split.
 
 Layouts the kernels assume (flat device arrays):
   Wf   forward weights packed per block, unit u = j - blk*hs:
@@ -15,7 +18,7 @@ Layouts the kernels assume (flat device arrays):
   dgT  (2, G*H, Bp): the hidden-side gate gradients of the last step, same role in BPTT
   xp, gates, dG  (T, B, G*H); xp holds x W_ih^T without biases (the forward adds them)
   y, cin, cout, hhn, dy  (T, B, H);  states (B, H)
-Bp is B rounded up to the batch tile BT; its padding columns stay zero. Staged rows sit
+Bp is B rounded up to the batch tile BT times nbb; its padding columns stay zero. Staged rows sit
 Bp | 1 apart in shared memory (odd: no bank conflicts between slices).
 
 Persistent kernels keep their block's packed weights in shared memory for the whole
@@ -192,19 +195,19 @@ def _build(cell, nb_dtype, BT, flag):
                     acc[g * BT + q] += W[wi + ix(g * gstride)] * hv
 
         @cuda.jit(device=True, inline=True)
-        def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, nk, geo,
+        def staged_product(W, wb, wstride, ustride, gstride, src, sb, sm, so, KC, Bp, Bs, nk, geo,
                            u, bq, active, acc):
             """acc[g*BT+q] = sum_{k = sl, sl+S, ...} W[wb + k*wstride + u*ustride + g*gstride]
-            * src[sb + k*Bp + bq*BT + q], with src copied KC rows at a time into shared memory
-            at sm[so:] by the whole block (many loads in flight, then shared-memory reads).
-            Staged rows are Bs = Bp | 1 apart: an odd stride puts the S lanes' rows k, k+1, ...
-            in different banks. nk = 0 gives acc = 0.
-            The summed loop walks unsigned indices by fixed steps (see ix)."""
+            * src[sb + k*Bp + bq*BT + q], with the Bs columns of src's rows (Bp long) from
+            sb on copied KC rows at a time into shared memory at sm[so:] by the whole block
+            (many loads in flight, then shared-memory reads). Staged rows are Bs | 1 apart:
+            an odd stride puts the S lanes' rows k, k+1, ... in different banks. nk = 0
+            gives acc = 0. The summed loop walks unsigned indices by fixed steps (see ix)."""
             tid = cuda.threadIdx.x
             nt = cuda.blockDim.x
             sl, S, dr, dc = geo.sl, geo.S, geo.dr, geo.dc   # (dr, dc): the copy loop's step
-            Bs = Bp | 1
-            hstep = ix(S * Bs)
+            Bss = Bs | 1
+            hstep = ix(S * Bss)
             wstep = ix(S * wstride)
             buf = cuda.local.array(STAGE_DEPTH, nb_dtype)
             for i in range(NB):
@@ -213,29 +216,37 @@ def _build(cell, nb_dtype, BT, flag):
             while c0 < nk:   # while loops: a range() with a step divides for its length
                 rows = min(KC, nk - c0)
                 cuda.syncthreads()
-                n = rows * Bp
+                n = rows * Bs
                 base = sb + c0 * Bp
                 r = geo.r0
                 cc = geo.cc0
                 i0 = tid
                 while i0 < n:
                     # STAGE_DEPTH loads in flight at once, then their stores: one wait on
-                    # L2 latency instead of one per few values
+                    # L2 latency instead of one per few values. (r, cc): row and column of
+                    # the value, both in src and in shared memory.
+                    rl = r
+                    cl = cc
                     for v in range(STAGE_DEPTH):
                         if i0 + v * nt < n:
-                            buf[v] = src[ix(base + i0 + v * nt)]
+                            buf[v] = src[ix(base + rl * Bp + cl)]
+                        rl += dr
+                        cl += dc
+                        if cl >= Bs:
+                            cl -= Bs
+                            rl += 1
                     for v in range(STAGE_DEPTH):
                         if i0 + v * nt < n:
-                            sm[ix(so + r * Bs + cc)] = buf[v]
+                            sm[ix(so + r * Bss + cc)] = buf[v]
                         r += dr
                         cc += dc
-                        if cc >= Bp:
-                            cc -= Bp
+                        if cc >= Bs:
+                            cc -= Bs
                             r += 1
                     i0 += STAGE_DEPTH * nt
                 cuda.syncthreads()
                 if active:
-                    hi = ix(so + sl * Bs + bq * BT)
+                    hi = ix(so + sl * Bss + bq * BT)
                     wi = ix(wb + (c0 + sl) * wstride + u * ustride)
                     terms = (rows - sl + S - 1) >> geo.sbits   # k = sl, sl + S, ... < rows
                     for _ in range(terms & 3):
@@ -287,11 +298,18 @@ def _build(cell, nb_dtype, BT, flag):
     bwd_product, bwd_reduce = tile_ops(1)
 
     @cuda.jit(device=True, inline=True)
-    def load_block_weights(sm, Wp, nW):
-        """Copy this block's packed weight slice (nW values) into shared memory."""
-        base = cuda.blockIdx.x * nW
+    def load_block_weights(sm, Wp, nW, ub):
+        """Copy the packed weight slice of unit block ub (nW values) into shared memory."""
+        base = ub * nW
         for i in range(cuda.threadIdx.x, nW, cuda.blockDim.x):
             sm[i] = Wp[base + i]
+
+    @cuda.jit(device=True, inline=True)
+    def block_tile(nbb, Bs):
+        """(unit block, first sequence) of this block: block = unit block * nbb + batch
+        block, each batch block taking Bs sequences (all of them when nbb = 1)."""
+        ub = cuda.blockIdx.x // nbb
+        return ub, (cuda.blockIdx.x - ub * nbb) * Bs
 
     fwd_slots = cuda.jit(device=True, inline=True)(step_slots)
     bwd_time = cuda.jit(device=True, inline=True)(bptt_time)
@@ -304,14 +322,14 @@ def _build(cell, nb_dtype, BT, flag):
 
         @cuda.jit(device=True)
         def fwd_step(W, wb, src, sb, sm, so, KC, kfast, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot, wslot,
-                     cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, geo, rounds, train,
-                     pre):
+                     cst, y, hout, gates, cin, cout, hhn, t, last, B, H, Bp, hs, u0, b0, Bs, geo, rounds,
+                     train, pre):
             acc = cuda.local.array(GB, nb_dtype)
             xv = cuda.local.array(GB, nb_dtype)   # this step's x W_ih^T + bias, per gate and sequence
             hp = cuda.local.array(BT, nb_dtype)   # previous h
             cp = cuda.local.array(BT, nb_dtype)   # previous c (LSTM)
             ln = cuda.local.array(BT, int32)      # lengths
-            nq = Bp // BT
+            nq = Bs // BT   # batch tiles of this block: sequences b0 + bq*BT + q
             GH = G * H
             HB = H * Bp
             maj, mnr = geo.maj, geo.mnr
@@ -328,11 +346,11 @@ def _build(cell, nb_dtype, BT, flag):
                             if not (cell == GRU and g == 2):   # b_hn sits inside r * (.)
                                 bias += b_hh[g * H + j]
                         for q in range(BT):
-                            b = bq * BT + q
+                            b = b0 + bq * BT + q
                             if b < B:
                                 xv[g * BT + q] = xp[(t * B + b) * GH + g * H + j] + bias
                     for q in range(BT):
-                        b = bq * BT + q
+                        b = b0 + bq * BT + q
                         if b < B:
                             hp[q] = hbuf[rslot * HB + j * Bp + b]
                             if not from_pre:   # early only where a product follows
@@ -343,13 +361,14 @@ def _build(cell, nb_dtype, BT, flag):
                     if owner:
                         for g in range(G):
                             for q in range(BT):
-                                b = bq * BT + q
+                                b = b0 + bq * BT + q
                                 if b < B:
                                     acc[g * BT + q] = pre[b * GH + g * H + j]
                 elif kfast:   # Wf[u][g][k]
-                    fwd_product(W, wb, 1, GH, H, src, sb, sm, so, KC, Bp, H, geo, u, bq, active, acc)
+                    fwd_product(W, wb, 1, GH, H, src, sb + b0, sm, so, KC, Bp, Bs, H, geo, u, bq, active, acc)
                 else:         # Wf[k][u][g]
-                    fwd_product(W, wb, hs * G, G, 1, src, sb, sm, so, KC, Bp, H, geo, u, bq, active, acc)
+                    fwd_product(W, wb, hs * G, G, 1, src, sb + b0, sm, so, KC, Bp, Bs, H, geo, u, bq, active,
+                                acc)
                 if geo.S > 1 and not from_pre:
                     fwd_reduce(acc, geo.S)
                 if owner:
@@ -357,7 +376,7 @@ def _build(cell, nb_dtype, BT, flag):
                     if cell == GRU and has_bias:
                         bhn = b_hh[2 * H + j]
                     for q in range(BT):
-                        b = bq * BT + q
+                        b = b0 + bq * BT + q
                         if b < B:
                             valid = t < (lengths[b] if from_pre else ln[q])
                             hprev = hp[q]
@@ -411,44 +430,44 @@ def _build(cell, nb_dtype, BT, flag):
 
     @cuda.jit
     def fwd_persistent(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout,
-                       hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC, bar):
-        """Shared memory: [packed weights | KC x Bp staged state rows]. bar: flag_sync's."""
+                       hhn, T, B, H, Bp, hs, S, rounds, rev, train, KC, Bs, nbb, bar):
+        """Shared memory: [packed weights | KC x Bs staged state rows]. bar: flag_sync's."""
         sm = cuda.shared.array(0, nb_dtype)
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         nW = hs * G * H
-        load_block_weights(sm, Wf, nW)
-        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
+        load_block_weights(sm, Wf, nW, ub)
+        geo = thread_geometry(S, hs, Bs // BT, S > 1, Bs)
         grid = grid_handle()
         for s in range(T):
             t, rslot, wslot = fwd_slots(s, T, rev, train)
             fwd_step(sm, 0, hbuf, rslot * H * Bp, sm, nW, KC, S > 1, xp, b_ih, b_hh, has_bias, lengths,
                      hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs,
-                     blk * hs, geo, rounds, train, sm)
+                     ub * hs, b0, Bs, geo, rounds, train, sm)
             grid_barrier(grid, bar)
 
     @cuda.jit
     def fwd_onestep(Wf, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
-                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
+                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC, Bs, nbb):
         """Fallback: one step per launch, weights read from global memory.
-        Shared memory: [KC x Bp staged state rows]."""
+        Shared memory: [KC x Bs staged state rows]."""
         sm = cuda.shared.array(0, nb_dtype)
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         t, rslot, wslot = fwd_slots(s, T, rev, train)
-        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
-        fwd_step(Wf, blk * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, S > 1, xp, b_ih, b_hh,
+        geo = thread_geometry(S, hs, Bs // BT, S > 1, Bs)
+        fwd_step(Wf, ub * hs * G * H, hbuf, rslot * H * Bp, sm, 0, KC, S > 1, xp, b_ih, b_hh,
                  has_bias, lengths, hbuf, rslot, wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1,
-                 B, H, Bp, hs, blk * hs, geo, rounds, train, sm)
+                 B, H, Bp, hs, ub * hs, b0, Bs, geo, rounds, train, sm)
 
     @cuda.jit
     def fwd_prestep(pre, xp, b_ih, b_hh, has_bias, lengths, hbuf, cst, y, hout, gates, cin, cout, hhn,
-                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC):
+                    s, T, B, H, Bp, hs, S, rounds, rev, train, KC, Bs, nbb):
         """One step after a library product wrote pre (B, G*H) = h(previous) W_hh^T."""
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         t, rslot, wslot = fwd_slots(s, T, rev, train)
-        geo = thread_geometry(S, hs, Bp // BT, False, Bp)
+        geo = thread_geometry(S, hs, Bs // BT, False, Bs)
         fwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, xp, b_ih, b_hh, has_bias, lengths, hbuf, rslot,
-                     wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, blk * hs,
-                     geo, rounds, train, pre)
+                     wslot, cst, y, hout, gates, cin, cout, hhn, t, s == T - 1, B, H, Bp, hs, ub * hs,
+                     b0, Bs, geo, rounds, train, pre)
 
     # ------------------------------------------------------------------ backward
     # values BPTT reads per (unit, sequence) and step, loaded before the step's product
@@ -460,13 +479,14 @@ def _build(cell, nb_dtype, BT, flag):
 
         @cuda.jit(device=True)
         def bwd_step(W, wb, src, sb, sm, so, KC, kfast, s, T, t, rev, lengths, gates, cin, cout, hhn, hbuf,
-                     dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, geo, rounds, pre):
+                     dy, has_dy, carry, dc, dgi, dgh, dgT, wslot, dh0, B, H, Bp, hs, u0, b0, Bs, geo, rounds,
+                     pre):
             """Phase s of BPTT: rec = W_hh^T dgh(previous step); for s < T also the gate
             gradients of time t; for s == T the final dh0."""
             acc = cuda.local.array(BT, nb_dtype)
             pf = cuda.local.array(NPF, nb_dtype)   # pf[v * BT + q]: value v of sequence q
             ln = cuda.local.array(BT, int32)       # lengths
-            nq = Bp // BT
+            nq = Bs // BT   # batch tiles of this block: sequences b0 + bq*BT + q
             GH = G * H
             maj, mnr = geo.maj, geo.mnr
             for _ in range(rounds):
@@ -476,7 +496,7 @@ def _build(cell, nb_dtype, BT, flag):
                 if owner and s < T:
                     # Issue the step's global loads before the product: they arrive while it runs.
                     for q in range(BT):
-                        b = bq * BT + q
+                        b = b0 + bq * BT + q
                         if b < B:
                             go = (t * B + b) * GH + j
                             ho = (t * B + b) * H + j
@@ -502,18 +522,19 @@ def _build(cell, nb_dtype, BT, flag):
                 if from_pre:
                     if owner:
                         for q in range(BT):
-                            b = bq * BT + q
+                            b = b0 + bq * BT + q
                             if b < B:
                                 acc[q] = pre[b * H + j] if s > 0 else zero
                 elif kfast:   # Wb[u][r]
-                    bwd_product(W, wb, 1, GH, 0, src, sb, sm, so, KC, Bp, nk, geo, u, bq, active, acc)
+                    bwd_product(W, wb, 1, GH, 0, src, sb + b0, sm, so, KC, Bp, Bs, nk, geo, u, bq, active, acc)
                 else:         # Wb[r][u]
-                    bwd_product(W, wb, hs, 1, 0, src, sb, sm, so, KC, Bp, nk, geo, u, bq, active, acc)
+                    bwd_product(W, wb, hs, 1, 0, src, sb + b0, sm, so, KC, Bp, Bs, nk, geo, u, bq, active,
+                                acc)
                 if geo.S > 1 and not from_pre:
                     bwd_reduce(acc, geo.S)
                 if owner:
                     for q in range(BT):
-                        b = bq * BT + q
+                        b = b0 + bq * BT + q
                         if b < B:
                             if s == T:
                                 dh0[b * H + j] = carry[b * H + j] + acc[q]
@@ -590,44 +611,44 @@ def _build(cell, nb_dtype, BT, flag):
 
     @cuda.jit
     def bwd_persistent(Wb, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
-                       dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC, bar):
-        """Shared memory: [packed weights | KC x Bp staged gradient rows]. bar: flag_sync's."""
+                       dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC, Bs, nbb, bar):
+        """Shared memory: [packed weights | KC x Bs staged gradient rows]. bar: flag_sync's."""
         sm = cuda.shared.array(0, nb_dtype)
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         nW = hs * G * H
-        load_block_weights(sm, Wb, nW)
-        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
+        load_block_weights(sm, Wb, nW, ub)
+        geo = thread_geometry(S, hs, Bs // BT, S > 1, Bs)
         grid = grid_handle()
         for s in range(T + 1):
             t = bwd_time(s, T, rev)
             rs = (s + 1) % 2          # slot the previous phase wrote
             bwd_step(sm, 0, dgT, rs * G * H * Bp, sm, nW, KC, S > 1, s, T, t, rev, lengths, gates,
                      cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp,
-                     hs, blk * hs, geo, rounds, sm)
+                     hs, ub * hs, b0, Bs, geo, rounds, sm)
             grid_barrier(grid, bar)
 
     @cuda.jit
     def bwd_onestep(Wb, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
-                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
+                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC, Bs, nbb):
         sm = cuda.shared.array(0, nb_dtype)
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         t = bwd_time(s, T, rev)
         rs = (s + 1) % 2
-        geo = thread_geometry(S, hs, Bp // BT, S > 1, Bp)
-        bwd_step(Wb, blk * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
+        geo = thread_geometry(S, hs, Bs // BT, S > 1, Bs)
+        bwd_step(Wb, ub * hs * G * H, dgT, rs * G * H * Bp, sm, 0, KC, S > 1, s, T, t, rev,
                  lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2,
-                 dh0, B, H, Bp, hs, blk * hs, geo, rounds, sm)
+                 dh0, B, H, Bp, hs, ub * hs, b0, Bs, geo, rounds, sm)
 
     @cuda.jit
     def bwd_prestep(pre, s, T, rev, lengths, gates, cin, cout, hhn, hbuf, dy, has_dy, carry, dc,
-                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC):
+                    dgi, dgh, dgT, dh0, B, H, Bp, hs, S, rounds, KC, Bs, nbb):
         """One BPTT phase after a library product wrote pre (B, H) = dgh(previous) W_hh."""
-        blk = cuda.blockIdx.x
+        ub, b0 = block_tile(nbb, Bs)
         t = bwd_time(s, T, rev)
-        geo = thread_geometry(S, hs, Bp // BT, False, Bp)
+        geo = thread_geometry(S, hs, Bs // BT, False, Bs)
         bwd_step_pre(pre, 0, pre, 0, pre, 0, KC, False, s, T, t, rev, lengths, gates, cin, cout, hhn,
-                     hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, blk * hs,
-                     geo, rounds, pre)
+                     hbuf, dy, has_dy, carry, dc, dgi, dgh, dgT, s % 2, dh0, B, H, Bp, hs, ub * hs,
+                     b0, Bs, geo, rounds, pre)
 
     return dict(fwd_persistent=fwd_persistent, fwd_onestep=fwd_onestep,
                 bwd_persistent=bwd_persistent, bwd_onestep=bwd_onestep,
