@@ -47,7 +47,7 @@ MAX_BLOCKS_ENV = "FASTRNN_CUDA_MAX_BLOCKS"
 # batch blocks: the blocks split the batch this many ways as well as the units (default 1,
 # units only). Each block then stages only its sequences' state columns each step instead
 # of the whole batch's, which at B >= 64 costs most of a step; to be timed on a GPU
-# (benchmarks/gpu_session.sh, switches) before it becomes a default
+# (benchmarks/gpu_session.sh bblocks) before it becomes a default
 BATCH_BLOCKS_ENV = "FASTRNN_CUDA_BATCH_BLOCKS"
 # the persistent kernels' barrier: "cg" numba's grid sync (default), "flag" cuda_recurrence's
 # flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
