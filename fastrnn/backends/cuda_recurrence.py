@@ -102,14 +102,21 @@ def tile_at(maj, mnr, u0, hs, nq, H, kfast):
 
 
 @cuda.jit(device=True, inline=True)
-def next_tile(maj, mnr, geo):
-    """The coordinates of this thread's tile in the next round."""
-    maj += geo.dmaj
-    mnr += geo.dmnr
-    if mnr >= geo.m:
-        mnr -= geo.m
+def advance(maj, mnr, dmaj, dmnr, m):
+    """(maj, mnr) moved by (dmaj, dmnr), mnr < m (and dmnr < m): the position
+    maj * m + mnr advanced by dmaj * m + dmnr without a division."""
+    maj += dmaj
+    mnr += dmnr
+    if mnr >= m:
+        mnr -= m
         maj += 1
     return maj, mnr
+
+
+@cuda.jit(device=True, inline=True)
+def next_tile(maj, mnr, geo):
+    """The coordinates of this thread's tile in the next round."""
+    return advance(maj, mnr, geo.dmaj, geo.dmnr, geo.m)
 
 
 @cuda.jit(device=True, inline=True)
@@ -230,19 +237,11 @@ def _build(cell, nb_dtype, BT, flag):
                     for v in range(STAGE_DEPTH):
                         if i0 + v * nt < n:
                             buf[v] = src[ix(base + rl * Bp + cl)]
-                        rl += dr
-                        cl += dc
-                        if cl >= Bs:
-                            cl -= Bs
-                            rl += 1
+                        rl, cl = advance(rl, cl, dr, dc, Bs)
                     for v in range(STAGE_DEPTH):
                         if i0 + v * nt < n:
                             sm[ix(so + r * Bss + cc)] = buf[v]
-                        r += dr
-                        cc += dc
-                        if cc >= Bs:
-                            cc -= Bs
-                            r += 1
+                        r, cc = advance(r, cc, dr, dc, Bs)
                     i0 += STAGE_DEPTH * nt
                 cuda.syncthreads()
                 if active:
