@@ -151,8 +151,9 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train)
     # the kernels take I >= 1: no input features run as one zero feature (it projects to 0);
     # backward gives dx and dW_ih their 0-wide shapes back
-    padded = _dx_shape(x) if I == 0 else None
+    padded = None
     if I == 0:
+        padded = _dx_shape(x)
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
     x, tokens, V, expanded = _lookup_input(x, T, B)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
@@ -245,9 +246,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
             saved["consumed"] = True
         return (dx, np.empty((B, 0), dt), np.empty((B, 0), dt) if spec.has_cell_state else None,
                 dw_ih, dw_hh, db_ih, db_hh)
-    caller_dw_ih = dw_ih
-    if padded is not None:
-        dw_ih = np.zeros_like(w_ih)
+    # the kernels' dW_ih: the zero feature's column goes to a scratch array
+    kernel_dw_ih = np.zeros_like(w_ih) if padded is not None else dw_ih
     x, tokens = saved["x"], saved["tokens"]
     I = x.shape[-1]
     V = x.shape[0] if tokens is not None else 0
@@ -269,12 +269,12 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                  p(saved["h_in"]), p(saved["gates"]), p(saved.get("c_in")), p(saved.get("c_out")),
                  p(saved.get("hh_n")), p(dgi), p(dgh_n), p(dx), p(dh0), p(dc0),
-                 p(dw_ih), p(dw_hh), p(db_ih), p(db_hh), int(grads_out is not None), nth)
+                 p(kernel_dw_ih), p(dw_hh), p(db_ih), p(db_hh), int(grads_out is not None), nth)
     _check_status(status, "backward")
     if dx is not None and saved["expanded"] is not None:
         dx = saved["expanded"].table_grad(dx)
-    if padded is not None:
-        dx, dw_ih = (np.empty(padded, dt) if need_dx else None), caller_dw_ih
+    if padded is not None and need_dx:
+        dx = np.empty(padded, dt)   # 0 features wide: nothing to fill
     workspace_pool.release(dgi, dgh_n)
     if not retain:
         workspace_pool.release(*(saved.get(n) for n in _WORKSPACE))
