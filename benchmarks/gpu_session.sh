@@ -3,8 +3,9 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
-#   bash benchmarks/gpu_session.sh check sync ab     # ~6 min: full-size checks, grid-sync
-#                                                    # cost, the kernels against ab-base's
+#   bash benchmarks/gpu_session.sh check sync ab     # ~7 min: full-size checks, fastrnn.torch
+#                                                    # on CUDA tensors, grid-sync cost, the
+#                                                    # kernels against ab-base's
 #   bash benchmarks/gpu_session.sh switches          # ~7 min: A/B of FASTRNN_CUDA_GRID_SYNC,
 #                                                    # _BT and _MAX_BLOCKS at the small shapes
 #   bash benchmarks/gpu_session.sh bblocks           # ~4 min: A/B of FASTRNN_CUDA_BATCH_BLOCKS
@@ -19,7 +20,8 @@
 #   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
 #                                                                      # H100 run, for `ab`
 #   python3 -m pip download -q -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 numpy==2.4.6 numba-cuda==0.30.4
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 numpy==2.4.6 numba-cuda==0.30.4 \
+#       pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.3 pygments==2.21.0
 # and carry ab-base and .whl (both ignored by git). Without .whl the image's numba-cuda is used.
 set -u
 OUT=${OUT:-gpu-session-out}
@@ -56,7 +58,14 @@ step() {   # step NAME COMMAND...: run, log to $OUT/NAME.log, keep the last line
 
 for stage in "$@"; do
     case $stage in
-        check) step check python3 benchmarks/gpu_check.py --budget 0 --out "$OUT/gpu-check-only.json" ;;
+        check)
+            step check python3 benchmarks/gpu_check.py --budget 0 --out "$OUT/gpu-check-only.json"
+            # fastrnn.torch on CUDA tensors against torch.nn (cuDNN) on the same GPU (~1 min)
+            if python3 -c "import pytest" 2>/dev/null; then
+                step adapter python3 -m pytest -q -p no:cacheprovider tests/test_torch_adapter.py -k on_the_gpu
+            else
+                summary+=("adapter skipped: no pytest on the device (add it to .whl, see the header)")
+            fi ;;
         sync) step sync python3 benchmarks/gpu_profile.py --sync-only --out "$OUT" ;;
         ab)
             if [ -d ab-base/fastrnn ]; then

@@ -7,8 +7,9 @@
 The classes subclass torch's own, so the constructor, parameters (names, shapes, init),
 state_dict, argument checks and outputs are torch's; only the computation differs: each
 layer-direction runs as one torch.autograd.Function over a fastrnn backend. CPU tensors
-reach the kernels without copies (numpy views). Supported inputs: (T, B, I), batch_first,
-unbatched (T, I), PackedSequence, with or without hx.
+reach the kernels without copies (numpy views), and so do CUDA tensors (the cuda backend
+reads them through __cuda_array_interface__; backend='auto' picks it for them). Supported
+inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or without hx.
 """
 try:
     import torch
@@ -17,6 +18,8 @@ except ImportError as exc:  # keep torch optional for the rest of fastrnn
     raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' "
                       "(or pip install torch)") from exc
 
+import contextlib
+
 import numpy as np
 
 from . import backends
@@ -24,9 +27,40 @@ from . import backends
 __all__ = ["RNN", "LSTM", "GRU"]
 
 
-def _np(t):
-    """A numpy view of a CPU tensor (no copy), or None."""
-    return None if t is None else t.detach().numpy()
+def _arr(t):
+    """What a backend takes for tensor t, without a copy: a numpy view of a CPU tensor, a
+    CUDA tensor itself (read through __cuda_array_interface__); None stays None."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t if t.is_cuda else t.numpy()
+
+
+def _tensor(a, device):
+    """A backend's result as a tensor on `device`, without a copy (numpy, or a device array
+    through __cuda_array_interface__: the tensor keeps the array, so its buffer, alive)."""
+    if a is None:
+        return None
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a, device=device)
+
+
+@contextlib.contextmanager
+def _backend_stream(device):
+    """The cuda backend queues its work on the legacy default stream of the current device
+    (numba follows the device torch makes current). Under another current torch stream,
+    order that work after what the stream has queued (its inputs) and the stream's later
+    work after it (its outputs)."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        current, default = torch.cuda.current_stream(), torch.cuda.default_stream()
+        if current == default:
+            yield
+            return
+        default.wait_stream(current)
+        yield
+        current.wait_stream(default)
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -36,26 +70,28 @@ class _LayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, reverse, backend_name):
         be = backends.get(backend_name)
         train = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        y, h_T, c_T, saved = be.forward_layer(
-            cell, _np(x), _np(h0), _np(c0), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
-            lengths=lengths, reverse=reverse, train=train)
-        ctx.backend, ctx.cell, ctx.saved_ws = be, cell, saved
+        with _backend_stream(x.device):
+            y, h_T, c_T, saved = be.forward_layer(
+                cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
+                lengths=lengths, reverse=reverse, train=train)
+        ctx.backend, ctx.cell, ctx.saved_ws, ctx.device = be, cell, saved, x.device
         ctx.has_bias = b_ih is not None
-        out_c = torch.from_numpy(c_T) if c_T is not None else torch.zeros(0, dtype=x.dtype)
+        out_c = _tensor(c_T, x.device) if c_T is not None else x.new_zeros(0)
         if c_T is None:
             ctx.mark_non_differentiable(out_c)
-        return torch.from_numpy(y), torch.from_numpy(h_T), out_c
+        return _tensor(y, x.device), _tensor(h_T, x.device), out_c
 
     @staticmethod
     def backward(ctx, dy, dh_T, dc_T):
         if ctx.saved_ws is None:
             raise RuntimeError("fastrnn.torch: the forward ran without a workspace (no grad)")
-        dc = _np(dc_T.contiguous()) if ctx.cell == "lstm" and dc_T is not None else None
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = ctx.backend.backward_layer(
-            ctx.cell, ctx.saved_ws, None if dy is None else _np(dy.contiguous()),
-            None if dh_T is None else _np(dh_T.contiguous()), dc,
-            need_dx=ctx.needs_input_grad[0], retain=True)  # torch may backprop twice (retain_graph)
-        t = lambda a: None if a is None else torch.from_numpy(a)
+        dc = _arr(dc_T.contiguous()) if ctx.cell == "lstm" and dc_T is not None else None
+        with _backend_stream(ctx.device):
+            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = ctx.backend.backward_layer(
+                ctx.cell, ctx.saved_ws, None if dy is None else _arr(dy.contiguous()),
+                None if dh_T is None else _arr(dh_T.contiguous()), dc,
+                need_dx=ctx.needs_input_grad[0], retain=True)  # torch may backprop twice (retain_graph)
+        t = lambda a: _tensor(a, ctx.device)
         bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
         return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
                 *bias, None, None, None, None)
@@ -71,6 +107,27 @@ class _FastRNNMixin:
                                       f"(got proj_size={self.proj_size})")
         backends.resolve(backend)
         self.backend = backend
+
+    def _backend_for(self, x):
+        """The backend name for input x: CUDA tensors need the cuda backend ('auto' picks it)."""
+        if not x.is_cuda:
+            return backends.resolve(self.backend)
+        if self.backend not in ("auto", "cuda"):
+            raise ValueError(f"backend: CUDA tensors need the cuda backend ('auto' or 'cuda'), "
+                             f"got {self.backend!r}")
+        why = backends.why_unavailable("cuda")
+        if why:
+            raise RuntimeError(f"fastrnn.torch: CUDA tensors need the cuda backend, which is not "
+                               f"available here: {why}")
+        return "cuda"
+
+    @staticmethod
+    def _check_devices(device, named):
+        """Every tensor on the input's device (the kernels read them all in one place)."""
+        for name, t in named:
+            if t is not None and t.device != device:
+                raise ValueError(f"{name}: expected a tensor on {device} (the input's device), "
+                                 f"got one on {t.device}")
 
     def _cell(self):
         if self.mode == "LSTM":
@@ -88,19 +145,17 @@ class _FastRNNMixin:
             data, batch_sizes, sorted_idx, unsorted_idx = input
             B, T = int(batch_sizes[0]), len(batch_sizes)
             # packed rows are (t, b) for b < batch_sizes[t], batch in sorted order
-            mask = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)
+            mask = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)   # batch_sizes: CPU
+            lengths = mask.sum(0).numpy().astype(np.int32)
+            mask = mask.to(data.device)
             x = data.new_zeros((T, B, data.shape[-1]))
             x = x.masked_scatter(mask.unsqueeze(-1), data)
-            lengths = mask.sum(0).numpy().astype(np.int32)
             unbatched = False
         else:
             unbatched = input.dim() == 2
             batch_sizes = sorted_idx = unsorted_idx = None
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             T, B = x.shape[0], x.shape[1]
-        if x.is_cuda:
-            raise NotImplementedError("fastrnn.torch: CUDA tensors need the cuda backend, which "
-                                      "is not built yet; use CPU tensors")
         shape = (self.num_layers * D, B, self.hidden_size)
         if hx is None:
             h0 = x.new_zeros(shape)
@@ -119,10 +174,12 @@ class _FastRNNMixin:
             self.check_forward_args(input.unsqueeze(batch_dim) if unbatched else input,
                                     (h0, c0) if lstm else h0, None)
 
-        backend = backends.resolve(self.backend)
+        backend = self._backend_for(x)
         cell = self._cell()
         # by name, not self._flat_weights: respects functional_call and parametrizations
         weights = [getattr(self, n) for n in self._flat_weights_names]
+        self._check_devices(x.device, [("hx", h0), ("hx", c0)] +
+                            list(zip(self._flat_weights_names, weights)))
         per = 4 if self.bias else 2
         h_n, c_n = [], []
         layer_in = x.contiguous()

@@ -1,5 +1,7 @@
 """fastrnn.torch: drop-in torch.nn.RNN/LSTM/GRU computed by fastrnn kernels."""
+import os
 import subprocess
+import types
 import sys
 
 import numpy as np
@@ -14,10 +16,10 @@ PAIRS = [(ft.RNN, torch.nn.RNN, {}), (ft.RNN, torch.nn.RNN, {"nonlinearity": "re
 IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
 
-def _pair(i, *args, dtype=torch.float64, **kw):
+def _pair(i, *args, dtype=torch.float64, backend="auto", **kw):
     ours, theirs, extra = PAIRS[i]
     t = theirs(*args, dtype=dtype, **extra, **kw)
-    m = ours(*args, dtype=dtype, **extra, **kw)
+    m = ours(*args, dtype=dtype, backend=backend, **extra, **kw)
     m.load_state_dict(t.state_dict())
     return m, t
 
@@ -181,3 +183,85 @@ def test_import_without_torch_says_how_to_install():
     code = "import sys; sys.modules['torch'] = None\ntry:\n import fastrnn.torch\nexcept ImportError as e: print(e)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install" in r.stdout and "torch" in r.stdout
+
+
+def test_cuda_tensors_need_the_cuda_backend(monkeypatch):
+    on_gpu = types.SimpleNamespace(is_cuda=True)   # stands in for a CUDA tensor's flag
+    with pytest.raises(ValueError, match="backend: CUDA tensors need the cuda backend.*'cpu'"):
+        ft.LSTM(4, 8, backend="cpu")._backend_for(on_gpu)
+    monkeypatch.setattr(fastrnn.backends, "why_unavailable", lambda name: "no GPU here")
+    with pytest.raises(RuntimeError, match="not available here: no GPU here"):
+        ft.LSTM(4, 8)._backend_for(on_gpu)
+
+
+def test_state_on_another_device_is_rejected():
+    m = ft.GRU(4, 8)
+    with pytest.raises(ValueError, match="hx: expected a tensor on cpu"):
+        m(torch.randn(3, 2, 4), torch.zeros(1, 2, 8, device="meta"))
+
+
+needs_cuda_backend = pytest.mark.skipif("cuda" not in fastrnn.backends.available(),
+                                        reason="cuda backend unavailable (CI: the simulator)")
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("i", [1, 2, 3], ids=IDS[1:])
+def test_cuda_backend_with_cpu_tensors_matches_torch(i):
+    """backend='cuda' on CPU tensors: copied to the device and back (the simulator in CI)."""
+    torch.manual_seed(20 + i)
+    m, t = _pair(i, 2, 3, bidirectional=i == 2, backend="cuda")
+    x = torch.randn(3, 2, 2, dtype=torch.float64)
+    x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 3]), enforce_sorted=False)
+    out_m, _ = m(x)
+    out_t, _ = t(x)
+    assert torch.allclose(out_m.data, out_t.data, atol=1e-12)
+    gm = torch.autograd.grad(out_m.data.square().sum(), list(m.parameters()))
+    gt = torch.autograd.grad(out_t.data.square().sum(), list(t.parameters()))
+    _assert_same(list(gm), list(gt), 1e-10)
+
+
+gpu_tensors = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in fastrnn.backends.available()
+    or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="needs a CUDA GPU with torch's CUDA build")
+
+
+@gpu_tensors
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+@pytest.mark.parametrize("form", ["batch_first", "packed", "hx", "side_stream"])
+def test_cuda_tensors_match_torch_on_the_gpu(i, form):
+    """CUDA tensors in, CUDA tensors out, same values and gradients as torch.nn (cuDNN,
+    float64) on the same device."""
+    torch.manual_seed(30 + i)
+    dev = torch.device("cuda")
+    m, t = _pair(i, 4, 6, num_layers=2, bidirectional=True, batch_first=form == "batch_first")
+    m, t = m.to(dev), t.to(dev)
+    T, B = 7, 3
+    x = torch.randn((B, T, 4) if form == "batch_first" else (T, B, 4), dtype=torch.float64, device=dev)
+    hx = None
+    if form == "hx":
+        hx = torch.randn(4, B, 6, dtype=torch.float64, device=dev)
+        hx = (hx, torch.randn_like(hx)) if i == 2 else hx
+    if form == "packed":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 7, 2]), enforce_sorted=False)
+
+    def run(module):
+        out, hn = module(x, hx)
+        data = out.data if form == "packed" else out
+        hs = list(hn) if i == 2 else [hn]
+        loss = (data * torch.linspace(-1, 1, data.numel(), dtype=data.dtype, device=dev)
+                .reshape(data.shape)).sum() + sum(h.square().sum() for h in hs)
+        grads = torch.autograd.grad(loss, list(module.parameters()))
+        return [data.detach()] + [h.detach() for h in hs] + list(grads)
+
+    if form == "side_stream":   # the backend's default-stream work ordered with torch's stream
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            ours = run(m)
+        torch.cuda.current_stream().wait_stream(stream)
+    else:
+        ours = run(m)
+    theirs = run(t)
+    for a, b in zip(ours, theirs):
+        assert a.device == b.device and a.dtype == b.dtype
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9), (a - b).abs().max()
