@@ -15,7 +15,7 @@ from .cells import get_cell
 from .lookup import Lookup
 
 
-def _positive_int(name, v, minimum=1):
+def positive_int(name, v, minimum=1):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
     return int(v)
@@ -36,9 +36,9 @@ class RNNBase:
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, backend="auto", dtype=np.float32, seed=None):
         self.cell = get_cell(cell)
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
         if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)

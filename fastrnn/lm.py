@@ -4,11 +4,12 @@ gradient). Runs on every backend: the cpu backend computes the projection and th
 the fastrnn C kernels, the reference backend with NumPy."""
 from collections import OrderedDict
 import math
+import numbers
 
 import numpy as np
 
 from . import backends
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, positive_int
 from .lookup import Lookup
 
 LN2 = math.log(2.0)
@@ -24,19 +25,20 @@ def _dense_ops(backend_name):
 class RNNLM:
     def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
                  dropout=0.0, tie_weights=False, *, backend="auto", dtype=np.float32, seed=None):
-        self.config = dict(vocab_size=int(vocab_size), hidden_size=int(hidden_size),
-                           num_layers=int(num_layers), cell=cell,
-                           emb_size=int(emb_size or hidden_size), dropout=float(dropout),
-                           tie_weights=bool(tie_weights))
-        V, H, E = vocab_size, hidden_size, self.config["emb_size"]
+        hidden_size = positive_int("hidden_size", hidden_size)
+        self.config = dict(vocab_size=positive_int("vocab_size", vocab_size), hidden_size=hidden_size,
+                           num_layers=positive_int("num_layers", num_layers), cell=cell,
+                           emb_size=hidden_size if emb_size is None else positive_int("emb_size", emb_size),
+                           dropout=float(dropout), tie_weights=bool(tie_weights))
+        V, H, E = self.config["vocab_size"], hidden_size, self.config["emb_size"]
         if tie_weights and E != H:
             raise ValueError(f"tie_weights: needs emb_size == hidden_size, got {E} and {H}")
-        if not 0 <= dropout < 1:
+        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dtype = np.dtype(dtype)
         self.backend = backend
         self._rng = np.random.default_rng(seed)
-        kw = dict(num_layers=num_layers, dropout=dropout, backend=backend, dtype=dtype,
+        kw = dict(num_layers=self.config["num_layers"], dropout=dropout, backend=backend, dtype=dtype,
                   seed=int(self._rng.integers(2 ** 31)))
         if cell in ("rnn_tanh", "rnn_relu"):
             self.rnn = RNN(E, H, nonlinearity=cell[4:], **kw)
@@ -72,16 +74,24 @@ class RNNLM:
         return OrderedDict((n, p.copy()) for n, p in self.named_parameters())
 
     def load_state_dict(self, sd):
+        """Load parameters by name, copied into the live arrays; all or nothing."""
+        if not hasattr(sd, "keys"):
+            raise TypeError(f"state_dict: expected a mapping, got {type(sd).__name__}")
         own = OrderedDict(self.named_parameters())
         missing = [k for k in own if k not in sd]
         unexpected = [k for k in sd if k not in own]
         if missing or unexpected:
             raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        new = {}
         for k, p in own.items():
-            if np.shape(sd[k]) != p.shape:
-                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {np.shape(sd[k])}")
-        for k, p in own.items():
-            p[...] = sd[k]
+            v = np.asarray(sd[k])
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
+            if v.dtype.kind != "f":
+                raise TypeError(f"state_dict[{k!r}]: expected a floating dtype, got {v.dtype}")
+            new[k] = v
+        for k, p in own.items():   # only after every entry is checked
+            p[...] = new[k]
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -141,8 +151,11 @@ class RNNLM:
         out, hidden = self._features(tokens, hidden)
         T, B, H = out.shape
         targets = np.asarray(targets)
-        if targets.shape != (T, B):
-            raise ValueError(f"targets: expected shape {(T, B)}, got {targets.shape}")
+        if targets.shape != (T, B) or targets.dtype.kind not in "iu":
+            raise ValueError(f"targets: expected a {(T, B)} integer array, got {targets.dtype} {targets.shape}")
+        V = self.config["vocab_size"]
+        if targets.size and (targets.min() < 0 or targets.max() >= V):
+            raise ValueError(f"targets: expected ids in [0, {V}), got [{targets.min()}, {targets.max()}]")
         matmul, softmax_xent = _dense_ops(self.backend)
         x2 = out.reshape(T * B, H)
         logits = matmul(x2, self.decoder_weight.T)
@@ -190,10 +203,11 @@ class RNNLM:
     def generate(self, prompt_ids, length, *, temperature=1.0, top_k=0, greedy=False, beam=0, seed=None):
         """Token ids continuing prompt_ids: sampling (temperature, top-k), greedy, or beam
         search (beam > 1: the most likely continuation of the given length)."""
-        if length < 0:
-            raise ValueError(f"length: expected >= 0, got {length}")
-        if not temperature > 0:
-            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        length = positive_int("length", length, minimum=0)
+        top_k = positive_int("top_k", top_k, minimum=0)
+        beam = positive_int("beam", beam, minimum=0)
+        if not isinstance(temperature, numbers.Real) or not temperature > 0:
+            raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
         if prompt.size == 0:
             prompt = np.zeros(1, np.int64)  # start from <unk>

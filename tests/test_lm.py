@@ -43,6 +43,19 @@ def test_softmax_xent_against_numpy_and_finite_differences(name):
         assert abs((fp - fm) / 2e-6 - grad[i, j]) < 1e-7
 
 
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+def test_cpu_softmax_xent_checks_targets_before_narrowing_them():
+    cpu = backends.get("cpu")
+    z = np.zeros((2, 5), np.float32)
+    with pytest.raises(ValueError, match="targets: expected values < 5"):
+        cpu.softmax_xent(z, np.array([1, 2 ** 32 + 1]))     # int32 would make it 1
+    with pytest.raises(ValueError, match="integer array"):
+        cpu.softmax_xent(z, np.array([1.5, 2.0]))
+    # an id below int32's range stays ignored (as -1), not wrapped onto a real row
+    loss, grad = cpu.softmax_xent(z, np.array([-2 ** 32 + 1, 1]))
+    assert loss[0] == 0 and not grad[0].any() and loss[1] > 0
+
+
 # (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape)
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -266,6 +279,37 @@ def test_generation_is_deterministic_with_a_seed():
     assert a == m.generate([1, 2], 20, seed=5, temperature=0.8, top_k=4)
     assert a != m.generate([1, 2], 20, seed=6, temperature=0.8, top_k=4)
     assert m.generate([3], 6, greedy=True) == m.generate([3], 6, greedy=True)
+
+
+def test_bad_model_and_generation_arguments_name_the_argument():
+    for kw, name in [(dict(vocab_size=0), "vocab_size"), (dict(vocab_size=5, hidden_size=2.5), "hidden_size"),
+                     (dict(vocab_size=5, num_layers=0), "num_layers"), (dict(vocab_size=5, emb_size=-1), "emb_size"),
+                     (dict(vocab_size=5, dropout=1.0), "dropout")]:
+        with pytest.raises(ValueError, match=name):
+            RNNLM(**kw)
+    m = RNNLM(7, hidden_size=4, num_layers=1, seed=0)
+    tokens = np.zeros((3, 2), np.int64)
+    for targets, msg in [(np.full((3, 2), 7), r"ids in \[0, 7\)"), (np.full((3, 2), -1), r"ids in \[0, 7\)"),
+                         (np.full((3, 2), 1.5), "a .* integer array"), (np.zeros((2, 3), int), "a .* integer array")]:
+        with pytest.raises(ValueError, match="targets: expected " + msg):
+            m.forward(tokens, targets)
+    for kw, name in [(dict(length=2.5), "length"), (dict(length=-1), "length"),
+                     (dict(length=3, top_k=-1), "top_k"), (dict(length=3, beam=-2), "beam"),
+                     (dict(length=3, temperature=0), "temperature")]:
+        with pytest.raises(ValueError, match=name):
+            m.generate([1], **kw)
+
+
+def test_lm_load_state_dict_is_all_or_nothing():
+    m = RNNLM(7, hidden_size=4, num_layers=1, seed=0)
+    before = m.state_dict()
+    bad = {k: v + 1 for k, v in before.items()}
+    bad["decoder.bias"] = np.array(["x"] * 7)
+    with pytest.raises(TypeError, match="decoder.bias"):
+        m.load_state_dict(bad)
+    assert all(np.array_equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(TypeError, match="state_dict: expected a mapping"):
+        m.load_state_dict(list(before.values()))
 
 
 def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy():

@@ -356,11 +356,12 @@ def softmax_xent(logits, targets, scale=1.0, want_grad=True):
     rows with target < 0 are ignored."""
     logits = np.ascontiguousarray(logits)
     N, V = logits.shape
-    targets = np.ascontiguousarray(targets, dtype=np.int32)
-    if targets.shape != (N,):
-        raise ValueError(f"targets: expected shape ({N},), got {targets.shape}")
-    if N and targets.max(initial=-1) >= V:
+    targets = np.asarray(targets)
+    if targets.shape != (N,) or targets.dtype.kind not in "iu":
+        raise ValueError(f"targets: expected a ({N},) integer array, got {targets.dtype} {targets.shape}")
+    if N and targets.max() >= V:   # checked before the cast: int32 would wrap larger ids
         raise ValueError(f"targets: expected values < {V} (the vocabulary size), got {targets.max()}")
+    targets = np.ascontiguousarray(np.maximum(targets, -1), dtype=np.int32)
     fn, ctype = _native("softmax_xent", logits.dtype)
     loss = np.empty(N, logits.dtype)
     grad = np.empty_like(logits) if want_grad else None
