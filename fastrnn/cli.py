@@ -88,6 +88,8 @@ def build_parser():
     t.add_argument("--threads", type=_positive_int)
     t.add_argument("--out", default="lm-out", help="folder for checkpoint.npz and log.csv (default lm-out)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.npz")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in OUT even though it holds a checkpoint (replaced, with its log)")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--compare-reference", type=_positive_int, metavar="STEPS",
                    help="afterwards, time STEPS training steps on the cpu and reference backends")
@@ -114,17 +116,20 @@ def cmd_train(args, parser):
     from .train import CheckpointError, Trainer
     if args.threads:
         set_num_threads(args.threads)
+    if args.resume and args.overwrite:
+        parser.error("argument --overwrite: not allowed with --resume")
     cfg = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
     cfg["_explicit"] = tuple(k for k in cfg)
-    for k, lo, hi in (("dropout", 0, 1), ("val_fraction", 0, 1), ("lr_decay", 0, 1)):
+    for k, lo, hi in (("dropout", 0, 1), ("val_fraction", 0, 1)):
         if k in cfg and not lo <= cfg[k] < hi:
             parser.error(f"argument --{k.replace('_', '-')}: expected a number in [{lo}, {hi})")
     for k in ("lr", "time_limit"):
         if k in cfg and not cfg[k] > 0:
             parser.error(f"argument --{k.replace('_', '-')}: expected a positive number")
     try:
-        trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    except (CheckpointError, ValueError) as exc:
+        trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                          overwrite=args.overwrite)
+    except (CheckpointError, ValueError, OSError) as exc:
         parser.error(str(exc))
     c = trainer.cfg
     print(f"fastrnn train: {c['cell']} H={c['hidden']} x {c['layers']} layers, vocab {len(trainer.vocab)} "
@@ -153,8 +158,9 @@ def cmd_train(args, parser):
 
 def cmd_generate(args, parser):
     from .train import CheckpointError, load_checkpoint, restore_model
-    if args.length < 0:
-        parser.error("argument --length: expected >= 0")
+    for name in ("length", "top_k", "beam"):
+        if getattr(args, name) < 0:
+            parser.error(f"argument --{name.replace('_', '-')}: expected >= 0")
     if not args.temperature > 0:
         parser.error("argument --temperature: expected a positive number")
     try:

@@ -1,16 +1,25 @@
 """Optimizers over a model's live parameter arrays and its `grads` dict, with PyTorch's
 update rules (torch.optim.SGD / Adam), plus clipping by global norm."""
+import math
+
 import numpy as np
 
 from . import backends
 
 
+def _finite(name, v, low, low_ok=True):
+    """v as a float, a finite number >= low (> low with low_ok=False), else ValueError."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
+        and (v >= low if low_ok else v > low)
+    if not ok:
+        raise ValueError(f"{name}: expected a finite number {'>=' if low_ok else '>'} {low}, got {v!r}")
+    return float(v)
+
+
 class Optimizer:
     def __init__(self, model, lr):
-        if not lr > 0:
-            raise ValueError(f"lr: expected a positive number, got {lr!r}")
         self.model = model
-        self.lr = float(lr)
+        self.lr = _finite("lr", lr, 0, low_ok=False)
         self.state = {}
         self.steps = 0
 
@@ -44,7 +53,8 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(model, lr)
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.momentum = _finite("momentum", momentum, 0)
+        self.weight_decay = _finite("weight_decay", weight_decay, 0)
 
     def step(self):
         self.steps += 1
@@ -67,8 +77,12 @@ class Adam(Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or \
+                not all(_finite("betas", b, 0) < 1 for b in betas):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
         self.b1, self.b2 = map(float, betas)
-        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.eps = _finite("eps", eps, 0)
+        self.weight_decay = _finite("weight_decay", weight_decay, 0)
 
     def step(self):
         self.steps += 1
@@ -95,6 +109,7 @@ class Adam(Optimizer):
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm (as
     torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
+    max_norm = _finite("max_norm", max_norm, 0, low_ok=False)
     cpu = backends.get("cpu") if backends.why_unavailable("cpu") is None else None
     total = float(np.sqrt(sum(_sumsq(g, cpu) for g in grads.values())))
     coef = max_norm / (total + 1e-6)

@@ -4,6 +4,7 @@ plateau, a CSV log, and checkpoints written atomically that resume exactly."""
 import csv
 import hashlib
 import json
+import math
 import os
 import time
 import zipfile
@@ -112,6 +113,16 @@ def train_step(model, opt, x, y, hidden, clip):
     return loss, hidden
 
 
+def _check_settings(c):
+    """Numeric training settings the optimizer and model do not check themselves."""
+    if not (isinstance(c["clip"], (int, float)) and math.isfinite(c["clip"]) and c["clip"] >= 0):
+        raise ValueError(f"clip: expected a finite number >= 0 (0: off), got {c['clip']!r}")
+    if not (isinstance(c["patience"], int) and c["patience"] >= 0):
+        raise ValueError(f"patience: expected an integer >= 0, got {c['patience']!r}")
+    if not (isinstance(c["lr_decay"], (int, float)) and 0 < c["lr_decay"] <= 1):
+        raise ValueError(f"lr_decay: expected a number in (0, 1], got {c['lr_decay']!r}")
+
+
 def _fingerprint(ids):
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
 
@@ -119,11 +130,22 @@ def _fingerprint(ids):
 class Trainer:
     """Trains from cfg (see DEFAULTS) into out_dir: checkpoint.npz, log.csv."""
 
-    def __init__(self, cfg, out_dir, resume=False, progress=False, echo=print):
+    def __init__(self, cfg, out_dir, resume=False, progress=False, echo=print, overwrite=False):
+        """A new run refuses an out_dir that holds a checkpoint (it would be replaced at the
+        first save) unless overwrite=True, which also starts a fresh log.csv."""
         self.out_dir, self.progress, self.echo = out_dir, progress, echo
-        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise ValueError(f"out: {out_dir!r} exists and is not a folder")
         self.ckpt = os.path.join(out_dir, "checkpoint.npz")
         self.log_path = os.path.join(out_dir, "log.csv")
+        if not resume and os.path.exists(self.ckpt) and not overwrite:
+            raise CheckpointError(f"{self.ckpt} exists: resume it (--resume), start over in its place "
+                                  "(--overwrite), or choose another folder (--out)")
+        if not resume:
+            _check_settings({k: cfg.get(k, v) for k, v in DEFAULTS.items()})
+        os.makedirs(out_dir, exist_ok=True)
+        if not resume and overwrite and os.path.exists(self.log_path):
+            os.remove(self.log_path)   # the rows of the run being replaced
         if resume:
             meta, arrays = load_checkpoint(self.ckpt)
             stored = meta["config"]

@@ -139,6 +139,21 @@ def test_clip_grad_norm():
     assert g2["a"][0] == 0.3  # under the bound: unchanged
 
 
+def test_optimizer_and_clip_arguments_are_checked():
+    m = _Model([1.0], [2.0])
+    for make, name in [(lambda: SGD(m, lr=float("inf")), "lr"), (lambda: SGD(m, lr=0), "lr"),
+                       (lambda: SGD(m, 0.1, momentum=-0.5), "momentum"),
+                       (lambda: SGD(m, 0.1, weight_decay=float("nan")), "weight_decay"),
+                       (lambda: Adam(m, 0.1, betas=(0.9, 1.0)), "betas"), (lambda: Adam(m, 0.1, eps=-1), "eps")]:
+        with pytest.raises(ValueError, match=name):
+            make()
+    g = {"a": np.array([3.0, 4.0])}
+    for bad in (-1.0, 0.0, float("nan")):   # a negative bound would flip the gradient's sign
+        with pytest.raises(ValueError, match="max_norm"):
+            clip_grad_norm(g, bad)
+    assert g["a"].tolist() == [3.0, 4.0]
+
+
 @pytest.mark.skipif("cpu" not in backends.available(), reason="cpu backend not built")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_sumsq_and_clip_on_large_gradients(dtype):
@@ -257,6 +272,31 @@ def test_corrupt_and_mismatched_checkpoints_give_clear_errors(corpus, tmp_path):
         load_checkpoint(str(ckpt))
     r = subprocess.run([sys.executable, "-m", "fastrnn", "generate", str(ckpt)], capture_output=True, text=True)
     assert r.returncode == 2 and "not a readable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_new_run_does_not_replace_a_checkpoint_unless_told(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    Trainer(_cfg(corpus, max_steps=2), out, echo=lambda *a: None).run()
+    ckpt = tmp_path / "run" / "checkpoint.npz"
+    saved = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="exists: resume it"):
+        Trainer(_cfg(corpus, max_steps=2, seed=9), out, echo=lambda *a: None)
+    assert ckpt.read_bytes() == saved
+    Trainer(_cfg(corpus, max_steps=2, seed=9), out, overwrite=True, echo=lambda *a: None).run()
+    assert ckpt.read_bytes() != saved
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 2   # header + this run's row
+    with pytest.raises(ValueError, match="out: .* is not a folder"):
+        Trainer(_cfg(corpus), corpus, echo=lambda *a: None)
+    for kw, name in [(dict(clip=-1.0), "clip"), (dict(patience=-1), "patience"), (dict(lr_decay=0.0), "lr_decay"),
+                     (dict(lr=float("inf")), "lr")]:
+        with pytest.raises(ValueError, match=name):
+            Trainer(_cfg(corpus, **kw), str(tmp_path / name), echo=lambda *a: None)
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--out", out, "--max-steps", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "generate", str(ckpt), "--top-k", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--top-k" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
