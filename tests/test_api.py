@@ -157,6 +157,7 @@ def test_backend_contract_checks_before_any_work(name):
         (dict(b_ih=b_ih[:3]), ValueError, "b_ih"),
         (dict(x=x[0]), ValueError, r"x: expected 3 dimensions"),
         (dict(x=x.astype(np.int64)), TypeError, "x: expected dtype float32 or float64"),
+        (dict(b_hh=None), ValueError, "b_ih, b_hh: expected both or neither"),
     ]
     base = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     for change, exc, pattern in cases:
@@ -170,6 +171,12 @@ def test_backend_contract_checks_before_any_work(name):
         be.backward_layer("lstm", saved, np.zeros((4, 2, 6), np.float32), None, None)
     with pytest.raises(ValueError, match="saved"):
         be.backward_layer("lstm", None, None, None, None)
+    # another backend's workspace holds other arrays under the same names: refused
+    for other in backends.available():
+        if other != name and other != "cuda":
+            theirs = backends.get(other).forward_layer("lstm", **base)[3]
+            with pytest.raises(ValueError, match=f"saved: expected the workspace of a {name} 'lstm'"):
+                be.backward_layer("lstm", theirs, None, None, None)
 
 
 def test_registry():

@@ -68,6 +68,8 @@ def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_
     if GH != spec.gates * H:
         raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
     check_array("w_ih", w_ih, (GH, I), dt, device_ok)
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: expected both or neither")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             check_array(name, b, (GH,), dt, device_ok)

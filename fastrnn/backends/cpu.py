@@ -145,8 +145,6 @@ def _lookup_input(x, T, B):
 
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("b_ih, b_hh: expected both or neither")
     if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
         return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train)
     # the kernels take I >= 1: no input features run as one zero feature (it projects to 0);
@@ -179,7 +177,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     _check_status(status, "forward")
     saved = None
     if train:
-        saved = dict(ws, cell=spec.name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
+        saved = dict(ws, cell=spec.name, backend=name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
                      w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=bool(reverse), padded_input=padded)
     return y, h_T, c_T, saved
 
@@ -191,7 +189,7 @@ def _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train):
     empty = np.empty((B, 0), dt)
     saved = None
     if train:
-        saved = dict(cell=spec.name, gates=None, no_units=_dx_shape(x), T=T, B=B, w_ih=w_ih,
+        saved = dict(cell=spec.name, backend=name, gates=None, no_units=_dx_shape(x), T=T, B=B, w_ih=w_ih,
                      w_hh=w_hh, lengths=lengths, reverse=bool(reverse))
     return (np.empty((T, B, 0), dt), empty, empty.copy() if spec.has_cell_state else None, saved)
 
@@ -225,8 +223,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     spec = get_cell(cell)
     if isinstance(saved, dict) and saved.get("consumed"):
         raise ValueError("saved: already used by a backward_layer call (each forward allows one backward)")
-    if not isinstance(saved, dict) or saved.get("cell") != spec.name or "gates" not in saved:
-        raise ValueError(f"saved: expected the workspace of a {spec.name!r} cpu forward_layer call")
+    if not isinstance(saved, dict) or saved.get("cell") != spec.name or saved.get("backend") != name:
+        raise ValueError(f"saved: expected the workspace of a cpu {spec.name!r} forward_layer call")
     w_ih, w_hh, T, B = saved["w_ih"], saved["w_hh"], saved["T"], saved["B"]
     H, dt, padded = w_hh.shape[1], w_hh.dtype, saved.get("padded_input")
     GH = spec.gates * H

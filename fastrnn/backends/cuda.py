@@ -349,8 +349,6 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
         lengths = _host_lengths(lengths, x.shape[0], x.shape[1])
     spec, T, B, I, H, _ = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None,
                                              device_ok=True)
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("b_ih, b_hh: expected both or neither")
     dt, G = x.dtype, spec.gates
     GH = G * H
     y = device_array((T, B, H), dt)

@@ -90,7 +90,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
 
     saved = None
     if train:
-        saved = dict(keep, cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
+        saved = dict(keep, cell=spec.name, backend=name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
                      reverse=reverse)
     return y, h, c, saved
 
@@ -160,8 +160,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
 
 def _check_saved(cell, saved):
     spec = get_cell(cell)
-    if not isinstance(saved, dict) or saved.get("cell") != spec.name:
-        raise ValueError(f"saved: expected the workspace of a {spec.name!r} forward_layer call")
+    if not isinstance(saved, dict) or saved.get("cell") != spec.name or saved.get("backend") != name:
+        raise ValueError(f"saved: expected the workspace of a reference {spec.name!r} forward_layer call")
     return spec
 
 
