@@ -204,8 +204,10 @@ def cmd_info(out=sys.stdout):
 def cmd_bench(args, parser):
     if args.compare:
         return cmd_compare(args, parser)
-    if args.max_seconds <= 0:
+    if not 0 < args.max_seconds < float("inf"):
         parser.error("argument --max-seconds: expected a positive number")
+    if not args.name or os.sep in args.name or (os.altsep and os.altsep in args.name):
+        parser.error(f"argument --name: expected a file name stem without a folder, got {args.name!r}")
     if args.threads:
         set_num_threads(args.threads)
     grid = dict(bench.FULL_GRID if args.full else bench.QUICK_GRID)
@@ -228,9 +230,14 @@ def cmd_bench(args, parser):
     print(f"fastrnn bench: {len(cases)} points, backends {', '.join(targets)}, "
           f"{get_num_threads()} threads, numpy float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     progress = Progress(len(cases), not args.no_progress)
-    rows = bench.run_cases(cases, peak, repeats=args.repeats, max_seconds=args.max_seconds,
-                           on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} "
-                                                           f"T={c.seq_len} {c.backend}"))
+    label = lambda c: f"{c.cell} {c.mode} H={c.hidden} B={c.batch} T={c.seq_len} {c.backend}"
+    try:
+        rows = bench.run_cases(cases, peak, repeats=args.repeats, max_seconds=args.max_seconds,
+                               on_step=lambda c: progress.step(label(c)))
+    except MemoryError as exc:
+        progress.close()
+        parser.error(f"out of memory at {label(cases[progress.done])} ({exc}); "
+                     "choose smaller --hidden, --batch or --seq-len")
     progress.close()
     bench.add_ratios(rows)
     print(report.results_table(rows))

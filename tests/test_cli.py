@@ -76,6 +76,10 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     (["bench", "--batch", "-3"], "positive"),
     (["bench", "--seq-len", "abc"], "integers"),
     (["bench", "--max-seconds", "0"], "max-seconds"),
+    (["bench", "--max-seconds", "nan"], "max-seconds"),
+    (["bench", "--name", "../elsewhere/run"], "--name: expected a file name stem"),
+    (["bench", "--backends", "reference", "--cells", "rnn_tanh", "--hidden", "10000000", "--batch", "1",
+      "--seq-len", "2", "--no-progress"], "out of memory at rnn_tanh inference H=10000000"),
     (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "cannot read"),
     (["frobnicate"], "invalid choice"),
 ])
