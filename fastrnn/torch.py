@@ -13,6 +13,7 @@ inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or withou
 """
 try:
     import torch
+    from torch.autograd.function import once_differentiable
     from torch.nn.utils.rnn import PackedSequence
 except ImportError as exc:  # keep torch optional for the rest of fastrnn
     raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' "
@@ -82,6 +83,7 @@ class _LayerFunction(torch.autograd.Function):
         return _tensor(y, x.device), _tensor(h_T, x.device), out_c
 
     @staticmethod
+    @once_differentiable   # the kernels' gradients are not themselves differentiable
     def backward(ctx, dy, dh_T, dc_T):
         if ctx.saved_ws is None:
             raise RuntimeError("fastrnn.torch: the forward ran without a workspace (no grad)")
@@ -174,6 +176,9 @@ class _FastRNNMixin:
             self.check_forward_args(input.unsqueeze(batch_dim) if unbatched else input,
                                     (h0, c0) if lstm else h0, None)
 
+        if x.dtype not in (torch.float32, torch.float64):
+            raise NotImplementedError(f"dtype {x.dtype} is not supported by fastrnn.torch "
+                                      "(float32 and float64 are)")
         backend = self._backend_for(x)
         cell = self._cell()
         # by name, not self._flat_weights: respects functional_call and parametrizations

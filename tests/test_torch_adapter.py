@@ -155,6 +155,12 @@ def test_proj_size_is_not_supported():
         ft.LSTM(4, 8, proj_size=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_not_implemented(dtype):
+    with pytest.raises(NotImplementedError, match=f"dtype {dtype} is not supported"):
+        ft.GRU(4, 8, dtype=dtype)(torch.randn(3, 2, 4, dtype=dtype))
+
+
 def test_torch_argument_checks_apply():
     m = ft.LSTM(4, 8)
     with pytest.raises(RuntimeError, match="input.size"):
