@@ -21,6 +21,27 @@ def positive_int(name, v, minimum=1):
     return int(v)
 
 
+def load_parameters(params, state_dict):
+    """Copy state_dict's arrays into the live arrays of `params` (name -> array), by name:
+    every key, shape and dtype is checked first, so a bad entry changes nothing."""
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+    missing = [k for k in params if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in params]
+    if missing or unexpected:
+        raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    new = {}
+    for k, p in params.items():
+        v = np.asarray(state_dict[k])
+        if v.shape != p.shape:
+            raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
+        if v.dtype.kind != "f":
+            raise TypeError(f"state_dict[{k!r}]: expected a floating dtype, got {v.dtype}")
+        new[k] = v
+    for k, v in new.items():
+        params[k][...] = v
+
+
 def _rnn_kwargs(m, nonlinearity=None):
     """Constructor keywords shared by fastrnn and torch modules (read off either kind)."""
     kw = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first,
@@ -93,22 +114,7 @@ class RNNBase:
 
     def load_state_dict(self, state_dict):
         """Load parameters by PyTorch's names; values are copied into the live arrays."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
-        if missing or unexpected:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        new = {}
-        for k, p in self._params.items():
-            v = np.asarray(state_dict[k])
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
-            if v.dtype.kind != "f":
-                raise TypeError(f"state_dict[{k!r}]: expected a floating dtype, got {v.dtype}")
-            new[k] = v
-        for k, v in new.items():  # only after every entry is checked: all or nothing
-            self._params[k][...] = v
+        load_parameters(self._params, state_dict)
 
     # ----- PyTorch round trips ----------------------------------------------------
     @classmethod

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from . import backends
-from .layers import GRU, LSTM, RNN, positive_int
+from .layers import GRU, LSTM, RNN, load_parameters, positive_int
 from .lookup import Lookup
 
 LN2 = math.log(2.0)
@@ -75,23 +75,7 @@ class RNNLM:
 
     def load_state_dict(self, sd):
         """Load parameters by name, copied into the live arrays; all or nothing."""
-        if not hasattr(sd, "keys"):
-            raise TypeError(f"state_dict: expected a mapping, got {type(sd).__name__}")
-        own = OrderedDict(self.named_parameters())
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        if missing or unexpected:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        new = {}
-        for k, p in own.items():
-            v = np.asarray(sd[k])
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
-            if v.dtype.kind != "f":
-                raise TypeError(f"state_dict[{k!r}]: expected a floating dtype, got {v.dtype}")
-            new[k] = v
-        for k, p in own.items():   # only after every entry is checked
-            p[...] = new[k]
+        load_parameters(OrderedDict(self.named_parameters()), sd)
 
     def train(self, mode=True):
         self.training = bool(mode)

@@ -96,7 +96,7 @@ def restore_model(meta, arrays, path, backend=None):
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:
         model.load_state_dict(params)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: parameters do not fit the stored configuration ({exc})") from None
     return model, vocab, cfg
 
