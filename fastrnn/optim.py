@@ -7,7 +7,7 @@ import numpy as np
 from . import backends
 
 
-def _finite(name, v, low, low_ok=True):
+def finite_number(name, v, low, low_ok=True):
     """v as a float, a finite number >= low (> low with low_ok=False), else ValueError."""
     ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
         and (v >= low if low_ok else v > low)
@@ -19,7 +19,7 @@ def _finite(name, v, low, low_ok=True):
 class Optimizer:
     def __init__(self, model, lr):
         self.model = model
-        self.lr = _finite("lr", lr, 0, low_ok=False)
+        self.lr = finite_number("lr", lr, 0, low_ok=False)
         self.state = {}
         self.steps = 0
 
@@ -53,8 +53,8 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(model, lr)
-        self.momentum = _finite("momentum", momentum, 0)
-        self.weight_decay = _finite("weight_decay", weight_decay, 0)
+        self.momentum = finite_number("momentum", momentum, 0)
+        self.weight_decay = finite_number("weight_decay", weight_decay, 0)
 
     def step(self):
         self.steps += 1
@@ -78,11 +78,11 @@ class Adam(Optimizer):
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2 or \
-                not all(_finite("betas", b, 0) < 1 for b in betas):
+                not all(finite_number("betas", b, 0) < 1 for b in betas):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
         self.b1, self.b2 = map(float, betas)
-        self.eps = _finite("eps", eps, 0)
-        self.weight_decay = _finite("weight_decay", weight_decay, 0)
+        self.eps = finite_number("eps", eps, 0)
+        self.weight_decay = finite_number("weight_decay", weight_decay, 0)
 
     def step(self):
         self.steps += 1
@@ -109,7 +109,7 @@ class Adam(Optimizer):
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm (as
     torch.nn.utils.clip_grad_norm_). Returns the norm before clipping."""
-    max_norm = _finite("max_norm", max_norm, 0, low_ok=False)
+    max_norm = finite_number("max_norm", max_norm, 0, low_ok=False)
     cpu = backends.get("cpu") if backends.why_unavailable("cpu") is None else None
     total = float(np.sqrt(sum(_sumsq(g, cpu) for g in grads.values())))
     coef = max_norm / (total + 1e-6)

@@ -4,7 +4,6 @@ plateau, a CSV log, and checkpoints written atomically that resume exactly."""
 import csv
 import hashlib
 import json
-import math
 import os
 import time
 import zipfile
@@ -13,7 +12,7 @@ import numpy as np
 
 from . import data as D
 from .lm import RNNLM, bits_per_token, perplexity, unigram_baseline
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import SGD, Adam, clip_grad_norm, finite_number
 from .progress import Progress
 
 FORMAT = "fastrnn-lm/1"
@@ -115,8 +114,7 @@ def train_step(model, opt, x, y, hidden, clip):
 
 def _check_settings(c):
     """Numeric training settings the optimizer and model do not check themselves."""
-    if not (isinstance(c["clip"], (int, float)) and math.isfinite(c["clip"]) and c["clip"] >= 0):
-        raise ValueError(f"clip: expected a finite number >= 0 (0: off), got {c['clip']!r}")
+    finite_number("clip", c["clip"], 0)   # 0: off
     if not (isinstance(c["patience"], int) and c["patience"] >= 0):
         raise ValueError(f"patience: expected an integer >= 0, got {c['patience']!r}")
     if not (isinstance(c["lr_decay"], (int, float)) and 0 < c["lr_decay"] <= 1):
