@@ -3,7 +3,7 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
-#   bash benchmarks/gpu_session.sh check sync ab     # ~7 min: full-size checks, fastrnn.torch
+#   bash benchmarks/gpu_session.sh check sync ab     # ~8 min: full-size checks, fastrnn.torch
 #                                                    # on CUDA tensors, grid-sync cost, the
 #                                                    # kernels against ab-base's
 #   bash benchmarks/gpu_session.sh switches          # ~7 min: A/B of FASTRNN_CUDA_GRID_SYNC,
@@ -60,7 +60,8 @@ for stage in "$@"; do
     case $stage in
         check)
             step check python3 benchmarks/gpu_check.py --budget 0 --out "$OUT/gpu-check-only.json"
-            # fastrnn.torch on CUDA tensors against torch.nn (cuDNN) on the same GPU (~1 min)
+            # fastrnn.torch on CUDA tensors against torch.nn (cuDNN) on the same GPU (1-2 min:
+            # the float64 kernels compile first)
             if python3 -c "import pytest" 2>/dev/null; then
                 step adapter python3 -m pytest -q -p no:cacheprovider tests/test_torch_adapter.py -k on_the_gpu
             else
