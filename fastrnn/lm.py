@@ -111,13 +111,18 @@ class RNNLM:
         finally:
             self.train(was)
 
+    def _ids(self, name, a, shape=None):
+        """a as an integer array of token ids in [0, vocab_size), 2-D (of `shape` if given)."""
+        a = np.asarray(a)
+        if (a.ndim != 2 if shape is None else a.shape != shape) or a.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected a {shape or '(T, B)'} integer array, got {a.dtype} {a.shape}")
+        V = self.config["vocab_size"]
+        if a.size and (a.min() < 0 or a.max() >= V):
+            raise ValueError(f"{name}: expected ids in [0, {V}), got [{a.min()}, {a.max()}]")
+        return a
+
     def _features(self, tokens, hidden):
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
-            raise ValueError(f"tokens: expected a (T, B) integer array, got {tokens.dtype} {tokens.shape}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config["vocab_size"]):
-            raise ValueError(f"tokens: expected ids in [0, {self.config['vocab_size']}), "
-                             f"got [{tokens.min()}, {tokens.max()}]")
+        tokens = self._ids("tokens", tokens)
         lookup = Lookup(self.embedding, tokens)
         if self.training and self.config["dropout"] > 0:
             emb, self._emb_mask = self._dropout(lookup.dense())
@@ -134,12 +139,7 @@ class RNNLM:
         (T, B), and the final hidden state (a plain array: detached by construction)."""
         out, hidden = self._features(tokens, hidden)
         T, B, H = out.shape
-        targets = np.asarray(targets)
-        if targets.shape != (T, B) or targets.dtype.kind not in "iu":
-            raise ValueError(f"targets: expected a {(T, B)} integer array, got {targets.dtype} {targets.shape}")
-        V = self.config["vocab_size"]
-        if targets.size and (targets.min() < 0 or targets.max() >= V):
-            raise ValueError(f"targets: expected ids in [0, {V}), got [{targets.min()}, {targets.max()}]")
+        targets = self._ids("targets", targets, (T, B))
         matmul, softmax_xent = _dense_ops(self.backend)
         x2 = out.reshape(T * B, H)
         logits = matmul(x2, self.decoder_weight.T)

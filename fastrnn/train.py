@@ -139,8 +139,9 @@ class Trainer:
         if not resume and os.path.exists(self.ckpt) and not overwrite:
             raise CheckpointError(f"{self.ckpt} exists: resume it (--resume), start over in its place "
                                   "(--overwrite), or choose another folder (--out)")
-        if not resume:
-            _check_settings({k: cfg.get(k, v) for k, v in DEFAULTS.items()})
+        fresh = None if resume else {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+        if fresh is not None:
+            _check_settings(fresh)   # before anything in out_dir is made or removed
         os.makedirs(out_dir, exist_ok=True)
         if not resume and overwrite and os.path.exists(self.log_path):
             os.remove(self.log_path)   # the rows of the run being replaced
@@ -156,7 +157,7 @@ class Trainer:
             self.model, self.vocab, _ = restore_model(meta, arrays, self.ckpt, backend=cfg.get("backend"))
             self.cfg["backend"] = cfg.get("backend", self.cfg["backend"])
         else:
-            self.cfg = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+            self.cfg = fresh
             meta, arrays = None, None
         c = self.cfg
         text = D.load_corpus(c["data"], c["max_bytes"])
