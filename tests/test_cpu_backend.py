@@ -103,6 +103,35 @@ def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads, num_t
             assert grad_err <= TOL[dtype][1], (T, B, I, H, reverse, ragged, grad_err)
 
 
+def _l2_bytes():
+    """L2 size as the kernels read it (sysconf; 1 MB when unknown)."""
+    try:
+        v = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        v = 0
+    return v if v > 0 else 1 << 20
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype,threads", [(np.float64, 1), (np.float32, 2)])
+def test_steps_over_slices_larger_than_l2_match_reference(cell, dtype, threads, num_threads):
+    """W_hh slices over half of L2: the per-step products run their panels in reverse
+    order on every other step (gemm_step in csrc/gemm_tile.inc), forward and BPTT; the
+    small shapes above never do."""
+    cpu = backends.get("cpu")
+    num_threads(threads)
+    G = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell]
+    H = 1024 if G == 1 else 512
+    slice_bytes = G * H * H * np.dtype(dtype).itemsize // threads
+    if slice_bytes <= _l2_bytes() // 2:
+        pytest.skip(f"a {slice_bytes >> 10} KB slice fits in half of this L2")
+    assert not cpu.splits_by_batch(cell, 3, H, dtype)
+    for k, (reverse, ragged) in enumerate(((False, False), (True, True))):
+        out_err, grad_err = compare_layer(cpu, cell, 5, 3, 7, H, dtype, reverse, ragged, seed=[k, threads])
+        assert out_err <= TOL[dtype][0], (reverse, ragged, out_err)
+        assert grad_err <= TOL[dtype][1], (reverse, ragged, grad_err)
+
+
 ISA_SCRIPT = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})
