@@ -4,6 +4,10 @@
 
 Grid of the CPU-backend issue: H {128, 512} x B {1, 32} x T {32, 256}, float32, both with
 torch.set_num_threads equal to fastrnn's. A step is forward, loss = <out, g>, backward.
+
+Then step-by-step decoding (generation's loop): a 2-layer LSTM called on one token at a
+time under torch.no_grad, carrying hx, for torch.nn.LSTM, fastrnn.torch.LSTM, and
+fastrnn.torch.LSTM inside fastrnn.frozen_weights() (weights compared once, not per call).
 """
 import argparse
 import json
@@ -11,8 +15,11 @@ import math
 import os
 import time
 
+import contextlib
+
 import torch
 
+import fastrnn
 import fastrnn.torch as ft
 from fastrnn import bench, report
 from fastrnn.threads import get_num_threads
@@ -28,6 +35,38 @@ def step_runner(cls, H, B, T, state):
         out, _ = m(x)
         out.backward(g)
     return run
+
+
+DECODE_STEPS = 64
+
+
+def decode_runner(cls, H, state, frozen):
+    """DECODE_STEPS one-token calls of a 2-layer LSTM (B = 1), hx carried."""
+    m = cls(H, H, num_layers=2)
+    m.load_state_dict(state)
+    xs = torch.randn(DECODE_STEPS, 1, 1, H)
+
+    def run():
+        hx = None
+        with torch.no_grad(), (fastrnn.frozen_weights() if frozen else contextlib.nullcontext()):
+            for x in xs:
+                _, hx = m(x, hx)
+    return run
+
+
+def decode_rows():
+    variants = (("torch.nn.LSTM", torch.nn.LSTM, False), ("fastrnn.torch.LSTM", ft.LSTM, False),
+                ("fastrnn.torch.LSTM, frozen_weights", ft.LSTM, True))
+    rows = []
+    for H in (256, 512):
+        state = torch.nn.LSTM(H, H, num_layers=2).state_dict()
+        res = {}
+        for name, cls, frozen in variants:
+            time.sleep(bench.SETTLE_SECONDS)
+            times = bench.measure(decode_runner(cls, H, state, frozen), repeats=7, min_repeats=5, max_seconds=2)
+            res[name] = DECODE_STEPS / sorted(times)[len(times) // 2]
+        rows.append(dict(hidden=H, layers=2, tokens_per_s=res))
+    return rows
 
 
 def main(argv=None):
@@ -54,9 +93,17 @@ def main(argv=None):
           f"{r['fastrnn_tokens_per_s']:,.0f}", f"{r['ratio']:.2f}"] for r in rows]))
     gm = math.exp(sum(math.log(r["ratio"]) for r in rows) / len(rows))
     print(f"geometric mean ratio {gm:.2f}, threads {get_num_threads()}")
+    decode = decode_rows()
+    names = list(decode[0]["tokens_per_s"])
+    print("\nstep-by-step decoding, 2-layer LSTM, B = 1, tokens/s (ratio to torch.nn)")
+    print(report.render_table(
+        ["H"] + names,
+        [[str(r["hidden"])] + [f"{r['tokens_per_s'][n]:,.0f} ({r['tokens_per_s'][n] / r['tokens_per_s'][names[0]]:.2f})"
+                               for n in names] for r in decode]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(dict(machine=bench.machine_info(), results=rows, geometric_mean_ratio=gm), f, indent=1)
+        json.dump(dict(machine=bench.machine_info(), results=rows, geometric_mean_ratio=gm,
+                       decode=decode), f, indent=1)
     print(f"wrote {args.out}")
 
 

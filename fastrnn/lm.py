@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from . import backends
+from .backends.packed_weights import frozen_weights
 from .layers import GRU, LSTM, RNN, load_parameters, positive_int
 from .lookup import Lookup
 
@@ -176,10 +177,11 @@ class RNNLM:
         self.eval()
         total, count, hidden = 0.0, 0, None
         try:
-            for _, x, y in bptt_windows(data, bptt):
-                loss, hidden = self.forward(x, y, hidden)
-                total += loss * y.size
-                count += y.size
+            with frozen_weights():   # no step inside: the weights are checked once, not per window
+                for _, x, y in bptt_windows(data, bptt):
+                    loss, hidden = self.forward(x, y, hidden)
+                    total += loss * y.size
+                    count += y.size
         finally:
             self.train(was)
         return total / max(count, 1)
@@ -195,8 +197,13 @@ class RNNLM:
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
         if prompt.size == 0:
             prompt = np.zeros(1, np.int64)  # start from <unk>
-        if beam and beam > 1:
-            return self._beam_search(prompt, length, beam)
+        # one step a call: the weights' version check would cost more than the step
+        with frozen_weights():
+            if beam and beam > 1:
+                return self._beam_search(prompt, length, beam)
+            return self._sample(prompt, length, temperature, top_k, greedy, seed)
+
+    def _sample(self, prompt, length, temperature, top_k, greedy, seed):
         rng = np.random.default_rng(seed)
         logits, hidden = self.logits(prompt[:, None])
         z = logits[-1, 0].astype(np.float64)

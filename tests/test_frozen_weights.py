@@ -1,0 +1,98 @@
+"""fastrnn.frozen_weights: inside the block each set of weights is compared with its packed
+version once, not at every call; outside it, every call compares again."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import backends
+from fastrnn.backends.packed_weights import PackedWeightsCache
+from helpers import layer_inputs, rel_err
+
+
+class CountingCache(PackedWeightsCache):
+    """A cache over numpy 'packing' (a copy) that counts compares and packs."""
+
+    def __init__(self):
+        self.compares = 0
+
+        def same_bits(a, b):
+            self.compares += 1
+            return np.array_equal(a, b)
+        super().__init__(lambda code, I, H, w_ih, w_hh, n: np.concatenate([w_ih.ravel(), w_hh.ravel()]),
+                         same_bits=same_bits)
+
+
+def weights(seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
+
+
+def test_compares_once_per_block_and_again_after_it():
+    cache, (w_ih, w_hh) = CountingCache(), weights(0)
+    cache.get(0, w_ih, w_hh, 2)
+    cache.get(0, w_ih, w_hh, 2)
+    assert (cache.packs, cache.compares) == (1, 2)       # outside: both arrays, every call
+    with fastrnn.frozen_weights():
+        for _ in range(5):
+            cache.get(0, w_ih, w_hh, 2)
+        with fastrnn.frozen_weights():                   # nested: the same block
+            cache.get(0, w_ih, w_hh, 2)
+    assert (cache.packs, cache.compares) == (1, 4)       # the first call in the block only
+    w_hh[1, 1] += 1.0                                    # after the block: seen at once
+    assert np.array_equal(cache.get(0, w_ih, w_hh, 2)[-16:], w_hh.ravel())
+    assert cache.packs == 2
+
+
+def test_weights_packed_inside_a_block_are_not_compared_again_in_it():
+    cache, (w_ih, w_hh) = CountingCache(), weights(1)
+    with fastrnn.frozen_weights():
+        first = cache.get(0, w_ih, w_hh, 2)
+        assert cache.get(0, w_ih, w_hh, 2) is first
+        assert cache.get(0, w_ih, w_hh, 3) is not first   # another thread count: another entry
+    assert (cache.packs, cache.compares) == (2, 0)
+
+
+def test_the_block_is_per_thread():
+    cache, (w_ih, w_hh) = CountingCache(), weights(2)
+    cache.get(0, w_ih, w_hh, 2)
+    started, done = threading.Event(), threading.Event()
+
+    def other():
+        started.wait()
+        cache.get(0, w_ih, w_hh, 2)    # not in a block: compares
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with fastrnn.frozen_weights():
+        cache.get(0, w_ih, w_hh, 2)
+        started.set()
+        done.wait(10)
+    t.join()
+    assert cache.compares == 4
+
+
+def test_block_ends_on_an_exception():
+    cache, (w_ih, w_hh) = CountingCache(), weights(3)
+    with pytest.raises(RuntimeError):
+        with fastrnn.frozen_weights():
+            cache.get(0, w_ih, w_hh, 2)
+            raise RuntimeError("stop")
+    cache.get(0, w_ih, w_hh, 2)
+    assert cache.compares == 2
+
+
+@pytest.mark.skipif("cpu" not in backends.available(), reason="cpu backend unavailable")
+def test_cpu_backend_in_a_block_matches_reference_and_sees_edits_after_it():
+    cpu, ref = backends.get("cpu"), backends.get("reference")
+    rng = np.random.default_rng(4)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 3, 2, 5, 16, np.float64)
+    with fastrnn.frozen_weights():
+        for _ in range(3):
+            y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
+            assert rel_err(y, ref.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]) < 1e-12
+    w_hh *= 0.5
+    y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
+    assert rel_err(y, ref.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]) < 1e-12
