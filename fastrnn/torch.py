@@ -68,9 +68,11 @@ class _LayerFunction(torch.autograd.Function):
     """One layer in one direction; forward and backward through a fastrnn backend."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, reverse, backend_name):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, reverse, backend_name, train):
+        """train: autograd records this call (the caller's grad mode, as torch decides it:
+        inside forward grad mode is off, and needs_input_grad stays True for parameters
+        even under no_grad). Without it no workspace is kept."""
         be = backends.get(backend_name)
-        train = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         with _backend_stream(x.device):
             y, h_T, c_T, saved = be.forward_layer(
                 cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
@@ -96,7 +98,7 @@ class _LayerFunction(torch.autograd.Function):
         t = lambda a: _tensor(a, ctx.device)
         bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
         return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
-                *bias, None, None, None, None)
+                *bias, None, None, None, None, None)
 
 
 class _FastRNNMixin:
@@ -186,6 +188,7 @@ class _FastRNNMixin:
         self._check_devices(x.device, [("hx", h0), ("hx", c0)] +
                             list(zip(self._flat_weights_names, weights)))
         per = 4 if self.bias else 2
+        grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
         layer_in = x.contiguous()
         for layer in range(self.num_layers):
@@ -195,9 +198,9 @@ class _FastRNNMixin:
                 w = weights[idx * per:(idx + 1) * per]
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                y, hT, cT = _LayerFunction.apply(
-                    layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh,
-                    lengths, cell, d == 1, backend)
+                args = (layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh)
+                train = grad_on and any(a is not None and a.requires_grad for a in args)
+                y, hT, cT = _LayerFunction.apply(*args, lengths, cell, d == 1, backend, train)
                 outs.append(y)
                 h_n.append(hT)
                 c_n.append(cT)

@@ -88,6 +88,40 @@ def test_float32_model_is_close_to_torch():
     _assert_same(_run(m, x, None), _run(t, x, None), 1e-4)
 
 
+def test_workspace_only_when_autograd_records(monkeypatch):
+    """The kernels keep a training workspace (O(T) memory, extra writes) only when autograd
+    records the call: not under no_grad or inference_mode, nor when nothing needs a
+    gradient. needs_input_grad inside forward says True for parameters even under no_grad."""
+    from fastrnn import backends
+    be = backends.get(backends.resolve("auto"))
+    seen = []
+    real = be.forward_layer
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["train"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(be, "forward_layer", spy)
+    m = ft.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def calls(run):
+        seen.clear()
+        run()
+        return seen[:]
+    assert calls(lambda: m(x)) == [True, True]                  # parameters need gradients
+    with torch.no_grad():
+        assert calls(lambda: m(x)) == [False, False]
+    with torch.inference_mode():
+        assert calls(lambda: m(x)) == [False, False]
+    m.requires_grad_(False)
+    assert calls(lambda: m(x)) == [False, False]                # nothing needs a gradient
+    xg = x.clone().requires_grad_(True)
+    assert calls(lambda: m(xg)) == [True, True]                 # the input does
+    out, _ = m(xg)
+    out.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("i", range(4), ids=IDS)
 def test_gradcheck_float64(i):
     torch.manual_seed(10 + i)
