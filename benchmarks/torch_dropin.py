@@ -10,12 +10,11 @@ time under torch.no_grad, carrying hx, for torch.nn.LSTM, fastrnn.torch.LSTM, an
 fastrnn.torch.LSTM inside fastrnn.frozen_weights() (weights compared once, not per call).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
-
-import contextlib
 
 import torch
 

@@ -7,6 +7,7 @@ import pytest
 
 import fastrnn
 from fastrnn import backends
+from fastrnn.backends import packed_weights
 from fastrnn.backends.packed_weights import PackedWeightsCache
 from helpers import layer_inputs, rel_err
 
@@ -31,56 +32,67 @@ def weights(seed):
 
 def test_compares_once_per_block_and_again_after_it():
     cache, (w_ih, w_hh) = CountingCache(), weights(0)
-    cache.get(0, w_ih, w_hh, 2)
-    cache.get(0, w_ih, w_hh, 2)
+    cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
+    cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
     assert (cache.packs, cache.compares) == (1, 2)       # outside: both arrays, every call
     with fastrnn.frozen_weights():
         for _ in range(5):
-            cache.get(0, w_ih, w_hh, 2)
+            cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
         with fastrnn.frozen_weights():                   # nested: the same block
-            cache.get(0, w_ih, w_hh, 2)
+            cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
     assert (cache.packs, cache.compares) == (1, 4)       # the first call in the block only
     w_hh[1, 1] += 1.0                                    # after the block: seen at once
-    assert np.array_equal(cache.get(0, w_ih, w_hh, 2)[-16:], w_hh.ravel())
+    assert np.array_equal(cache.get(0, w_ih, w_hh, 2, frozen_ok=True)[-16:], w_hh.ravel())
     assert cache.packs == 2
 
 
 def test_weights_packed_inside_a_block_are_not_compared_again_in_it():
     cache, (w_ih, w_hh) = CountingCache(), weights(1)
     with fastrnn.frozen_weights():
-        first = cache.get(0, w_ih, w_hh, 2)
-        assert cache.get(0, w_ih, w_hh, 2) is first
-        assert cache.get(0, w_ih, w_hh, 3) is not first   # another thread count: another entry
+        first = cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
+        assert cache.get(0, w_ih, w_hh, 2, frozen_ok=True) is first
+        assert cache.get(0, w_ih, w_hh, 3, frozen_ok=True) is not first   # another thread count: another entry
     assert (cache.packs, cache.compares) == (2, 0)
 
 
 def test_the_block_is_per_thread():
     cache, (w_ih, w_hh) = CountingCache(), weights(2)
-    cache.get(0, w_ih, w_hh, 2)
+    cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
     started, done = threading.Event(), threading.Event()
 
     def other():
         started.wait()
-        cache.get(0, w_ih, w_hh, 2)    # not in a block: compares
+        cache.get(0, w_ih, w_hh, 2, frozen_ok=True)    # not in a block: compares
         done.set()
 
     t = threading.Thread(target=other)
     t.start()
     with fastrnn.frozen_weights():
-        cache.get(0, w_ih, w_hh, 2)
+        cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
         started.set()
         done.wait(10)
     t.join()
     assert cache.compares == 4
 
 
+def test_per_call_copies_are_compared_every_call():
+    """Arrays the backend copied for one call (frozen_ok=False) are not held for the block
+    (each call's copy would stay alive until it ends): they are compared as outside it."""
+    cache, (w_ih, w_hh) = CountingCache(), weights(5)
+    with fastrnn.frozen_weights():
+        for _ in range(3):
+            cache.get(0, w_ih, w_hh, 2)     # frozen_ok=False
+        assert not packed_weights._frozen.verified
+    assert (cache.packs, cache.compares) == (1, 4)
+
+
 def test_block_ends_on_an_exception():
     cache, (w_ih, w_hh) = CountingCache(), weights(3)
     with pytest.raises(RuntimeError):
         with fastrnn.frozen_weights():
-            cache.get(0, w_ih, w_hh, 2)
+            cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
             raise RuntimeError("stop")
-    cache.get(0, w_ih, w_hh, 2)
+    cache.get(0, w_ih, w_hh, 2, frozen_ok=True)
     assert cache.compares == 2
 
 
@@ -93,6 +105,12 @@ def test_cpu_backend_in_a_block_matches_reference_and_sees_edits_after_it():
         for _ in range(3):
             y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
             assert rel_err(y, ref.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]) < 1e-12
+        assert len(packed_weights._frozen.verified) == 1
+        w_f = np.asfortranarray(w_hh)   # copied to C order at every call: nothing held
+        for _ in range(3):
+            y, h, c, saved = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_f, b_ih, b_hh)
+            cpu.backward_layer("lstm", saved, np.ones_like(y), None, None)
+        assert len(packed_weights._frozen.verified) == 1
     w_hh *= 0.5
     y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
     assert rel_err(y, ref.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]) < 1e-12

@@ -154,7 +154,10 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         padded = _dx_shape(x)
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
     x, tokens, V, expanded = _lookup_input(x, T, B)
+    given = (w_ih, w_hh)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    # the caller's own arrays (not per-call copies): frozen_weights may then trust them
+    callers = w_ih is given[0] and w_hh is given[1]
     dt, GH = x.dtype, spec.gates * H
     fwd, ctype = _native("forward", dt)
     lstm, gru = spec.has_cell_state, spec.name == "gru"
@@ -168,7 +171,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         ws = {n: workspace_pool.empty((T, B, GH if n == "gates" else H), dt) for n in names}
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
-    packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
+    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
     status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
                  p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
                  p(h0), p(c0), _ptr(lengths, "int32_t *"),
@@ -178,7 +181,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     saved = None
     if train:
         saved = dict(ws, cell=spec.name, backend=name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
-                     w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=bool(reverse), padded_input=padded)
+                     w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
+                     padded_input=padded)
     return y, h_T, c_T, saved
 
 
@@ -255,7 +259,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
     # (as the reference backend, which reads the live arrays)
-    packed = packed_cache.get(spec.code, w_ih, w_hh, nth)
+    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"])
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None

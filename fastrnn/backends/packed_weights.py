@@ -57,14 +57,17 @@ class PackedWeightsCache:
         self._lock = threading.Lock()
         self.packs = 0  # how many times weights were packed (tests and `fastrnn info` read it)
 
-    def get(self, code, w_ih, w_hh, nthreads):
-        """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H)."""
+    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False):
+        """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H).
+        frozen_ok: they are the caller's own arrays, not copies made for this call, so
+        inside frozen_weights() one compare covers the block (holding a copy per call
+        instead would keep every call's copy alive until the block ends)."""
         key = (code, w_ih.dtype.str, w_ih.shape, w_hh.shape, w_ih.ctypes.data, w_hh.ctypes.data, nthreads)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-        verified = getattr(_frozen, "verified", None)
+        verified = getattr(_frozen, "verified", None) if frozen_ok else None
         if entry is not None:
             snap_ih, snap_hh, packed = entry
             if verified is not None and key in verified:   # compared earlier in this frozen block
