@@ -72,22 +72,20 @@ class PackedWeightsCache:
             snap_ih, snap_hh, packed = entry
             if verified is not None and key in verified:   # compared earlier in this frozen block
                 return packed
-            if self._same_bits(snap_ih, w_ih) and self._same_bits(snap_hh, w_hh):
-                if verified is not None:
-                    # holding the arrays keeps their memory: no other array can take these
-                    # addresses (the key) before the block ends
-                    verified[key] = (w_ih, w_hh)
-                return packed
-        # a new version (or new weights): pack it and keep a snapshot to recognise it by
-        packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads)
-        entry = (self._copy(w_ih), self._copy(w_hh), packed)
-        with self._lock:
-            self.packs += 1
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            if not (self._same_bits(snap_ih, w_ih) and self._same_bits(snap_hh, w_hh)):
+                entry = None
+        if entry is None:
+            # a new version (or new weights): pack it and keep a snapshot to recognise it by
+            packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads)
+            with self._lock:
+                self.packs += 1
+                self._entries[key] = (self._copy(w_ih), self._copy(w_hh), packed)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
         if verified is not None:
+            # holding the arrays keeps their memory: no other array can take these
+            # addresses (the key) before the block ends
             verified[key] = (w_ih, w_hh)
         return packed
 
