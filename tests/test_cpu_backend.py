@@ -67,19 +67,22 @@ def test_no_input_features_with_lookup_and_grads_out(H):
     assert saved == {"consumed": True}
 
 
-# LSTM whose gate rows are a multiple of 4 KB apart (H = 256 float, 128 double): the
-# kernels split the weight gradients by rows and compute them transposed (weight_grad in
-# csrc/gemm_tile.inc); the odd shapes above never take that path
+# LSTM and GRU at B >= 4, and LSTM at any B when its gate rows are a multiple of 4 KB apart
+# (H = 256 float, 128 double): the kernels split the weight gradients by rows and compute
+# them transposed (weight_grad in csrc/gemm_tile.inc); GRU's n rows of dW_hh come from
+# their own gradients, and on 2 threads one thread's rows span both kinds. B = 2: LSTM
+# by rows, GRU by units.
 # (3 threads: the shared packing of h^T and x^T splits its micro-panels unevenly, one
 # thread's share spanning both)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype,H", [(np.float32, 256), (np.float64, 128)])
 @pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True)])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_lstm_weight_gradients_by_rows_match_reference(dtype, H, reverse, ragged, threads, num_threads):
+def test_weight_gradients_by_rows_match_reference(cell, dtype, H, reverse, ragged, threads, num_threads):
     cpu = backends.get("cpu")
     num_threads(threads)
     for k, (T, B, I) in enumerate([(3, 2, 40), (2, 5, H)]):
-        out_err, grad_err = compare_layer(cpu, "lstm", T, B, I, H, dtype, reverse, ragged,
+        out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
                                           seed=[k, H, reverse])
         assert out_err <= TOL[dtype][0], (T, B, I, H, out_err)
         assert grad_err <= TOL[dtype][1], (T, B, I, H, grad_err)
@@ -335,12 +338,13 @@ def test_backward_consumes_saved_and_recycles_its_buffers():
 
 
 # grads_out: the parameter gradients are added into the caller's arrays (a model's running
-# sums) instead of returned fresh; H = 256 LSTM takes the by-rows weight_grad path
-@pytest.mark.parametrize("cell,H", [(c, 9) for c in CELLS] + [("lstm", 256)])
-def test_backward_adds_into_grads_out(cell, H):
+# sums) instead of returned fresh; B = 3 splits dW by units (LSTM H = 256 excepted), B = 5
+# by rows (weight_grad)
+@pytest.mark.parametrize("cell,H,B", [(c, 9, 3) for c in CELLS] + [("lstm", 256, 3), ("lstm", 20, 5), ("gru", 20, 5)])
+def test_backward_adds_into_grads_out(cell, H, B):
     cpu = backends.get("cpu")
     rng = np.random.default_rng(H)
-    T, B, I = 5, 3, 7
+    T, I = 5, 7
     args = layer_inputs(rng, cell, T, B, I, H, np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
     fresh = cpu.backward_layer(cell, cpu.forward_layer(cell, *args)[3], dy, None, None)

@@ -22,7 +22,7 @@ def _table_grad_by_hand(ids, dx, V):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("V", [5, 500])   # folded (V <= T*B) and expanded (V > T*B)
-@pytest.mark.parametrize("wide", [False, True])  # LSTM at H = 256 (128 double): dW by rows
+@pytest.mark.parametrize("wide", [False, True])  # H = 256 (128 double): dG rows 4 KB apart
 @pytest.mark.parametrize("B", [4, 13])   # 13: the recurrence splits by batch rows on 2 threads
 def test_cpu_layer_lookup_matches_dense_reference(cell, dtype, V, wide, B):
     from fastrnn.backends import cpu, reference
