@@ -94,16 +94,30 @@ def test_weight_gradients_by_rows_match_reference(cell, dtype, H, reverse, ragge
 def test_recurrence_split_by_batch_matches_reference(cell, dtype, threads, num_threads):
     """Enough batch rows per thread: each thread runs all units of its rows (no barrier
     per step; rows split unevenly, unit slices of unequal width), and the weight and bias
-    gradients gather every thread's rows. Fewer rows: split by units, same numbers."""
+    gradients gather every thread's rows. Training splits by batch from 4 rows a thread,
+    an inference forward from a micro-kernel's rows (6 with AVX-512), so 4 * threads rows
+    split training by batch and inference (there) by units. Fewer rows: split by units,
+    same numbers."""
+    from fastrnn.backends import reference
     cpu = backends.get("cpu")
     num_threads(threads)
-    for k, (T, B, I, H) in enumerate([(6, 19, 5, 37), (4, 2 * threads - 1, 5, 37)]):
-        assert cpu.splits_by_batch(cell, B, H, dtype) == (k == 0)
+    for k, (T, B, I, H) in enumerate([(6, 19, 5, 37), (4, 4 * threads, 5, 37), (4, 2 * threads - 1, 5, 37)]):
+        assert cpu.splits_by_batch(cell, B, H, dtype, train=True) == (k < 2)
+        if k != 1:
+            assert cpu.splits_by_batch(cell, B, H, dtype, train=False) == (k == 0)
         for reverse, ragged in ((False, False), (True, True), (False, True)):
-            out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
-                                              seed=[k, threads, reverse, ragged])
+            seed = [k, threads, reverse, ragged]
+            out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged, seed=seed)
             assert out_err <= TOL[dtype][0], (T, B, I, H, reverse, ragged, out_err)
             assert grad_err <= TOL[dtype][1], (T, B, I, H, reverse, ragged, grad_err)
+            rng = np.random.default_rng(seed)
+            args = layer_inputs(rng, cell, T, B, I, H, dtype)
+            lengths = random_lengths(rng, T, B) if ragged else None
+            y, h, _, saved = cpu.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False)
+            y_r, h_r, _, _ = reference.forward_layer(cell, *[None if a is None else a.astype(np.float64)
+                                                             for a in args], lengths=lengths, reverse=reverse)
+            assert saved is None
+            assert max(rel_err(y, y_r), rel_err(h, h_r)) <= TOL[dtype][0], (T, B, reverse, ragged)
 
 
 def _l2_bytes():
