@@ -9,6 +9,7 @@ import pytest
 
 import fastrnn
 from fastrnn import backends
+from fastrnn.cells import get_cell
 from fastrnn.lookup import Lookup
 from helpers import CELLS, compare_layer, layer_inputs, make_module, random_lengths, rel_err
 
@@ -349,6 +350,30 @@ def test_backward_consumes_saved_and_recycles_its_buffers():
     for a, b in zip(first, again):  # ... and gives the same results
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_arrays_start_on_cache_lines():
+    """Arrays of 4 KB and more that the kernels write or stream (outputs, the training
+    workspace, backward's gradients, the packed weights) start on a 64-byte line, and the
+    workspace pool takes such arrays back (not a view into one)."""
+    from fastrnn.backends.pool import ArrayPool, aligned_empty
+    cpu = backends.get("cpu")
+    rng = np.random.default_rng(3)
+    args = layer_inputs(rng, "lstm", 8, 4, 32, 64, np.float32)
+    y, _, _, saved = cpu.forward_layer("lstm", *args)
+    arrays = {"y": y, **{n: saved[n] for n in ("h_in", "gates", "c_in", "c_out")}}
+    grads = cpu.backward_layer("lstm", saved, np.ones_like(y), None, None)
+    arrays.update(dx=grads[0], dw_ih=grads[3], dw_hh=grads[4])
+    arrays["packed"] = cpu.packed_cache.get(get_cell("lstm").code, args[3], args[4], fastrnn.get_num_threads())
+    for name, a in arrays.items():
+        assert a.nbytes >= 4096 and a.ctypes.data % 64 == 0, name
+    pool = ArrayPool()
+    a = aligned_empty((32, 64), np.float32)
+    pool.release(a[1:])            # a view of part of it: not the pool's to reuse
+    assert pool.cached_bytes == 0
+    pool.release(a)
+    assert pool.empty((32, 64), np.float32) is a
+    assert aligned_empty((2, 3), np.float64).flags.owndata   # small: plain np.empty
 
 
 # grads_out: the parameter gradients are added into the caller's arrays (a model's running

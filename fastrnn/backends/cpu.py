@@ -14,7 +14,7 @@ from ..lookup import Lookup
 from ..threads import get_num_threads
 from .checks import check_backward_grads, check_forward_args, overlapping
 from .packed_weights import PackedWeightsCache
-from .pool import ArrayPool
+from .pool import ArrayPool, aligned_empty
 
 name = "cpu"
 # forward_layer takes a Lookup x (embedding rows by token): the kernels fold the table
@@ -50,7 +50,7 @@ def _pack(code, I, H, w_ih, w_hh, nthreads):
     size = packed_size(code, I, H, nthreads)
     if size == 0:
         raise RuntimeError(f"fastrnn cpu pack: kernel rejected its arguments (I={I}, H={H})")
-    packed = np.empty(size, w_ih.dtype)
+    packed = aligned_empty(size, w_ih.dtype)   # the micro-kernels' 64-byte panel loads
     status = pack(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype), _ptr(packed, ctype), nthreads)
     _check_status(status, "pack")
     return packed
@@ -63,7 +63,7 @@ def _same_bits(a, b):
 
 def _copy(a):
     """A copy of a C-contiguous array, split over the kernels' threads."""
-    out = np.empty_like(a)
+    out = aligned_empty(a.shape, a.dtype)
     lib.fastrnn_copy_bytes(_ptr(out, "char *"), _ptr(a, "char *"), a.nbytes, get_num_threads())
     return out
 
@@ -164,9 +164,10 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     fwd, ctype = _native("forward", dt)
     lstm, gru = spec.has_cell_state, spec.name == "gru"
 
-    y = np.empty((T, B, H), dt)
-    h_T = np.empty((B, H), dt)
-    c_T = np.empty((B, H), dt) if lstm else None
+    # outputs the kernels write: 64-byte aligned (pool.py says why)
+    y = aligned_empty((T, B, H), dt)
+    h_T = aligned_empty((B, H), dt)
+    c_T = aligned_empty((B, H), dt) if lstm else None
     ws = {}
     if train:
         names = ("h_in", "gates") + (("c_in", "c_out") if lstm else ()) + (("hh_n",) if gru else ())
@@ -239,8 +240,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     # gradients are dropped; the caller's dW_ih has no columns
     ih_shape = (GH, 0) if padded is not None else w_ih.shape
     if grads_out is None:
-        dw_ih, dw_hh = np.empty(ih_shape, dt), np.empty_like(w_hh)
-        db_ih, db_hh = np.empty(GH, dt), np.empty(GH, dt)
+        dw_ih, dw_hh = aligned_empty(ih_shape, dt), aligned_empty(w_hh.shape, dt)
+        db_ih, db_hh = aligned_empty(GH, dt), aligned_empty(GH, dt)
     else:
         dw_ih, dw_hh, db_ih, db_hh = _check_grads_out(grads_out, ih_shape, w_hh.shape, GH, dt)
     if saved.get("no_units") is not None:   # H = 0: the weight gradients are empty
@@ -265,9 +266,9 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
-    dx = np.empty(x.shape, dt) if need_dx and padded is None else None   # (V, I) with tokens
-    dh0 = np.empty((B, H), dt)
-    dc0 = np.empty((B, H), dt) if spec.has_cell_state else None
+    dx = aligned_empty(x.shape, dt) if need_dx and padded is None else None   # (V, I) with tokens
+    dh0 = aligned_empty((B, H), dt)
+    dc0 = aligned_empty((B, H), dt) if spec.has_cell_state else None
     status = bwd(spec.code, T, B, I, H, int(saved["reverse"]), p(x), V, _ptr(tokens, "int32_t *"),
                  p(w_ih), p(w_hh), p(packed),
                  p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
@@ -319,7 +320,7 @@ def matmul(a, b, out=None, accumulate=False):
     M, K = a.shape
     N = b.shape[1]
     if out is None:
-        out = np.empty((M, N), a.dtype)
+        out = aligned_empty((M, N), a.dtype)
         accumulate = False
     elif out.shape != (M, N) or out.dtype != a.dtype or out.strides[1] != out.itemsize or out.strides[0] < 0:
         raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
@@ -368,7 +369,7 @@ def softmax_xent(logits, targets, scale=1.0, want_grad=True):
     targets = np.ascontiguousarray(np.maximum(targets, -1), dtype=np.int32)
     fn, ctype = _native("softmax_xent", logits.dtype)
     loss = np.empty(N, logits.dtype)
-    grad = np.empty_like(logits) if want_grad else None
+    grad = aligned_empty(logits.shape, logits.dtype) if want_grad else None
     status = fn(N, V, _ptr(logits, ctype), _ptr(targets, "int32_t *"), _ptr(loss, ctype),
                 _ptr(grad, ctype), float(scale), get_num_threads())
     _check_status(status, "softmax_xent")
