@@ -75,13 +75,11 @@ int fastrnn_pack_f32(int cell, int I, int H, const float *w_ih, const float *w_h
 int fastrnn_pack_f64(int cell, int I, int H, const double *w_ih, const double *w_hh, double *packed,
                      int nthreads);
 
-/* 1 when a call with these sizes, `nthreads` threads and packed weights splits the
- * recurrence by batch rows (each thread all units of its rows, no barrier per step: B
- * large enough and W_hh small enough for a core's L2), 0 when by hidden units. train: a
- * training forward or a backward (which split by batch from fewer rows a thread), 0: an
- * inference forward. */
-int fastrnn_by_batch_f32(int cell, int B, int H, int nthreads, int train);
-int fastrnn_by_batch_f64(int cell, int B, int H, int nthreads, int train);
+/* 1 when forward and backward with these sizes, `nthreads` threads and packed weights
+ * split the recurrence by batch rows (each thread all units of its rows, no barrier per
+ * step: B large enough and W_hh small enough for a core's L2), 0 when by hidden units. */
+int fastrnn_by_batch_f32(int cell, int B, int H, int nthreads);
+int fastrnn_by_batch_f64(int cell, int B, int H, int nthreads);
 
 /* Language-model helpers on the same kernels and threads.
  * matmul: C (M x N, row stride ldc) = A (M x K) B (K x N) [+ C if accumulate], with

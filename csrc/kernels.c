@@ -241,10 +241,10 @@ size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)       
     if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;                                        \
     DISPATCH(packed_layout, suffix, cell, I, H, nthreads, -1, NULL, NULL, NULL)                \
 }                                                                                              \
-int fastrnn_by_batch_##suffix(int cell, int B, int H, int nthreads, int train)                 \
+int fastrnn_by_batch_##suffix(int cell, int B, int H, int nthreads)                            \
 {                                                                                              \
     if (bad_args(cell, 0, B, 1, H, nthreads)) return 0;                                        \
-    DISPATCH(by_batch, suffix, cell, B, H, nthreads, train != 0)                               \
+    DISPATCH(by_batch, suffix, cell, B, H, nthreads)                                           \
 }                                                                                              \
 int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, R *packed,     \
                           int nthreads)                                                        \

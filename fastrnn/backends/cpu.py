@@ -84,13 +84,11 @@ def isa():
     return ffi.string(lib.fastrnn_isa()).decode()
 
 
-def splits_by_batch(cell, B, H, dtype=np.float32, threads=None, train=True):
+def splits_by_batch(cell, B, H, dtype=np.float32, threads=None):
     """True when the kernels split a layer's recurrence by batch rows for these sizes (each
-    thread runs all units of its rows, no barrier per step), False when by hidden units.
-    train: a training forward or a backward; False: an inference forward (which needs more
-    rows a thread)."""
+    thread runs all units of its rows, no barrier per step), False when by hidden units."""
     fn, _ = _native("by_batch", np.dtype(dtype))
-    return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads()), int(bool(train))))
+    return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads())))
 
 
 def omp_max_threads():
