@@ -13,9 +13,9 @@ ALIGN = 64
 
 
 def aligned_empty(shape, dtype):
-    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (a view
-    into a byte buffer ALIGN bytes longer, which is its .base). Arrays under 4 KB come from
-    np.empty as they are: a few lines gain nothing worth the 1.5 us this costs, and a
+    """An uninitialised C-contiguous array. From 4 KB its data starts on a 64-byte boundary
+    (a view into a byte buffer ALIGN bytes longer, which is its .base); smaller arrays are
+    np.empty's as they are: a few lines gain nothing worth the 1.5 us aligning costs, and a
     generated token allocates a dozen."""
     dtype = np.dtype(dtype)
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
@@ -44,8 +44,8 @@ class ArrayPool:
         self._lock = threading.Lock()
 
     def empty(self, shape, dtype):
-        """An uninitialised 64-byte-aligned array: a released one of this shape and dtype,
-        else a new one."""
+        """An uninitialised array (aligned_empty's): a released one of this shape and
+        dtype, else a new one."""
         key = (tuple(shape), np.dtype(dtype).str)
         with self._lock:
             stack = self._free.get(key)
