@@ -14,6 +14,9 @@
  * Training workspace (all NULL for inference), indexed by time step t:
  *   h_in (T,B,H) state before step t, gates (T,B,G*H) post-activation gates,
  *   c_in, c_out (T,B,H) LSTM cell state before/after, hh_n (T,B,H) GRU W_hn h + b_hn.
+ *   c_in and c_out may be the two overlapping (T,B,H) views of one (T+1,B,H) array, as
+ *   c_in[t] is c_out of the step before: c_out = c_in + B*H (reverse: c_in = c_out + B*H).
+ *   The forward then writes c_in at its first step only.
  * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL.
  */
 #ifndef FASTRNN_H

@@ -40,7 +40,7 @@ PROJECTION_CHUNK_BYTES = 1 << 19
 # Training workspace and backward scratch are recycled: backward_layer consumes its
 # `saved` and returns the buffers here for the next forward_layer.
 workspace_pool = ArrayPool()
-_WORKSPACE = ("h_in", "gates", "c_in", "c_out", "hh_n")
+_WORKSPACE = ("h_in", "gates", "c_states", "hh_n")   # the arrays the pool takes back
 
 
 def _pack(code, I, H, w_ih, w_hh, nthreads):
@@ -168,8 +168,11 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     c_T = aligned_empty((B, H), dt) if lstm else None
     ws = {}
     if train:
-        names = ("h_in", "gates") + (("c_in", "c_out") if lstm else ()) + (("hh_n",) if gru else ())
+        names = ("h_in", "gates") + (("hh_n",) if gru else ())
         ws = {n: workspace_pool.empty((T, B, GH if n == "gates" else H), dt) for n in names}
+        if lstm:   # T + 1 cell states: a step's c_in is the c_out of the step before it
+            ws["c_states"] = cs = workspace_pool.empty((T + 1, B, H), dt)
+            ws["c_in"], ws["c_out"] = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
