@@ -36,6 +36,13 @@ def step_runner(cls, H, B, T, state):
     return run
 
 
+def tokens_per_s(run, tokens):
+    """Tokens a second of `run` (median of its timed calls), after the settling pause."""
+    time.sleep(bench.SETTLE_SECONDS)
+    times = bench.measure(run, repeats=7, min_repeats=5, max_seconds=2)
+    return tokens / sorted(times)[len(times) // 2]
+
+
 DECODE_STEPS = 64
 
 
@@ -61,9 +68,7 @@ def decode_rows():
         state = torch.nn.LSTM(H, H, num_layers=2).state_dict()
         res = {}
         for name, cls, frozen in variants:
-            time.sleep(bench.SETTLE_SECONDS)
-            times = bench.measure(decode_runner(cls, H, state, frozen), repeats=7, min_repeats=5, max_seconds=2)
-            res[name] = DECODE_STEPS / sorted(times)[len(times) // 2]
+            res[name] = tokens_per_s(decode_runner(cls, H, state, frozen), DECODE_STEPS)
         rows.append(dict(hidden=H, layers=2, tokens_per_s=res))
     return rows
 
@@ -80,9 +85,7 @@ def main(argv=None):
                 state = torch.nn.LSTM(H, H).state_dict()
                 res = {}
                 for name, cls in (("torch.nn.LSTM", torch.nn.LSTM), ("fastrnn.torch.LSTM", ft.LSTM)):
-                    time.sleep(bench.SETTLE_SECONDS)
-                    times = bench.measure(step_runner(cls, H, B, T, state), repeats=7, min_repeats=5, max_seconds=2)
-                    res[name] = T * B / sorted(times)[len(times) // 2]
+                    res[name] = tokens_per_s(step_runner(cls, H, B, T, state), T * B)
                 rows.append(dict(hidden=H, batch=B, seq_len=T, torch_tokens_per_s=res["torch.nn.LSTM"],
                                  fastrnn_tokens_per_s=res["fastrnn.torch.LSTM"],
                                  ratio=res["fastrnn.torch.LSTM"] / res["torch.nn.LSTM"]))
