@@ -9,7 +9,8 @@ state_dict, argument checks and outputs are torch's; only the computation differ
 layer-direction runs as one torch.autograd.Function over a fastrnn backend. CPU tensors
 reach the kernels without copies (numpy views), and so do CUDA tensors (the cuda backend
 reads them through __cuda_array_interface__; backend='auto' picks it for them). Supported
-inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or without hx.
+inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or without hx;
+float32 and float64, and float16/bfloat16 computed in float32 (results in their dtypes).
 """
 try:
     import torch
@@ -101,6 +102,17 @@ class _LayerFunction(torch.autograd.Function):
                 *bias, None, None, None, None, None)
 
 
+def _compute_dtype(dtype):
+    """The kernels' dtype for inputs of `dtype`: float32 and float64 as they are, float16
+    and bfloat16 in float32 (results are cast back to the input's dtype)."""
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    raise NotImplementedError(f"dtype {dtype} is not supported by fastrnn.torch "
+                              "(float32, float64, float16 and bfloat16 are)")
+
+
 class _FastRNNMixin:
     """forward() of torch.nn.RNNBase, computed by fastrnn. `backend` picks the fastrnn
     backend ('auto': cpu when built, else reference)."""
@@ -178,15 +190,18 @@ class _FastRNNMixin:
             self.check_forward_args(input.unsqueeze(batch_dim) if unbatched else input,
                                     (h0, c0) if lstm else h0, None)
 
-        if x.dtype not in (torch.float32, torch.float64):
-            raise NotImplementedError(f"dtype {x.dtype} is not supported by fastrnn.torch "
-                                      "(float32 and float64 are)")
+        out_dtype = x.dtype
+        compute = _compute_dtype(x.dtype)
         backend = self._backend_for(x)
         cell = self._cell()
         # by name, not self._flat_weights: respects functional_call and parametrizations
         weights = [getattr(self, n) for n in self._flat_weights_names]
         self._check_devices(x.device, [("hx", h0), ("hx", c0)] +
                             list(zip(self._flat_weights_names, weights)))
+        # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
+        # so autograd returns each gradient in its tensor's own dtype
+        x, h0, c0 = (None if t is None else t.to(compute) for t in (x, h0, c0))
+        weights = [w.to(compute) for w in weights]
         per = 4 if self.bias else 2
         grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
@@ -208,8 +223,8 @@ class _FastRNNMixin:
             if self.dropout and self.training and layer < self.num_layers - 1:
                 out = torch.nn.functional.dropout(out, self.dropout, training=True)
             layer_in = out
-        h_n = torch.stack(h_n)
-        c_n = torch.stack(c_n) if lstm else None
+        out, h_n = out.to(out_dtype), torch.stack(h_n).to(out_dtype)
+        c_n = torch.stack(c_n).to(out_dtype) if lstm else None
 
         if packed:
             output = PackedSequence(out[mask], batch_sizes, sorted_idx, unsorted_idx)

@@ -24,7 +24,9 @@ def _pair(i, *args, dtype=torch.float64, backend="auto", **kw):
     return m, t
 
 
-def _run(module, x, hx):
+def _run(module, x, hx, loss_dtype=None):
+    """Outputs and all gradients of a random linear loss (its weights drawn in loss_dtype,
+    default the output's)."""
     x = x.detach().clone().requires_grad_(True)
     if hx is not None:
         hx = tuple(h.detach().clone().requires_grad_(True) for h in hx) if isinstance(hx, tuple) \
@@ -33,8 +35,8 @@ def _run(module, x, hx):
     data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
     hs = list(hn) if isinstance(hn, tuple) else [hn]
     g = torch.Generator().manual_seed(0)
-    loss = (data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum()
-    loss = loss + sum((h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum() for h in hs)
+    w = lambda shape: torch.randn(shape, generator=g, dtype=loss_dtype or data.dtype).to(data.dtype)
+    loss = (data * w(data.shape)).sum() + sum((h * w(h.shape)).sum() for h in hs)
     loss.backward()
     grads_hx = None if hx is None else ([h.grad for h in hx] if isinstance(hx, tuple) else [hx.grad])
     return data.detach(), [h.detach() for h in hs], x.grad, grads_hx, [p.grad for p in module.parameters()]
@@ -189,10 +191,45 @@ def test_proj_size_is_not_supported():
         ft.LSTM(4, 8, proj_size=2)
 
 
+@pytest.mark.parametrize("i", range(4), ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_not_implemented(dtype):
-    with pytest.raises(NotImplementedError, match=f"dtype {dtype} is not supported"):
-        ft.GRU(4, 8, dtype=dtype)(torch.randn(3, 2, 4, dtype=dtype))
+def test_half_precision_runs_in_float32(i, dtype):
+    """float16/bfloat16 modules compute in float32 and return torch's dtypes: outputs,
+    states, and every gradient in its tensor's dtype, equal to a float32 run of the same
+    values rounded once (torch's own half run rounds every step: looser)."""
+    torch.manual_seed(20 + i)
+    m, t = _pair(i, 5, 8, dtype=dtype, num_layers=2, bidirectional=True, batch_first=True)
+    m32, _ = _pair(i, 5, 8, dtype=torch.float32, num_layers=2, bidirectional=True, batch_first=True)
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    x = torch.randn(3, 6, 5).to(dtype)
+    h = torch.randn(4, 3, 8).to(dtype)
+    hx = (h, torch.randn(4, 3, 8).to(dtype)) if i == 2 else h
+    half, half_t = _run(m, x, hx), _run(t, x, hx)
+    full = _run(m32, x.float(), tuple(u.float() for u in hx) if i == 2 else hx.float(), loss_dtype=dtype)
+    flat = lambda r: [r[0], *r[1], r[2], *r[3], *r[4]]
+    tol = 8e-3 if dtype == torch.bfloat16 else 1e-3   # ours: up to 3e-3, 3.4e-4; torch: 1.2e-2, 1.2e-3 and up
+    for ours, theirs, exact in zip(flat(half), flat(half_t), flat(full)):
+        assert ours.dtype == theirs.dtype == dtype
+        assert torch.allclose(ours.float(), exact, rtol=tol, atol=tol), (ours.float() - exact).abs().max()
+        assert torch.allclose(ours.float(), theirs.float(), rtol=8 * tol, atol=8 * tol)
+
+
+def test_autocast_mixed_dtypes_compute_in_float32():
+    """Under autocast torch lets the input's dtype differ from the weights'; the layers
+    compute in float32 and return the input's dtype."""
+    m, _ = _pair(2, 4, 6, dtype=torch.float32)
+    x = torch.randn(5, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = m(x.bfloat16())
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    ref, _ = m(x.bfloat16().float())
+    assert torch.allclose(out.float(), ref, atol=8e-3)
+
+
+def test_other_dtypes_are_not_implemented():
+    from fastrnn.torch import _compute_dtype
+    with pytest.raises(NotImplementedError, match="dtype torch.complex64 is not supported"):
+        _compute_dtype(torch.complex64)
 
 
 def test_torch_argument_checks_apply():
