@@ -1,6 +1,7 @@
-"""A PyTorch training step with fastrnn.torch.LSTM against torch.nn.LSTM, same run.
+"""A PyTorch training step with fastrnn.torch.LSTM/GRU/RNN against torch.nn's, same run.
 
     python benchmarks/torch_dropin.py [--out benchmarks/results/torch-dropin.json]
+                                      [--cells LSTM,GRU,RNN]
 
 Grid of the CPU-backend issue: H {128, 512} x B {1, 32} x T {32, 256}, float32, both with
 torch.set_num_threads equal to fastrnn's. A step is forward, loss = <out, g>, backward.
@@ -14,7 +15,7 @@ import contextlib
 import json
 import math
 import os
-import time
+import statistics
 
 import torch
 
@@ -22,6 +23,10 @@ import fastrnn
 import fastrnn.torch as ft
 from fastrnn import bench, report
 from fastrnn.threads import get_num_threads
+
+
+# cell name -> (torch.nn class, fastrnn.torch class); RNN is torch's default, tanh
+CELLS = {"LSTM": (torch.nn.LSTM, ft.LSTM), "GRU": (torch.nn.GRU, ft.GRU), "RNN": (torch.nn.RNN, ft.RNN)}
 
 
 def step_runner(cls, H, B, T, state):
@@ -36,11 +41,16 @@ def step_runner(cls, H, B, T, state):
     return run
 
 
-def tokens_per_s(run, tokens):
-    """Tokens a second of `run` (median of its timed calls), after the settling pause."""
-    time.sleep(bench.SETTLE_SECONDS)
-    times = bench.measure(run, repeats=7, min_repeats=5, max_seconds=2)
-    return tokens / sorted(times)[len(times) // 2]
+def tokens_per_s(runs, tokens):
+    """Tokens a second of each of `runs` (median of its timed calls), the runs taking turns
+    call by call (bench.take_turns) so a shared machine's drift hits them alike; short
+    calls get more rounds."""
+    times = bench.take_turns(runs, repeats=41, max_seconds=3.0, warmup=2)
+    return [tokens / statistics.median(ts) for ts in times]
+
+
+def geometric_mean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 DECODE_STEPS = 64
@@ -66,9 +76,9 @@ def decode_rows():
     rows = []
     for H in (256, 512):
         state = torch.nn.LSTM(H, H, num_layers=2).state_dict()
-        res = {}
-        for name, cls, frozen in variants:
-            res[name] = tokens_per_s(decode_runner(cls, H, state, frozen), DECODE_STEPS)
+        res = dict(zip([v[0] for v in variants],
+                       tokens_per_s([decode_runner(cls, H, state, frozen) for _, cls, frozen in variants],
+                                    DECODE_STEPS)))
         rows.append(dict(hidden=H, layers=2, tokens_per_s=res))
     return rows
 
@@ -76,25 +86,30 @@ def decode_rows():
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "torch-dropin.json"))
+    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated, of " + ",".join(CELLS))
     args = p.parse_args(argv)
+    cells = args.cells.split(",")
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        p.error(f"--cells: unknown {unknown}, expected some of {list(CELLS)}")
     torch.set_num_threads(get_num_threads())
     rows = []
-    for H in (128, 512):
-        for B in (1, 32):
-            for T in (32, 256):
-                state = torch.nn.LSTM(H, H).state_dict()
-                res = {}
-                for name, cls in (("torch.nn.LSTM", torch.nn.LSTM), ("fastrnn.torch.LSTM", ft.LSTM)):
-                    res[name] = tokens_per_s(step_runner(cls, H, B, T, state), T * B)
-                rows.append(dict(hidden=H, batch=B, seq_len=T, torch_tokens_per_s=res["torch.nn.LSTM"],
-                                 fastrnn_tokens_per_s=res["fastrnn.torch.LSTM"],
-                                 ratio=res["fastrnn.torch.LSTM"] / res["torch.nn.LSTM"]))
+    for cell in cells:
+        theirs, ours = CELLS[cell]
+        for H in (128, 512):
+            for B in (1, 32):
+                for T in (32, 256):
+                    state = theirs(H, H).state_dict()
+                    t, f = tokens_per_s([step_runner(c, H, B, T, state) for c in (theirs, ours)], T * B)
+                    rows.append(dict(cell=cell, hidden=H, batch=B, seq_len=T, torch_tokens_per_s=t,
+                                     fastrnn_tokens_per_s=f, ratio=f / t))
     print(report.render_table(
-        ["H", "B", "T", "torch.nn.LSTM tok/s", "fastrnn.torch.LSTM tok/s", "ratio"],
-        [[str(r["hidden"]), str(r["batch"]), str(r["seq_len"]), f"{r['torch_tokens_per_s']:,.0f}",
+        ["cell", "H", "B", "T", "torch.nn tok/s", "fastrnn.torch tok/s", "ratio"],
+        [[r["cell"], str(r["hidden"]), str(r["batch"]), str(r["seq_len"]), f"{r['torch_tokens_per_s']:,.0f}",
           f"{r['fastrnn_tokens_per_s']:,.0f}", f"{r['ratio']:.2f}"] for r in rows]))
-    gm = math.exp(sum(math.log(r["ratio"]) for r in rows) / len(rows))
-    print(f"geometric mean ratio {gm:.2f}, threads {get_num_threads()}")
+    gm = {c: geometric_mean([r["ratio"] for r in rows if r["cell"] == c]) for c in cells}
+    print("geometric mean ratio " + ", ".join(f"{c} {v:.2f}" for c, v in gm.items())
+          + f"; threads {get_num_threads()}")
     decode = decode_rows()
     names = list(decode[0]["tokens_per_s"])
     print("\nstep-by-step decoding, 2-layer LSTM, B = 1, tokens/s (ratio to torch.nn)")

@@ -186,6 +186,24 @@ def run_cases(cases, peak_gflops, repeats=5, min_repeats=3, max_seconds=1.0, on_
     return rows
 
 
+def take_turns(runs, repeats=9, max_seconds=4.0, min_repeats=5, warmup=1):
+    """Times of each of `runs`, called in turn (after `warmup` calls each) so that slow
+    drift of a shared machine hits them alike: rounds until `repeats`, or, after
+    `min_repeats`, once `max_seconds` are spent. One list of times per run."""
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    times = [[] for _ in runs]
+    spent = 0.0
+    while len(times[0]) < repeats and (len(times[0]) < min_repeats or spent < max_seconds):
+        for run, ts in zip(runs, times):
+            t = time.perf_counter()
+            run()
+            ts.append(time.perf_counter() - t)
+            spent += ts[-1]
+    return times
+
+
 def run_paired(cases, peak_gflops, repeats=9, max_seconds=4.0, on_step=None):
     """Like run_cases, but the backends of each point take turns call by call (after one
     warm-up each), so slow drift of a shared machine hits both sides of a ratio alike.
@@ -195,17 +213,7 @@ def run_paired(cases, peak_gflops, repeats=9, max_seconds=4.0, on_step=None):
         points.setdefault((case.cell, case.mode, case.hidden, case.batch, case.seq_len), []).append(case)
     rows = []
     for group in points.values():
-        runs = [make_runner(c) for c in group]
-        for run in runs:
-            run()
-        times = [[] for _ in group]
-        spent = 0.0
-        while len(times[0]) < repeats and (len(times[0]) < 5 or spent < max_seconds):
-            for run, ts in zip(runs, times):
-                t = time.perf_counter()
-                run()
-                ts.append(time.perf_counter() - t)
-                spent += ts[-1]
+        times = take_turns([make_runner(c) for c in group], repeats=repeats, max_seconds=max_seconds)
         rows += [summarize(c, ts, peak_gflops) for c, ts in zip(group, times)]
         if on_step:
             on_step(group[0])

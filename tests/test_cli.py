@@ -96,6 +96,16 @@ def test_compare_rejects_a_file_that_is_not_a_run(tmp_path):
     assert r.returncode == 2 and "not a fastrnn bench result" in r.stderr
 
 
+def test_take_turns_alternates_calls_after_warmup():
+    from fastrnn import bench
+    for max_seconds, rounds in ((1e9, 3), (0.0, 2)):   # repeats, or min_repeats once time is up
+        log = []
+        times = bench.take_turns([lambda: log.append("a"), lambda: log.append("b")],
+                                 repeats=3, max_seconds=max_seconds, min_repeats=2, warmup=2)
+        assert log == ["a", "a", "b", "b"] + ["a", "b"] * rounds
+        assert [len(t) for t in times] == [rounds, rounds] and all(x >= 0 for t in times for x in t)
+
+
 def test_run_paired_interleaves_backends_per_point():
     """run_paired gives one row per case, same point for both backends, with repeat times."""
     from fastrnn import bench
