@@ -1,7 +1,16 @@
-"""Thread count for the native kernels: OMP_NUM_THREADS at start, set_num_threads() after."""
+"""Thread count for the native kernels: OMP_NUM_THREADS at start, set_num_threads() after.
+
+A process forked after OpenMP threads started runs the kernels on one thread: GNU OpenMP
+does not rebuild its thread pool in a forked child, and a parallel region there waits for
+threads that do not exist (a 2-thread forward in a multiprocessing 'fork' worker hung
+forever). torch shares the same libgomp, so its parallel work counts too.
+"""
 import os
+import sys
 
 _num_threads = None
+_pool_may_exist = False   # a native call may have started OpenMP threads in this process
+_fork_unsafe = False      # forked from a process where they may have: one thread only
 
 
 def _default():
@@ -26,9 +35,11 @@ def _default():
 
 def get_num_threads():
     """Threads each native kernel call uses."""
-    global _num_threads
+    global _num_threads, _pool_may_exist
     if _num_threads is None:
         _num_threads = _default()
+    if _num_threads > 1:
+        _pool_may_exist = True
     return _num_threads
 
 
@@ -37,4 +48,31 @@ def set_num_threads(n):
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if n > 1 and _fork_unsafe:
+        raise RuntimeError(
+            f"n: this process was forked after OpenMP threads had started, and GNU OpenMP "
+            f"cannot start threads in such a child (a {n}-thread kernel would hang): it runs "
+            "on 1 thread. For more, start workers with multiprocessing's 'spawn' or "
+            "'forkserver' method.")
     _num_threads = n
+
+
+def _fork_child_inherits_pool():
+    """In the parent, as it forks: may the child inherit OpenMP's stale thread pool?"""
+    return _fork_unsafe or _pool_may_exist or "torch" in sys.modules
+
+
+def _before_fork():
+    global _child_unsafe
+    _child_unsafe = _fork_child_inherits_pool()
+
+
+def _after_fork_in_child():
+    global _num_threads, _fork_unsafe
+    if _child_unsafe:
+        _fork_unsafe, _num_threads = True, 1
+
+
+_child_unsafe = False
+if hasattr(os, "register_at_fork"):   # POSIX
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -223,6 +223,54 @@ def test_default_threads_under_omp_proc_bind():
     assert out[0] == out[1], out
 
 
+def _gru_forward_sum(seed=0):
+    """A small GRU forward on the cpu backend (module level: a forked worker runs it)."""
+    rng = np.random.default_rng(seed)
+    y = backends.get("cpu").forward_layer("gru", *layer_inputs(rng, "gru", 6, 5, 4, 40, np.float32))[0]
+    return float(y.sum())
+
+
+def _in_forked_child():
+    """A forked worker: its thread count, a forward, and what set_num_threads(2) says."""
+    try:
+        fastrnn.set_num_threads(2)
+        refused = ""
+    except RuntimeError as e:
+        refused = str(e)
+    return fastrnn.get_num_threads(), _gru_forward_sum(), refused
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs fork (POSIX)")
+def test_forked_child_runs_the_kernels_on_one_thread(num_threads):
+    """GNU OpenMP keeps a stale thread pool in a forked child: a parallel region there
+    waited forever. A child forked after threads started runs on one thread instead."""
+    import multiprocessing
+    num_threads(2)
+    expected = _gru_forward_sum()    # starts the OpenMP threads here
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        threads, got, refused = pool.apply_async(_in_forked_child).get(timeout=120)
+    assert threads == 1 and got == expected
+    assert "forked after OpenMP threads had started" in refused and "'spawn'" in refused
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs fork (POSIX)")
+def test_child_of_a_process_without_threads_keeps_its_thread_count():
+    """Only a process whose OpenMP threads may have started makes its children one-thread."""
+    code = ("import os, fastrnn, numpy as np; from fastrnn.backends import cpu\n"
+            "fastrnn.set_num_threads(1)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    fastrnn.set_num_threads(2)\n"
+            "    w = np.full((4, 3), 0.1, np.float32); b = np.zeros(4, np.float32)\n"
+            "    y = cpu.forward_layer('rnn_tanh', np.ones((5, 2, 3), np.float32), np.zeros((2, 4), np.float32),\n"
+            "                          None, w, np.full((4, 4), 0.1, np.float32), b, b, train=False)[0]\n"
+            "    os._exit(0 if fastrnn.get_num_threads() == 2 and np.isfinite(y).all() else 3)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["0"], (out.stdout, out.stderr)
+
+
 def test_weights_are_packed_once_per_version(num_threads):
     """Repeated calls reuse the packed weights; any in-place change (an optimizer step or an
     edit by hand) is seen at the next call, and backward follows the live weights too."""
