@@ -11,6 +11,7 @@ import sys
 _num_threads = None
 _pool_may_exist = False   # a native call may have started OpenMP threads in this process
 _fork_unsafe = False      # forked from a process where they may have: one thread only
+_child_unsafe = False     # set in the parent as it forks: the child will be _fork_unsafe
 
 
 def _default():
@@ -73,6 +74,5 @@ def _after_fork_in_child():
         _fork_unsafe, _num_threads = True, 1
 
 
-_child_unsafe = False
 if hasattr(os, "register_at_fork"):   # POSIX
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
