@@ -6,6 +6,9 @@
 Grid of the CPU-backend issue: H {128, 512} x B {1, 32} x T {32, 256}, float32, both with
 torch.set_num_threads equal to fastrnn's. A step is forward, loss = <out, g>, backward.
 
+Then the same step for an LSTM with a projection (proj_size P; input size H/2):
+(H, P) {(512, 128), (1024, 256)} x B {1, 32} x T {32, 256}.
+
 Then step-by-step decoding (generation's loop): a 2-layer LSTM called on one token at a
 time under torch.no_grad, carrying hx, for torch.nn.LSTM, fastrnn.torch.LSTM, and
 fastrnn.torch.LSTM inside fastrnn.frozen_weights() (weights compared once, not per call).
@@ -16,6 +19,7 @@ import json
 import math
 import os
 import statistics
+import warnings
 
 import torch
 
@@ -47,6 +51,35 @@ def tokens_per_s(runs, tokens):
     calls get more rounds."""
     times = bench.take_turns(runs, repeats=41, max_seconds=3.0, warmup=2)
     return [tokens / statistics.median(ts) for ts in times]
+
+
+PROJ_SIZES = ((512, 128), (1024, 256))
+
+
+def proj_rows():
+    """Training steps of LSTM(H // 2, H, proj_size=P), torch.nn against fastrnn.torch."""
+    # torch notes once that oneDNN has no projection and it runs its own implementation
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+    rows = []
+    for H, P in PROJ_SIZES:
+        state = torch.nn.LSTM(H // 2, H, proj_size=P).state_dict()
+        for B in (1, 32):
+            for T in (32, 256):
+                runs = []
+                for cls in (torch.nn.LSTM, ft.LSTM):
+                    m = cls(H // 2, H, proj_size=P)
+                    m.load_state_dict(state)
+                    x = torch.randn(T, B, H // 2, requires_grad=True)
+                    g = torch.randn(T, B, P)
+
+                    def run(m=m, x=x, g=g):
+                        out, _ = m(x)
+                        out.backward(g)
+                    runs.append(run)
+                t, f = tokens_per_s(runs, T * B)
+                rows.append(dict(hidden=H, proj_size=P, batch=B, seq_len=T, torch_tokens_per_s=t,
+                                 fastrnn_tokens_per_s=f, ratio=f / t))
+    return rows
 
 
 def geometric_mean(values):
@@ -110,6 +143,13 @@ def main(argv=None):
     gm = {c: geometric_mean([r["ratio"] for r in rows if r["cell"] == c]) for c in cells}
     print("geometric mean ratio " + ", ".join(f"{c} {v:.2f}" for c, v in gm.items())
           + f"; threads {get_num_threads()}")
+    proj = proj_rows()
+    print("\nLSTM with a projection (proj_size), input size H/2")
+    print(report.render_table(
+        ["H", "P", "B", "T", "torch.nn tok/s", "fastrnn.torch tok/s", "ratio"],
+        [[str(r["hidden"]), str(r["proj_size"]), str(r["batch"]), str(r["seq_len"]),
+          f"{r['torch_tokens_per_s']:,.0f}", f"{r['fastrnn_tokens_per_s']:,.0f}", f"{r['ratio']:.2f}"]
+         for r in proj]))
     decode = decode_rows()
     names = list(decode[0]["tokens_per_s"])
     print("\nstep-by-step decoding, 2-layer LSTM, B = 1, tokens/s (ratio to torch.nn)")
@@ -120,7 +160,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(dict(machine=bench.machine_info(), results=rows, geometric_mean_ratio=gm,
-                       decode=decode), f, indent=1)
+                       projection=proj, decode=decode), f, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -66,6 +66,53 @@ int fastrnn_backward_f64(int cell, int T, int B, int I, int H, int reverse,
                          const double *hh_n, double *dgi, double *dgh_n, double *dx, double *dh_0, double *dc_0,
                          double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, int accumulate, int nthreads);
 
+/* LSTM with a projection (PyTorch's proj_size = P >= 1): m = o * tanh(c'), h' = W_hr m.
+ * x (T,B,I); w_ih (4H,I); w_hh (4H,P); w_hr (P,H); b_ih, b_hh (4H) or both NULL; h0 (B,P);
+ * c0 (B,H); y (T,B,P), h_T (B,P), c_T (B,H). lengths and reverse as above. Training
+ * workspace (all NULL for inference): h_in (T,B,P) state before step t, gates (T,B,4H)
+ * post-activation, c_in, c_out (T,B,H) cell state before/after, m (T,B,H) o * tanh(c').
+ * Steps past a sequence's length write zeros to m and leave their other workspace rows
+ * unwritten (backward does not read them).
+ * Backward: dy (T,B,P), dh_T (B,P), dc_T (B,H) or NULL (zero); scratch dg (T,B,4H) and
+ * dhs (T,B,P); dx (T,B,I) or NULL; dh_0 (B,P), dc_0 (B,H); dw_ih, dw_hh, dw_hr, db_ih,
+ * db_hh overwritten, or added to with accumulate != 0.
+ * packed: the weights packed by fastrnn_lstmp_pack for the same nthreads (reused while the
+ * weights are unchanged), or NULL: each call packs its own. */
+size_t fastrnn_lstmp_packed_size_f32(int I, int H, int P, int nthreads);
+size_t fastrnn_lstmp_packed_size_f64(int I, int H, int P, int nthreads);
+int fastrnn_lstmp_pack_f32(int I, int H, int P, const float *w_ih, const float *w_hh, const float *w_hr,
+                           float *packed, int nthreads);
+int fastrnn_lstmp_pack_f64(int I, int H, int P, const double *w_ih, const double *w_hh, const double *w_hr,
+                           double *packed, int nthreads);
+int fastrnn_lstmp_forward_f32(int T, int B, int I, int H, int P, int reverse,
+                              const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                              const float *packed,
+                              const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                              const int32_t *lengths, float *y, float *h_T, float *c_T, float *h_in,
+                              float *gates, float *c_in, float *c_out, float *m, int nthreads);
+int fastrnn_lstmp_forward_f64(int T, int B, int I, int H, int P, int reverse,
+                              const double *x, const double *w_ih, const double *w_hh, const double *w_hr,
+                              const double *packed,
+                              const double *b_ih, const double *b_hh, const double *h0, const double *c0,
+                              const int32_t *lengths, double *y, double *h_T, double *c_T, double *h_in,
+                              double *gates, double *c_in, double *c_out, double *m, int nthreads);
+int fastrnn_lstmp_backward_f32(int T, int B, int I, int H, int P, int reverse,
+                               const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                               const float *packed,
+                               const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
+                               const float *h_in, const float *gates, const float *c_in, const float *c_out,
+                               const float *m, float *dg, float *dhs, float *dx, float *dh_0, float *dc_0,
+                               float *dw_ih, float *dw_hh, float *dw_hr, float *db_ih, float *db_hh,
+                               int accumulate, int nthreads);
+int fastrnn_lstmp_backward_f64(int T, int B, int I, int H, int P, int reverse,
+                               const double *x, const double *w_ih, const double *w_hh, const double *w_hr,
+                               const double *packed,
+                               const double *dy, const double *dh_T, const double *dc_T, const int32_t *lengths,
+                               const double *h_in, const double *gates, const double *c_in, const double *c_out,
+                               const double *m, double *dg, double *dhs, double *dx, double *dh_0, double *dc_0,
+                               double *dw_ih, double *dw_hh, double *dw_hr, double *db_ih, double *db_hh,
+                               int accumulate, int nthreads);
+
 /* Weights packed once for many calls (DESIGN.md: once per parameter version): the size
  * in values of the buffer for calls with `nthreads` threads (0 on bad arguments), and the
  * packing itself. Pass the buffer as `packed` to forward and backward while w_ih and w_hh

@@ -256,6 +256,56 @@ int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, 
 DEFINE_ENTRY_POINTS(float, f32)
 DEFINE_ENTRY_POINTS(double, f64)
 
+static int bad_lstmp_args(int T, int B, int I, int H, int P, int nthreads)
+{
+    return T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1;
+}
+
+#define DEFINE_LSTMP_ENTRY_POINTS(R, suffix)                                                   \
+int fastrnn_lstmp_forward_##suffix(int T, int B, int I, int H, int P, int reverse,             \
+                                   const R *x, const R *w_ih, const R *w_hh, const R *w_hr,    \
+                                   const R *packed, const R *b_ih, const R *b_hh, const R *h0, const R *c0,     \
+                                   const int32_t *lengths, R *y, R *h_T, R *c_T, R *h_in,      \
+                                   R *gates, R *c_in, R *c_out, R *m, int nthreads)            \
+{                                                                                              \
+    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL) ||         \
+        (gates && !(h_in && c_in && c_out && m)))                                              \
+        return FASTRNN_EINVAL;                                                                 \
+    DISPATCH(lstmp_forward, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, \
+             h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads)              \
+}                                                                                              \
+int fastrnn_lstmp_backward_##suffix(int T, int B, int I, int H, int P, int reverse,            \
+                                    const R *x, const R *w_ih, const R *w_hh, const R *w_hr,   \
+                                    const R *packed, const R *dy, const R *dh_T, const R *dc_T,                 \
+                                    const int32_t *lengths, const R *h_in, const R *gates,     \
+                                    const R *c_in, const R *c_out, const R *m, R *dg, R *dhs,  \
+                                    R *dx, R *dh_0, R *dc_0, R *dw_ih, R *dw_hh, R *dw_hr,     \
+                                    R *db_ih, R *db_hh, int accumulate, int nthreads)          \
+{                                                                                              \
+    if (bad_lstmp_args(T, B, I, H, P, nthreads)) return FASTRNN_EINVAL;                        \
+    DISPATCH(lstmp_backward, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, dy, dh_T, \
+             dc_T, lengths, h_in, gates, c_in, c_out, m, dg, dhs, dx, dh_0, dc_0, dw_ih, dw_hh,  \
+             dw_hr, db_ih, db_hh, accumulate, nthreads)                                        \
+}
+
+#define DEFINE_LSTMP_PACK_ENTRY_POINTS(R, suffix)                                              \
+size_t fastrnn_lstmp_packed_size_##suffix(int I, int H, int P, int nthreads)                   \
+{                                                                                              \
+    if (bad_lstmp_args(0, 0, I, H, P, nthreads)) return 0;                                     \
+    DISPATCH(lstmp_layout, suffix, I, H, P, nthreads, -1, NULL)                                \
+}                                                                                              \
+int fastrnn_lstmp_pack_##suffix(int I, int H, int P, const R *w_ih, const R *w_hh,             \
+                                const R *w_hr, R *packed, int nthreads)                        \
+{                                                                                              \
+    if (bad_lstmp_args(0, 0, I, H, P, nthreads)) return FASTRNN_EINVAL;                        \
+    DISPATCH(lstmp_pack, suffix, I, H, P, w_ih, w_hh, w_hr, packed, nthreads)                  \
+}
+
+DEFINE_LSTMP_PACK_ENTRY_POINTS(float, f32)
+DEFINE_LSTMP_PACK_ENTRY_POINTS(double, f64)
+DEFINE_LSTMP_ENTRY_POINTS(float, f32)
+DEFINE_LSTMP_ENTRY_POINTS(double, f64)
+
 #define DEFINE_DENSE_ENTRY_POINTS(R, suffix)                                                   \
 int fastrnn_matmul_##suffix(int M, int N, int K, const R *A, size_t sam, size_t sak,           \
                             const R *B, size_t sbk, size_t sbn, R *C, size_t ldc,              \

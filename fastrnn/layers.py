@@ -128,7 +128,8 @@ class RNNBase:
         if not isinstance(module, kinds[cls]):
             raise TypeError(f"module: expected a {kinds[cls].__name__}, got {type(module).__name__}")
         if getattr(module, "proj_size", 0):
-            raise NotImplementedError(f"proj_size > 0 is not supported (got proj_size={module.proj_size})")
+            raise NotImplementedError(f"proj_size > 0 is not supported by the fastrnn modules (got proj_size="
+                                      f"{module.proj_size}); fastrnn.torch.LSTM runs it")
         args = _rnn_kwargs(module, module.nonlinearity if cls is RNN else None)
         kw.setdefault("dtype", {torch.float64: np.float64}.get(module.weight_ih_l0.dtype, np.float32))
         m = cls(module.input_size, module.hidden_size, **args, **kw)

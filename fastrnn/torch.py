@@ -65,20 +65,42 @@ def _backend_stream(device):
         current.wait_stream(default)
 
 
+class _Recycler:
+    """Held by a call's autograd node only: when torch frees the graph (after backward
+    without retain_graph, or when the outputs are dropped), the training workspace goes back
+    to the backend's pool for the next forward instead of to the allocator. Backward keeps it
+    (retain=True) since torch may run it twice. Without this, every training step took fresh
+    memory for it and paid its page faults: a 241 MB workspace at LSTM H = 1024, proj_size
+    256, B = 32, T = 256."""
+
+    def __init__(self, backend, saved):
+        self.backend, self.saved = backend, saved
+
+    def __del__(self):
+        try:
+            self.backend.release_workspace(self.saved)
+        except Exception:   # interpreter shutdown: the pool may be gone already
+            pass
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer in one direction; forward and backward through a fastrnn backend."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, cell, reverse, backend_name, train):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, backend_name, train):
         """train: autograd records this call (the caller's grad mode, as torch decides it:
         inside forward grad mode is off, and needs_input_grad stays True for parameters
-        even under no_grad). Without it no workspace is kept."""
+        even under no_grad). Without it no workspace is kept. w_hr: an LSTM's projection
+        (proj_size > 0), else None."""
         be = backends.get(backend_name)
+        proj = {} if w_hr is None else {"w_hr": _arr(w_hr)}
         with _backend_stream(x.device):
             y, h_T, c_T, saved = be.forward_layer(
                 cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
-                lengths=lengths, reverse=reverse, train=train)
+                lengths=lengths, reverse=reverse, train=train, **proj)
         ctx.backend, ctx.cell, ctx.saved_ws, ctx.device = be, cell, saved, x.device
+        if saved is not None and hasattr(be, "release_workspace"):
+            ctx.recycler = _Recycler(be, saved)
         ctx.has_bias = b_ih is not None
         out_c = _tensor(c_T, x.device) if c_T is not None else x.new_zeros(0)
         if c_T is None:
@@ -92,14 +114,16 @@ class _LayerFunction(torch.autograd.Function):
             raise RuntimeError("fastrnn.torch: the forward ran without a workspace (no grad)")
         dc = _arr(dc_T.contiguous()) if ctx.cell == "lstm" and dc_T is not None else None
         with _backend_stream(ctx.device):
-            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = ctx.backend.backward_layer(
+            grads = ctx.backend.backward_layer(
                 ctx.cell, ctx.saved_ws, None if dy is None else _arr(dy.contiguous()),
                 None if dh_T is None else _arr(dh_T.contiguous()), dc,
                 need_dx=ctx.needs_input_grad[0], retain=True)  # torch may backprop twice (retain_graph)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]
+        dw_hr = grads[7] if len(grads) > 7 else None   # with a projection
         t = lambda a: _tensor(a, ctx.device)
         bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
         return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
-                *bias, None, None, None, None, None)
+                *bias, t(dw_hr), None, None, None, None, None)
 
 
 def _compute_dtype(dtype):
@@ -118,9 +142,6 @@ class _FastRNNMixin:
     backend ('auto': cpu when built, else reference)."""
 
     def _fastrnn_init(self, backend):
-        if getattr(self, "proj_size", 0):
-            raise NotImplementedError("proj_size > 0 is not supported by fastrnn.torch yet "
-                                      f"(got proj_size={self.proj_size})")
         backends.resolve(backend)
         self.backend = backend
 
@@ -172,10 +193,10 @@ class _FastRNNMixin:
             batch_sizes = sorted_idx = unsorted_idx = None
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             T, B = x.shape[0], x.shape[1]
-        shape = (self.num_layers * D, B, self.hidden_size)
+        proj = getattr(self, "proj_size", 0)   # LSTM: h is proj_size wide, c hidden_size
         if hx is None:
-            h0 = x.new_zeros(shape)
-            c0 = x.new_zeros(shape) if lstm else None
+            h0 = x.new_zeros((self.num_layers * D, B, proj or self.hidden_size))
+            c0 = x.new_zeros((self.num_layers * D, B, self.hidden_size)) if lstm else None
         else:
             if unbatched:
                 hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
@@ -202,7 +223,7 @@ class _FastRNNMixin:
         # so autograd returns each gradient in its tensor's own dtype
         x, h0, c0 = (None if t is None else t.to(compute) for t in (x, h0, c0))
         weights = [w.to(compute) for w in weights]
-        per = 4 if self.bias else 2
+        per = (4 if self.bias else 2) + (1 if proj else 0)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
         grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
         layer_in = x.contiguous()
@@ -213,7 +234,8 @@ class _FastRNNMixin:
                 w = weights[idx * per:(idx + 1) * per]
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                args = (layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh)
+                w_hr = w[-1] if proj else None
+                args = (layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr)
                 train = grad_on and any(a is not None and a.requires_grad for a in args)
                 y, hT, cT = _LayerFunction.apply(*args, lengths, cell, d == 1, backend, train)
                 outs.append(y)
@@ -248,7 +270,8 @@ class RNN(_FastRNNMixin, torch.nn.RNN):
 
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
-    """torch.nn.LSTM computed by fastrnn (extra keyword: backend='auto'); proj_size must be 0."""
+    """torch.nn.LSTM computed by fastrnn (extra keyword: backend='auto'); proj_size > 0 runs
+    on the cpu and reference backends."""
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__(*args, **kwargs)

@@ -124,6 +124,37 @@ def test_workspace_only_when_autograd_records(monkeypatch):
     assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("proj", [0, 3])
+def test_workspace_returns_to_the_pool_when_torch_frees_the_graph(monkeypatch, proj):
+    """backward keeps the workspace (torch may run it twice: retain_graph); it goes back to
+    the cpu backend's pool when the graph is freed, so the next step reuses it."""
+    if "cpu" not in fastrnn.backends.available():
+        pytest.skip("cpu backend unavailable")
+    cpu = fastrnn.backends.get("cpu")
+    released = []
+    real = cpu.release_workspace
+    monkeypatch.setattr(cpu, "release_workspace", lambda saved: released.append(saved) or real(saved))
+    m = ft.LSTM(3, 5, num_layers=2, proj_size=proj, backend="cpu", dtype=torch.float64)
+    t = torch.nn.LSTM(3, 5, num_layers=2, proj_size=proj, dtype=torch.float64)
+    t.load_state_dict(m.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    out, _ = m(x)
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in m.parameters()]
+    out.sum().backward()                     # the second backward still has its workspace
+    out_t, _ = t(x)
+    out_t.sum().backward()
+    for a, b, c in zip(first, m.parameters(), t.parameters()):
+        assert torch.allclose(b.grad, 2 * a) and torch.allclose(a, c.grad, atol=1e-12)
+    assert released == []
+    del out
+    assert len(released) == 2 and all(s.get("consumed") for s in released)   # one per layer
+    cached = cpu.workspace_pool.cached_bytes
+    assert cached > 0
+    out, _ = m(x)                            # takes them back out of the pool
+    assert cpu.workspace_pool.cached_bytes < cached
+
+
 @pytest.mark.parametrize("i", range(4), ids=IDS)
 def test_gradcheck_float64(i):
     torch.manual_seed(10 + i)
@@ -186,9 +217,10 @@ def test_same_parameters_and_init_as_torch():
     assert isinstance(a, torch.nn.GRU)
 
 
-def test_proj_size_is_not_supported():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        ft.LSTM(4, 8, proj_size=2)
+def test_numpy_modules_have_no_projection():
+    """proj_size runs in fastrnn.torch (tests/test_projection.py); the NumPy modules say so."""
+    with pytest.raises(NotImplementedError, match="proj_size > 0 is not supported by the fastrnn modules"):
+        fastrnn.LSTM.from_torch(torch.nn.LSTM(4, 8, proj_size=2))
 
 
 @pytest.mark.parametrize("i", range(4), ids=IDS)

@@ -4,6 +4,7 @@
  * - float32 against float64 on the same inputs;
  * - 1 thread against 3 threads (bitwise: each unit is computed the same way);
  * - lookup input (rows of a table picked by tokens) against the same rows given as x;
+ * - the LSTM with a projection (proj_size) against finite differences, as the first;
  * - rejected arguments. */
 #include <math.h>
 #include <stdio.h>
@@ -187,6 +188,89 @@ static void lookup_matches_dense(int cell, int reverse)
             }
 }
 
+/* LSTM with a projection (P = 4): backward against central differences, as gradcheck. */
+enum { P = 4 };
+typedef struct {
+    int reverse, ragged;
+    double x[T * B * I], w_ih[4 * H * I], w_hh[4 * H * P], w_hr[P * H], b_ih[4 * H], b_hh[4 * H];
+    double h0[B * P], c0[B * H], wy[T * B * P], wh[B * P], wc[B * H];
+    int32_t lengths[B];
+} lstmp_problem;
+
+static double lstmp_loss(lstmp_problem *p)
+{
+    double y[T * B * P], hT[B * P], cT[B * H];
+    int rc = fastrnn_lstmp_forward_f64(T, B, I, H, P, p->reverse, p->x, p->w_ih, p->w_hh, p->w_hr, NULL, p->b_ih,
+                                       p->b_hh, p->h0, p->c0, p->ragged ? p->lengths : NULL, y, hT, cT,
+                                       NULL, NULL, NULL, NULL, NULL, 2);
+    CHECK(rc == 0, "lstmp forward rc %d", rc);
+    double l = 0;
+    for (int i = 0; i < T * B * P; i++) l += y[i] * p->wy[i];
+    for (int i = 0; i < B * P; i++) l += hT[i] * p->wh[i];
+    for (int i = 0; i < B * H; i++) l += cT[i] * p->wc[i];
+    return l;
+}
+
+static void lstmp_fd(lstmp_problem *p, double *param, const double *grad, int n, const char *name)
+{
+    for (int k = 0; k < n; k += (n > 40 ? 7 : 1)) {
+        double keep = param[k], eps = 1e-6;
+        param[k] = keep + eps;
+        double lp = lstmp_loss(p);
+        param[k] = keep - eps;
+        double lm = lstmp_loss(p);
+        param[k] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        CHECK(fabs(fd - grad[k]) <= 1e-6 * (1 + fabs(fd)), "lstmp rev %d ragged %d: d%s[%d] fd %.10g analytic %.10g",
+              p->reverse, p->ragged, name, k, fd, grad[k]);
+    }
+}
+
+static void lstmp_gradcheck(int reverse, int ragged)
+{
+    static lstmp_problem p;
+    unsigned s = 777u + reverse * 3 + ragged;
+    p.reverse = reverse; p.ragged = ragged;
+    for (int i = 0; i < T * B * I; i++) p.x[i] = 2 * urand(&s);
+    for (int i = 0; i < 4 * H * I; i++) p.w_ih[i] = urand(&s);
+    for (int i = 0; i < 4 * H * P; i++) p.w_hh[i] = urand(&s);
+    for (int i = 0; i < P * H; i++) p.w_hr[i] = urand(&s);
+    for (int i = 0; i < 4 * H; i++) { p.b_ih[i] = urand(&s); p.b_hh[i] = urand(&s); }
+    for (int i = 0; i < B * P; i++) { p.h0[i] = urand(&s); p.wh[i] = urand(&s); }
+    for (int i = 0; i < B * H; i++) { p.c0[i] = urand(&s); p.wc[i] = urand(&s); }
+    for (int i = 0; i < T * B * P; i++) p.wy[i] = urand(&s);
+    p.lengths[0] = T; p.lengths[1] = 2; p.lengths[2] = 0;
+
+    static double y[T * B * P], hT[B * P], cT[B * H], h_in[T * B * P], gates[T * B * 4 * H], c_in[T * B * H],
+        c_out[T * B * H], m[T * B * H], dg[T * B * 4 * H], dhs[T * B * P], dx[T * B * I], dh0[B * P],
+        dc0[B * H], dw_ih[4 * H * I], dw_hh[4 * H * P], dw_hr[P * H], db_ih[4 * H], db_hh[4 * H];
+    /* the analytic gradients on weights packed once (finite differences pack per call) */
+    size_t np = fastrnn_lstmp_packed_size_f64(I, H, P, 3);
+    double *packed = malloc(np * sizeof(double));
+    CHECK(np > 0 && packed && fastrnn_lstmp_pack_f64(I, H, P, p.w_ih, p.w_hh, p.w_hr, packed, 3) == 0, "lstmp pack");
+    int rc = fastrnn_lstmp_forward_f64(T, B, I, H, P, reverse, p.x, p.w_ih, p.w_hh, p.w_hr, packed, p.b_ih, p.b_hh, p.h0,
+                                       p.c0, ragged ? p.lengths : NULL, y, hT, cT, h_in, gates, c_in, c_out, m, 3);
+    CHECK(rc == 0, "lstmp forward rc %d", rc);
+    rc = fastrnn_lstmp_backward_f64(T, B, I, H, P, reverse, p.x, p.w_ih, p.w_hh, p.w_hr, packed, p.wy, p.wh, p.wc,
+                                    ragged ? p.lengths : NULL, h_in, gates, c_in, c_out, m, dg, dhs, dx, dh0,
+                                    dc0, dw_ih, dw_hh, dw_hr, db_ih, db_hh, 0, 3);
+    CHECK(rc == 0, "lstmp backward rc %d", rc);
+    free(packed);
+    lstmp_fd(&p, p.x, dx, T * B * I, "x");
+    lstmp_fd(&p, p.h0, dh0, B * P, "h0");
+    lstmp_fd(&p, p.c0, dc0, B * H, "c0");
+    lstmp_fd(&p, p.w_ih, dw_ih, 4 * H * I, "w_ih");
+    lstmp_fd(&p, p.w_hh, dw_hh, 4 * H * P, "w_hh");
+    lstmp_fd(&p, p.w_hr, dw_hr, P * H, "w_hr");
+    lstmp_fd(&p, p.b_ih, db_ih, 4 * H, "b_ih");
+    lstmp_fd(&p, p.b_hh, db_hh, 4 * H, "b_hh");
+    float v[64] = {0}, out[64];
+    CHECK(fastrnn_lstmp_forward_f32(1, 1, 1, 1, 0, 0, v, v, v, v, NULL, v, v, v, v, NULL, out, out, out,
+                                    NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "lstmp P = 0 accepted");
+    CHECK(fastrnn_lstmp_forward_f32(1, 1, 1, 1, 1, 0, v, v, v, v, NULL, v, NULL, v, v, NULL, out, out, out,
+                                    NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "lstmp one bias accepted");
+}
+
 static void rejects_bad_arguments(void)
 {
     float v[64] = {0}, out[64];
@@ -213,6 +297,8 @@ int main(void)
         lookup_matches_dense(cell, 0);
         lookup_matches_dense(cell, 1);
     }
+    for (int reverse = 0; reverse <= 1; reverse++)
+        for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);
     rejects_bad_arguments();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;

@@ -48,9 +48,11 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False):
+def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False, w_hr=None):
     """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths).
-    x may be a Lookup (validated when made) with (T, B) ids, for backends that take one."""
+    x may be a Lookup (validated when made) with (T, B) ids, for backends that take one.
+    w_hr (P, H): an LSTM's projection (PyTorch's proj_size = P); w_hh is then (4H, P) and h0
+    (B, P), while c0 stays (B, H)."""
     spec = get_cell(cell)
     if isinstance(x, Lookup):
         if x.ids.ndim != 2:
@@ -63,17 +65,22 @@ def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
     T, B, I = x.shape
     dt = x.dtype
-    check_array("w_hh", w_hh, (None, None), dt, device_ok)
-    GH, H = w_hh.shape
-    if GH != spec.gates * H:
-        raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
+    if w_hr is not None:
+        H, P = _check_projection(spec, x, w_hr, w_hh, dt, device_ok)
+        GH = spec.gates * H
+    else:
+        check_array("w_hh", w_hh, (None, None), dt, device_ok)
+        GH, H = w_hh.shape
+        P = H
+        if GH != spec.gates * H:
+            raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
     check_array("w_ih", w_ih, (GH, I), dt, device_ok)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             check_array(name, b, (GH,), dt, device_ok)
-    check_array("h0", h0, (B, H), dt, device_ok)
+    check_array("h0", h0, (B, P), dt, device_ok)
     if spec.has_cell_state:
         check_array("c0", c0, (B, H), dt, device_ok)
     elif c0 is not None:
@@ -81,12 +88,31 @@ def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_
     return spec, T, B, I, H, check_lengths(lengths, T, B)
 
 
-def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=False):
-    """Validate the incoming gradients of backward_layer; None means zero."""
+def _check_projection(spec, x, w_hr, w_hh, dt, device_ok):
+    """w_hr (P, H) and the (4H, P) w_hh that goes with it; returns (H, P)."""
+    if not spec.has_cell_state:
+        raise ValueError(f"w_hr: only an LSTM has a projection (proj_size), got cell {spec.name!r}")
+    if isinstance(x, Lookup):
+        raise TypeError("x: a Lookup input is not supported with a projection (w_hr); pass the rows")
+    check_array("w_hr", w_hr, (None, None), dt, device_ok)
+    P, H = w_hr.shape
+    if P < 1 or H < 1:
+        raise ValueError(f"w_hr: expected shape (P, H) with P, H >= 1, got {w_hr.shape}")
+    check_array("w_hh", w_hh, (None, None), dt, device_ok)
+    if w_hh.shape != (spec.gates * H, P):
+        raise ValueError(f"w_hh: expected shape ({spec.gates}*H, P) = {(spec.gates * H, P)} with w_hr "
+                         f"of shape (P, H) = {(P, H)}, got {w_hh.shape}")
+    return H, P
+
+
+def check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt, device_ok=False, P=None):
+    """Validate the incoming gradients of backward_layer; None means zero. P: the state's
+    width when it differs from H (an LSTM with a projection)."""
+    P = H if P is None else P
     if dy is not None:
-        check_array("dy", dy, (T, B, H), dt, device_ok)
+        check_array("dy", dy, (T, B, P), dt, device_ok)
     if dh_T is not None:
-        check_array("dh_T", dh_T, (B, H), dt, device_ok)
+        check_array("dh_T", dh_T, (B, P), dt, device_ok)
     if dc_T is not None:
         if not spec.has_cell_state:
             raise ValueError(f"dc_T: cell {spec.name!r} has no cell state, expected None")

@@ -12,6 +12,7 @@ import numpy as np
 from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
+from . import cpu_projection
 from .checks import check_backward_grads, check_forward_args, overlapping
 from .packed_weights import PackedWeightsCache
 from .pool import ArrayPool, aligned_empty
@@ -43,8 +44,11 @@ workspace_pool = ArrayPool()
 _WORKSPACE = ("h_in", "gates", "c_states", "hh_n")   # the arrays the pool takes back
 
 
-def _pack(code, I, H, w_ih, w_hh, nthreads):
-    """W_ih and W_hh packed into the kernels' per-thread panels for `nthreads` threads."""
+def _pack(code, I, H, w_ih, w_hh, nthreads, w_hr=None):
+    """W_ih and W_hh (and an LSTM's projection w_hr) packed into the kernels' per-thread
+    panels for `nthreads` threads."""
+    if w_hr is not None:
+        return cpu_projection.pack(w_ih, w_hh, w_hr, nthreads)
     packed_size, _ = _native("packed_size", w_ih.dtype)
     pack, ctype = _native("pack", w_ih.dtype)
     size = packed_size(code, I, H, nthreads)
@@ -143,8 +147,12 @@ def _lookup_input(x, T, B):
     return x.table, np.ascontiguousarray(x.ids, dtype=np.int32).reshape(-1), V, None
 
 
-def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
-    spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
+                  w_hr=None):
+    spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                                   w_hr=w_hr)
+    if w_hr is not None:   # an LSTM with a projection (proj_size)
+        return cpu_projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
         return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train)
     # the kernels take I >= 1: no input features run as one zero feature (it projects to 0);
@@ -223,6 +231,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     retain=True, which allows another backward over the same forward. For a Lookup input,
     dx is the table's gradient (V, I).
 
+    With a projection (the forward had w_hr) dw_hr comes last, and grads_out is refused.
+
     grads_out: optional (dw_ih, dw_hh, db_ih, db_hh), C-contiguous arrays of the weights'
     shapes and dtype that the parameter gradients are added to in place (a model's running
     gradients: no temporary, no separate add pass); they are also what is returned."""
@@ -233,6 +243,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
         raise ValueError("saved: already used by a backward_layer call (each forward allows one backward)")
     if not isinstance(saved, dict) or saved.get("cell") != spec.name or saved.get("backend") != name:
         raise ValueError(f"saved: expected the workspace of a cpu {spec.name!r} forward_layer call")
+    if "w_hr" in saved:   # returns dw_hr last
+        return cpu_projection.backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out)
     w_ih, w_hh, T, B = saved["w_ih"], saved["w_hh"], saved["T"], saved["B"]
     H, dt, padded = w_hh.shape[1], w_hh.dtype, saved.get("padded_input")
     GH = spec.gates * H
@@ -287,6 +299,18 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
         saved.clear()
         saved["consumed"] = True
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def release_workspace(saved):
+    """Give a forward's training workspace back to the pool without a backward (the caller
+    will not use `saved` again): for a caller that keeps it for backward_layer(retain=True)
+    until it knows no other backward will come (fastrnn.torch, when torch frees the graph)."""
+    if not isinstance(saved, dict) or saved.get("consumed") or saved.get("backend") != name:
+        return
+    names = cpu_projection._WORKSPACE if "w_hr" in saved else _WORKSPACE
+    workspace_pool.release(*(saved.get(n) for n in names))
+    saved.clear()
+    saved["consumed"] = True
 
 
 def _check_grads_out(grads_out, ih_shape, hh_shape, GH, dt):

@@ -336,7 +336,11 @@ def _pack_kernel(w, out, G, H, hs, backward, kfast):
 
 
 # ----------------------------------------------------------------------- forward
-def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
+def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
+                  w_hr=None):
+    if w_hr is not None:
+        raise NotImplementedError("w_hr: the cuda backend has no LSTM projection (proj_size) yet; "
+                                  "the cpu and reference backends have")
     with _lock:
         return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)
 

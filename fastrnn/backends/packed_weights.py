@@ -44,7 +44,7 @@ def _numpy_same_bits(a, b):
 
 class PackedWeightsCache:
     """Least-recently-used map (cell, dtype, shapes, data pointers, threads) -> packed buffer.
-    `pack(code, I, H, w_ih, w_hh, nthreads)` returns a freshly packed array;
+    `pack(code, I, H, w_ih, w_hh, nthreads, *extra)` returns a freshly packed array;
     `same_bits(a, b)` compares two C-contiguous same-shape arrays bit for bit and
     `copy(a)` returns a copy of one (the snapshot)."""
 
@@ -57,36 +57,38 @@ class PackedWeightsCache:
         self._lock = threading.Lock()
         self.packs = 0  # how many times weights were packed (tests and `fastrnn info` read it)
 
-    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False):
-        """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H).
+    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False, extra=()):
+        """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H), and any
+        `extra` weights packed with them (an LSTM's projection w_hr), each compared as well.
         frozen_ok: they are the caller's own arrays, not copies made for this call, so
         inside frozen_weights() one compare covers the block (holding a copy per call
         instead would keep every call's copy alive until the block ends)."""
-        key = (code, w_ih.dtype.str, w_ih.shape, w_hh.shape, w_ih.ctypes.data, w_hh.ctypes.data, nthreads)
+        weights = (w_ih, w_hh) + tuple(extra)
+        key = (code, w_ih.dtype.str, nthreads) + tuple((w.shape, w.ctypes.data) for w in weights)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
         verified = getattr(_frozen, "verified", None) if frozen_ok else None
         if entry is not None:
-            snap_ih, snap_hh, packed = entry
+            snaps, packed = entry
             if verified is not None and key in verified:   # compared earlier in this frozen block
                 return packed
-            if not (self._same_bits(snap_ih, w_ih) and self._same_bits(snap_hh, w_hh)):
+            if not all(self._same_bits(snap, w) for snap, w in zip(snaps, weights)):
                 entry = None
         if entry is None:
             # a new version (or new weights): pack it and keep a snapshot to recognise it by
-            packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads)
+            packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads, *extra)
             with self._lock:
                 self.packs += 1
-                self._entries[key] = (self._copy(w_ih), self._copy(w_hh), packed)
+                self._entries[key] = (tuple(self._copy(w) for w in weights), packed)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.capacity:
                     self._entries.popitem(last=False)
         if verified is not None:
             # holding the arrays keeps their memory: no other array can take these
             # addresses (the key) before the block ends
-            verified[key] = (w_ih, w_hh)
+            verified[key] = weights
         return packed
 
     def clear(self):

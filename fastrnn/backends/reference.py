@@ -36,9 +36,14 @@ def _step_mask(lengths, t, B):
     return (t < lengths)[:, None]
 
 
-def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True):
-    """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved."""
-    spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
+                  w_hr=None):
+    """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved.
+    w_hr (P, H): an LSTM's projection (see projected_forward)."""
+    spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                                   w_hr=w_hr)
+    if w_hr is not None:
+        return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     b_ih = np.zeros(w_ih.shape[0], x.dtype) if b_ih is None else b_ih
     b_hh = np.zeros(w_hh.shape[0], x.dtype) if b_hh is None else b_hh
     h = h0.copy()
@@ -98,11 +103,14 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
 def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
     """Backprop through time for one layer-direction (`saved` is never consumed here).
 
-    Returns dx (T,B,I) or None, dh0 (B,H), dc0 (B,H) or None, dw_ih, dw_hh, db_ih, db_hh.
+    Returns dx (T,B,I) or None, dh0 (B,H), dc0 (B,H) or None, dw_ih, dw_hh, db_ih, db_hh,
+    and dw_hr last when the forward had a projection (w_hr).
     """
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     spec = _check_saved(cell, saved)
+    if "w_hr" in saved:
+        return projected_backward(spec, saved, dy, dh_T, dc_T, need_dx)
     x, w_ih, w_hh, lengths = saved["x"], saved["w_ih"], saved["w_hh"], saved["lengths"]
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -156,6 +164,71 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
         dh = np.where(valid, dh_direct + dgh @ w_hh, dh)
 
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+def projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train):
+    """An LSTM with a projection (PyTorch's proj_size = P): the gates read the P-wide state
+    h, and the new state is h' = W_hr m with m = o * tanh(c'). Returns y (T,B,P), h_T (B,P),
+    c_T (B,H), saved."""
+    T, B, _ = x.shape
+    H = w_hr.shape[1]
+    b = np.zeros(4 * H, x.dtype) if b_ih is None else b_ih + b_hh
+    h, c = h0.copy(), c0.copy()
+    y = np.zeros((T, B, w_hr.shape[0]), x.dtype)
+    keep = {k: [None] * T for k in ("h_in", "gates", "c_in", "c_out", "m")}
+    for t in _time_order(T, reverse):
+        valid = _step_mask(lengths, t, B)
+        a = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 3 * H:])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        c_new = f * c + i * g
+        m = o * np.tanh(c_new)
+        h_new = m @ w_hr.T
+        for k, v in (("h_in", h), ("gates", np.concatenate([i, f, g, o], axis=1)), ("c_in", c),
+                     ("c_out", c_new), ("m", m)):
+            keep[k][t] = v
+        c = np.where(valid, c_new, c)
+        h = np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+    saved = None
+    if train:
+        saved = dict({k: np.stack(v) if T else np.zeros((0,) + h.shape, x.dtype) for k, v in keep.items()},
+                     cell="lstm", backend=name, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, lengths=lengths,
+                     reverse=reverse)
+    return y, h, c, saved
+
+
+def projected_backward(spec, saved, dy, dh_T, dc_T, need_dx):
+    """BPTT of projected_forward. Returns dx, dh0 (B,P), dc0 (B,H), dw_ih, dw_hh, db_ih,
+    db_hh, dw_hr."""
+    x, w_ih, w_hh, w_hr, lengths = (saved[k] for k in ("x", "w_ih", "w_hh", "w_hr", "lengths"))
+    T, B, _ = x.shape
+    P, H = w_hr.shape
+    check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, x.dtype, P=P)
+    dh = np.zeros((B, P), x.dtype) if dh_T is None else dh_T.copy()
+    dc = np.zeros((B, H), x.dtype) if dc_T is None else dc_T.copy()
+    dw_ih, dw_hh, dw_hr = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(w_hr)
+    db = np.zeros(4 * H, x.dtype)
+    dx = np.zeros_like(x) if need_dx else None
+    for t in reversed(_time_order(T, saved["reverse"])):
+        valid = _step_mask(lengths, t, B)
+        dh_out = np.where(valid, dh + (dy[t] if dy is not None else 0), 0)   # reaching h' = W_hr m
+        dw_hr += dh_out.T @ saved["m"][t]
+        dm = dh_out @ w_hr
+        i, f, g, o = (saved["gates"][t][:, k * H:(k + 1) * H] for k in range(4))
+        tc = np.tanh(saved["c_out"][t])
+        dc_total = dc + dm * o * (1 - tc * tc)
+        da = np.concatenate([dc_total * g * i * (1 - i), dc_total * saved["c_in"][t] * f * (1 - f),
+                             dc_total * i * (1 - g * g), dm * tc * o * (1 - o)], axis=1)
+        da = np.where(valid, da, 0)
+        dw_ih += da.T @ x[t]
+        dw_hh += da.T @ saved["h_in"][t]
+        db += da.sum(axis=0)
+        if need_dx:
+            dx[t] = da @ w_ih
+        dc = np.where(valid, dc_total * f, dc)
+        dh = np.where(valid, da @ w_hh, dh)
+    return dx, dh, dc, dw_ih, dw_hh, db, db.copy(), dw_hr
 
 
 def _check_saved(cell, saved):

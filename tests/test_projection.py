@@ -1,0 +1,202 @@
+"""LSTM with a projection (PyTorch's proj_size): the cpu kernels against the reference, the
+reference and the drop-in against torch.nn.LSTM(proj_size=...), and the argument checks."""
+import numpy as np
+import pytest
+
+from fastrnn import backends
+from helpers import random_lengths, rel_err
+
+reference = backends.get("reference")
+needs_cpu = pytest.mark.skipif("cpu" not in backends.available(),
+                               reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+
+
+def lstmp_inputs(rng, T, B, I, H, P, dtype, bias=True):
+    """Arguments of forward_layer for an LSTM with a projection, w_hr last."""
+    k = 1 / np.sqrt(H)
+    u = lambda *s: rng.uniform(-k, k, size=s).astype(dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((B, P))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    b = (u(4 * H), u(4 * H)) if bias else (None, None)
+    return (x, h0, c0, u(4 * H, I), u(4 * H, P), *b, u(P, H))
+
+
+def run(backend, args, lengths, reverse, rng_seed, train=True):
+    """Forward and backward with random incoming gradients; every result in a list."""
+    *a, w_hr = args
+    y, h, c, saved = backend.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=train, w_hr=w_hr)
+    rng = np.random.default_rng(rng_seed)
+    dy, dh, dc = (rng.standard_normal(s).astype(y.dtype) for s in (y.shape, h.shape, c.shape))
+    return [y, h, c, *backend.backward_layer("lstm", saved, dy, dh, dc)]
+
+
+# odd sizes: H and P not multiples of the vector width or the thread split; P = 1; P near H
+SHAPES = [(6, 4, 5, 37, 11), (3, 1, 2, 9, 1), (5, 3, 4, 20, 19), (1, 2, 3, 8, 4)]
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_cpu_matches_reference(dtype, reverse, ragged):
+    cpu = backends.get("cpu")
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for k, (T, B, I, H, P) in enumerate(SHAPES):
+        rng = np.random.default_rng([k, reverse, ragged])
+        args = lstmp_inputs(rng, T, B, I, H, P, dtype)
+        lengths = random_lengths(rng, T, B) if ragged else None
+        ours = run(cpu, args, lengths, reverse, k)
+        ref = run(reference, [a.astype(np.float64) for a in args], lengths, reverse, k)
+        assert len(ours) == len(ref) == 11   # y, h, c, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+        for name, a, b in zip("y h c dx dh0 dc0 dw_ih dw_hh db_ih db_hh dw_hr".split(), ours, ref):
+            assert a.shape == b.shape and a.dtype == dtype, name
+            assert rel_err(a, b) < tol, (name, (T, B, I, H, P), rel_err(a, b))
+
+
+@needs_cpu
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_threads_and_inference(threads):
+    """Any thread split gives the same numbers; the inference forward equals the training one."""
+    import fastrnn
+    cpu = backends.get("cpu")
+    saved_threads = fastrnn.get_num_threads()
+    try:
+        rng = np.random.default_rng(5)
+        args = lstmp_inputs(rng, 7, 5, 6, 45, 13, np.float32)
+        lengths = random_lengths(rng, 7, 5)
+        fastrnn.set_num_threads(1)
+        one = run(cpu, args, lengths, True, 1)
+        fastrnn.set_num_threads(threads)
+        many = run(cpu, args, lengths, True, 1)
+        *a, w_hr = args
+        y, h, c, saved = cpu.forward_layer("lstm", *a, lengths=lengths, reverse=True, train=False, w_hr=w_hr)
+        assert saved is None
+        for u, v in zip([y, h, c], many[:3]):
+            assert np.array_equal(u, v)
+        for u, v in zip(one, many):
+            assert rel_err(u, v) < 1e-6
+    finally:
+        fastrnn.set_num_threads(saved_threads)
+
+
+@needs_cpu
+@pytest.mark.parametrize("changed", ["w_hh", "w_hr", "w_ih"])
+def test_cpu_packed_weights_follow_in_place_changes(changed):
+    """The packed weights are cached per version, w_hr included: an in-place edit repacks."""
+    cpu = backends.get("cpu")
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(2), 5, 3, 4, 20, 6, np.float64)
+    weights = dict(w_ih=w_ih, w_hh=w_hh, w_hr=w_hr)
+    call = lambda be: be.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False, w_hr=w_hr)[0]
+    cpu.packed_cache.clear()
+    before = cpu.packed_cache.packs
+    assert np.allclose(call(cpu), call(reference), atol=1e-12)
+    assert np.array_equal(call(cpu), call(cpu)) and cpu.packed_cache.packs == before + 1   # reused
+    weights[changed][1] *= -2.0
+    assert np.allclose(call(cpu), call(reference), atol=1e-12)
+    assert cpu.packed_cache.packs == before + 2
+
+
+@needs_cpu
+def test_cpu_backward_consumes_unless_retained_and_refuses_grads_out():
+    cpu = backends.get("cpu")
+    *a, w_hr = lstmp_inputs(np.random.default_rng(0), 4, 2, 3, 8, 3, np.float32)
+    y, h, c, saved = cpu.forward_layer("lstm", *a, w_hr=w_hr)
+    first = cpu.backward_layer("lstm", saved, np.ones_like(y), None, None, retain=True)
+    again = cpu.backward_layer("lstm", saved, np.ones_like(y), None, None)
+    for u, v in zip(first, again):
+        assert u is None or np.array_equal(u, v)
+    with pytest.raises(ValueError, match="already used"):
+        cpu.backward_layer("lstm", saved, np.ones_like(y), None, None)
+    y, h, c, saved = cpu.forward_layer("lstm", *a, w_hr=w_hr)
+    with pytest.raises(ValueError, match="grads_out"):
+        cpu.backward_layer("lstm", saved, None, None, None, grads_out=tuple(np.zeros_like(w) for w in a[3:7]))
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu"])
+def test_bad_shapes_name_the_argument(name):
+    if name not in backends.available():
+        pytest.skip(f"{name} backend unavailable")
+    be = backends.get(name)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(0), 4, 2, 3, 8, 3, np.float64)
+    good = dict(x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    call = lambda cell="lstm", w_hr=w_hr, **kw: be.forward_layer(cell, *dict(good, **kw).values(), w_hr=w_hr)
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \(4\*H, P\)"):
+        call(w_hh=np.zeros((32, 8)))
+    with pytest.raises(ValueError, match=r"h0: expected shape \(2, 3\)"):
+        call(h0=np.zeros((2, 8)))
+    with pytest.raises(ValueError, match=r"c0: expected shape \(2, 8\)"):
+        call(c0=np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="w_hr: expected dtype float64"):
+        call(w_hr=w_hr.astype(np.float32))
+    with pytest.raises(ValueError, match="only an LSTM has a projection"):
+        be.forward_layer("gru", x, h0, None, np.zeros((24, 3)), np.zeros((24, 3)), None, None, w_hr=w_hr)
+    y, h, c, saved = call()
+    with pytest.raises(ValueError, match=r"dy: expected shape \(4, 2, 3\)"):
+        be.backward_layer("lstm", saved, np.zeros((4, 2, 8)), None, None)
+
+
+def test_cuda_backend_says_it_has_no_projection():
+    cuda = pytest.importorskip("fastrnn.backends.cuda")
+    args = lstmp_inputs(np.random.default_rng(0), 2, 1, 2, 4, 2, np.float32)
+    with pytest.raises(NotImplementedError, match="w_hr: the cuda backend has no LSTM projection"):
+        cuda.forward_layer("lstm", *args[:-1], w_hr=args[-1])
+
+
+# ----- against torch.nn.LSTM(proj_size=...) through the drop-in -------------------------
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("form", ["time_major", "batch_first", "unbatched", "packed", "hx", "no_bias"])
+def test_dropin_matches_torch(backend, form):
+    """Outputs, states and every gradient (input, hx, all parameters) in float64."""
+    if backend not in backends.available():
+        pytest.skip(f"{backend} backend unavailable")
+    import fastrnn.torch as ft
+    from test_torch_adapter import _assert_same, _run
+    torch.manual_seed(3)
+    kw = dict(num_layers=2, bidirectional=True, proj_size=3, dtype=torch.float64)
+    if form == "batch_first":
+        kw["batch_first"] = True
+    if form == "no_bias":
+        kw["bias"] = False
+    theirs = torch.nn.LSTM(4, 6, **kw)
+    ours = ft.LSTM(4, 6, backend=backend, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    T, B = 7, 3
+    shape = (B, T, 4) if form == "batch_first" else (T, 4) if form == "unbatched" else (T, B, 4)
+    x = torch.randn(shape, dtype=torch.float64)
+    hx = None
+    if form == "hx":
+        hx = (torch.randn(4, B, 3, dtype=torch.float64), torch.randn(4, B, 6, dtype=torch.float64))
+    if form == "packed":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 7, 2]), enforce_sorted=False)
+        (out_m, (h_m, c_m)), (out_t, (h_t, c_t)) = ours(x), theirs(x)
+        assert out_m.data.shape == out_t.data.shape and h_m.shape == h_t.shape and c_m.shape == c_t.shape
+        _assert_same([out_m.data, h_m, c_m], [out_t.data, h_t, c_t], 1e-12)
+        loss = lambda o, h, c: (o.data * torch.arange(o.data.numel(), dtype=o.data.dtype).reshape(o.data.shape)).sum() \
+            + h.sum() + 2 * c.sum()
+        gm = torch.autograd.grad(loss(out_m, h_m, c_m), list(ours.parameters()))
+        gt = torch.autograd.grad(loss(out_t, h_t, c_t), list(theirs.parameters()))
+        _assert_same(list(gm), list(gt), 1e-10)
+        return
+    _assert_same(_run(ours, x, hx), _run(theirs, x, hx), 1e-10)
+
+
+@needs_cpu
+def test_dropin_gradcheck_with_projection():
+    import fastrnn.torch as ft
+    torch.manual_seed(4)
+    m = ft.LSTM(3, 5, proj_size=2, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 2, 5, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+    assert "weight_hr_l1_reverse" in names
+
+    def f(x, h0, c0, *params):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, params)), (x, (h0, c0)))
+        return out, h, c
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7)
