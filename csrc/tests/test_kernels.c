@@ -40,20 +40,30 @@ static double loss(problem *p)
     return l;
 }
 
-static void fd_check(problem *p, double *param, const double *grad, int n, const char *name)
+/* Central differences of lossf(p) in param[k] (every 7th k when n > 40) against grad[k]. */
+static void fd_compare(double (*lossf)(void *), void *p, double *param, const double *grad, int n,
+                       const char *what, const char *name)
 {
     for (int k = 0; k < n; k += (n > 40 ? 7 : 1)) {
         double keep = param[k], eps = 1e-6;
         param[k] = keep + eps;
-        double lp = loss(p);
+        double lp = lossf(p);
         param[k] = keep - eps;
-        double lm = loss(p);
+        double lm = lossf(p);
         param[k] = keep;
         double fd = (lp - lm) / (2 * eps);
-        CHECK(fabs(fd - grad[k]) <= 1e-6 * (1 + fabs(fd)),
-              "cell %d rev %d ragged %d: d%s[%d] fd %.10g analytic %.10g", p->cell, p->reverse,
-              p->ragged, name, k, fd, grad[k]);
+        CHECK(fabs(fd - grad[k]) <= 1e-6 * (1 + fabs(fd)), "%s: d%s[%d] fd %.10g analytic %.10g", what, name, k,
+              fd, grad[k]);
     }
+}
+
+static double loss_of(void *p) { return loss((problem *)p); }
+
+static void fd_check(problem *p, double *param, const double *grad, int n, const char *name)
+{
+    char what[64];
+    snprintf(what, sizeof what, "cell %d rev %d ragged %d", p->cell, p->reverse, p->ragged);
+    fd_compare(loss_of, p, param, grad, n, what, name);
 }
 
 static void gradcheck(int cell, int reverse, int ragged)
@@ -211,19 +221,13 @@ static double lstmp_loss(lstmp_problem *p)
     return l;
 }
 
+static double lstmp_loss_of(void *p) { return lstmp_loss((lstmp_problem *)p); }
+
 static void lstmp_fd(lstmp_problem *p, double *param, const double *grad, int n, const char *name)
 {
-    for (int k = 0; k < n; k += (n > 40 ? 7 : 1)) {
-        double keep = param[k], eps = 1e-6;
-        param[k] = keep + eps;
-        double lp = lstmp_loss(p);
-        param[k] = keep - eps;
-        double lm = lstmp_loss(p);
-        param[k] = keep;
-        double fd = (lp - lm) / (2 * eps);
-        CHECK(fabs(fd - grad[k]) <= 1e-6 * (1 + fabs(fd)), "lstmp rev %d ragged %d: d%s[%d] fd %.10g analytic %.10g",
-              p->reverse, p->ragged, name, k, fd, grad[k]);
-    }
+    char what[64];
+    snprintf(what, sizeof what, "lstmp rev %d ragged %d", p->reverse, p->ragged);
+    fd_compare(lstmp_loss_of, p, param, grad, n, what, name);
 }
 
 static void lstmp_gradcheck(int reverse, int ragged)
