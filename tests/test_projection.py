@@ -55,6 +55,17 @@ def test_cpu_matches_reference(dtype, reverse, ragged):
 
 
 @needs_cpu
+@pytest.mark.parametrize("shape", [(3, 2, 0, 5, 2), (0, 2, 3, 5, 2), (3, 0, 3, 5, 2)],
+                         ids=["no_inputs", "no_steps", "no_batch"])
+def test_cpu_empty_dimensions_match_reference(shape):
+    cpu = backends.get("cpu")
+    args = lstmp_inputs(np.random.default_rng(1), *shape, np.float64)
+    ours, ref = run(cpu, args, None, False, 0), run(reference, args, None, False, 0)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-12)
+
+
+@needs_cpu
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_threads_and_inference(threads):
     """Any thread split gives the same numbers; the inference forward equals the training one."""
