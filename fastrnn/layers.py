@@ -48,6 +48,8 @@ def _rnn_kwargs(m, nonlinearity=None):
               dropout=float(m.dropout), bidirectional=m.bidirectional)
     if nonlinearity:
         kw["nonlinearity"] = nonlinearity
+    if getattr(m, "proj_size", 0):
+        kw["proj_size"] = int(m.proj_size)
     return kw
 
 
@@ -55,10 +57,17 @@ class RNNBase:
     """Shared machinery of RNN, LSTM and GRU (see their docstrings)."""
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, backend="auto", dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, *, backend="auto", dtype=np.float32, seed=None,
+                 proj_size=0):
         self.cell = get_cell(cell)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.proj_size = positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size and (not self.cell.has_cell_state or self.proj_size >= self.hidden_size):
+            raise ValueError(f"proj_size: expected 0, or for an LSTM 1 .. hidden_size - 1 "
+                             f"({self.hidden_size - 1}), got {proj_size!r}")
+        # the width of h and of each direction's output: proj_size when there is a projection
+        self.state_size = self.proj_size or self.hidden_size
         self.num_layers = positive_int("num_layers", num_layers)
         if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
@@ -84,15 +93,17 @@ class RNNBase:
         return f"l{layer}" + ("_reverse" if direction == 1 else "")
 
     def _init_parameters(self):
-        H, G = self.hidden_size, self.cell.gates
+        H, G, R = self.hidden_size, self.cell.gates, self.state_size
         k = 1.0 / np.sqrt(H)
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
+            in_size = self.input_size if layer == 0 else R * self.num_directions
             for d in range(self.num_directions):
                 s = self._suffix(layer, d)
-                shapes = [(f"weight_ih_{s}", (G * H, in_size)), (f"weight_hh_{s}", (G * H, H))]
+                shapes = [(f"weight_ih_{s}", (G * H, in_size)), (f"weight_hh_{s}", (G * H, R))]
                 if self.bias:
                     shapes += [(f"bias_ih_{s}", (G * H,)), (f"bias_hh_{s}", (G * H,))]
+                if self.proj_size:
+                    shapes += [(f"weight_hr_{s}", (R, H))]
                 for name, shape in shapes:
                     self._params[name] = self._rng.uniform(-k, k, size=shape).astype(self.dtype)
                     self.grads[name] = np.zeros(shape, self.dtype)
@@ -127,9 +138,6 @@ class RNNBase:
             raise TypeError("from_torch: call it on fastrnn.RNN, fastrnn.LSTM or fastrnn.GRU")
         if not isinstance(module, kinds[cls]):
             raise TypeError(f"module: expected a {kinds[cls].__name__}, got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise NotImplementedError(f"proj_size > 0 is not supported by the fastrnn modules (got proj_size="
-                                      f"{module.proj_size}); fastrnn.torch.LSTM runs it")
         args = _rnn_kwargs(module, module.nonlinearity if cls is RNN else None)
         kw.setdefault("dtype", {torch.float64: np.float64}.get(module.weight_ih_l0.dtype, np.float32))
         m = cls(module.input_size, module.hidden_size, **args, **kw)
@@ -159,31 +167,37 @@ class RNNBase:
         return (p[f"weight_ih_{s}"], p[f"weight_hh_{s}"],
                 p.get(f"bias_ih_{s}"), p.get(f"bias_hh_{s}"))
 
+    def _projection(self, layer, d):
+        """forward_layer's w_hr keyword for an LSTM with a projection, else none."""
+        return {"w_hr": self._params[f"weight_hr_{self._suffix(layer, d)}"]} if self.proj_size else {}
+
     # ----- forward ----------------------------------------------------------------
     def __call__(self, x, hx=None, lengths=None):
         return self.forward(x, hx, lengths)
 
-    def _check_state(self, name, a, B, unbatched):
-        L, H = self.num_layers * self.num_directions, self.hidden_size
+    def _check_state(self, name, a, B, unbatched, H=None):
+        """H: the state's width (hidden_size, or proj_size for h with a projection)."""
+        L, H = self.num_layers * self.num_directions, H or self.hidden_size
         want = (L, H) if unbatched else (L, B, H)
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
         if a.shape != want:
             raise ValueError(f"{name}: expected shape {want} (num_layers*num_directions, "
-                             f"{'' if unbatched else 'batch, '}hidden_size), got {a.shape}")
+                             f"{'' if unbatched else 'batch, '}{'proj_size' if H != self.hidden_size else 'hidden_size'})"
+                             f", got {a.shape}")
         if a.dtype != self.dtype:
             raise TypeError(f"{name}: expected dtype {self.dtype}, got {a.dtype}")
         a = a[:, None, :] if unbatched else a
         return np.ascontiguousarray(a)
 
     def _split_hx(self, hx, B, unbatched):
-        L, H = self.num_layers * self.num_directions, self.hidden_size
+        L, H, R = self.num_layers * self.num_directions, self.hidden_size, self.state_size
         if self.cell.has_cell_state:
             if hx is None:
-                return np.zeros((L, B, H), self.dtype), np.zeros((L, B, H), self.dtype)
+                return np.zeros((L, B, R), self.dtype), np.zeros((L, B, H), self.dtype)
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("hx: expected a tuple (h_0, c_0) for LSTM")
-            return (self._check_state("hx[0] (h_0)", hx[0], B, unbatched),
+            return (self._check_state("hx[0] (h_0)", hx[0], B, unbatched, R),
                     self._check_state("hx[1] (c_0)", hx[1], B, unbatched))
         if hx is None:
             return np.zeros((L, B, H), self.dtype), None
@@ -222,7 +236,7 @@ class RNNBase:
         be = backends.get(backends.resolve(self.backend))
         table_input = isinstance(xt, Lookup)
         scatter = None   # a Lookup expanded for a backend that takes dense x: backward scatters dx
-        if table_input and not getattr(be, "accepts_lookup", False):
+        if table_input and (self.proj_size or not getattr(be, "accepts_lookup", False)):
             xt, scatter = xt.dense(), xt
         train = self.training
         D = self.num_directions
@@ -236,7 +250,8 @@ class RNNBase:
                 idx = layer * D + d
                 y, hT, cT, saved = be.forward_layer(
                     self.cell.name, inp, h0[idx], None if c0 is None else c0[idx],
-                    *self._layer_weights(layer, d), lengths=lengths, reverse=(d == 1), train=train)
+                    *self._layer_weights(layer, d), lengths=lengths, reverse=(d == 1), train=train,
+                    **self._projection(layer, d))
                 outs.append(y)
                 saved_dirs.append(saved)
                 h_n[idx] = hT
@@ -272,15 +287,15 @@ class RNNBase:
             raise ValueError("backward: no saved forward pass; call forward in training mode "
                              "(m.train()) before backward (each forward allows one backward)")
         T, B, unbatched = s["T"], s["B"], s["unbatched"]
-        H, D, L = self.hidden_size, self.num_directions, self.num_layers
-        out_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+        H, D, L, R = self.hidden_size, self.num_directions, self.num_layers, self.state_size
+        out_shape = (T, D * R) if unbatched else ((B, T, D * R) if self.batch_first else (T, B, D * R))
         dy = self._check_grad("grad_out", grad_out, out_shape)
         if dy is not None:
             dy = dy[:, None, :] if unbatched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
         dh_n, dc_n = self._split_grad_hn(grad_hn, B, unbatched)
         be = s["backend"]
-        dh0 = np.zeros((L * D, B, H), self.dtype)
-        dc0 = np.zeros_like(dh0) if self.cell.has_cell_state else None
+        dh0 = np.zeros((L * D, B, R), self.dtype)
+        dc0 = np.zeros((L * D, B, H), self.dtype) if self.cell.has_cell_state else None
         for layer in range(L - 1, -1, -1):
             saved_dirs, mask = s["layers"][layer]
             if dy is not None and mask is not None:
@@ -288,13 +303,17 @@ class RNNBase:
             dx = None
             for d in range(D):
                 idx = layer * D + d
-                dy_d = None if dy is None else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+                dy_d = None if dy is None else np.ascontiguousarray(dy[:, :, d * R:(d + 1) * R])
                 sfx = self._suffix(layer, d)
-                grads = self._layer_grads(sfx) if getattr(be, "accumulates_grads", False) else None
+                # running gradients added in place by the backend (not with a projection)
+                in_place = getattr(be, "accumulates_grads", False) and not self.proj_size
+                grads = self._layer_grads(sfx) if in_place else None
                 kw = {} if grads is None else {"grads_out": grads}
-                gx, gh0, gc0, dw_ih, dw_hh, db_ih, db_hh = be.backward_layer(
+                gx, gh0, gc0, dw_ih, dw_hh, db_ih, db_hh, *dw_hr = be.backward_layer(
                     self.cell.name, saved_dirs[d], dy_d,
                     None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx], **kw)
+                if dw_hr:
+                    self.grads[f"weight_hr_{sfx}"] += dw_hr[0]
                 dx = gx if dx is None else dx + gx
                 dh0[idx] = gh0
                 if dc0 is not None:
@@ -348,14 +367,15 @@ class RNNBase:
         return g
 
     def _split_grad_hn(self, grad_hn, B, unbatched):
-        L, H = self.num_layers * self.num_directions, self.hidden_size
+        L, H, R = self.num_layers * self.num_directions, self.hidden_size, self.state_size
         shape = (L, H) if unbatched else (L, B, H)
+        shape_h = (L, R) if unbatched else (L, B, R)
         if grad_hn is None:
             return None, None
         if self.cell.has_cell_state:
             if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
                 raise TypeError("grad_hn: expected a tuple (grad_h_n, grad_c_n) for LSTM (entries may be None)")
-            gh, gc = (self._check_grad(f"grad_hn[{i}]", g, shape) for i, g in enumerate(grad_hn))
+            gh, gc = (self._check_grad(f"grad_hn[{i}]", g, sh) for i, (g, sh) in enumerate(zip(grad_hn, (shape_h, shape))))
         else:
             gh, gc = self._check_grad("grad_hn", grad_hn, shape), None
         if unbatched:
@@ -369,6 +389,7 @@ class RNNBase:
         extra += ", bidirectional=True" if self.bidirectional else ""
         extra += ", batch_first=True" if self.batch_first else ""
         extra += f", dropout={self.dropout}" if self.dropout else ""
+        extra += f", proj_size={self.proj_size}" if self.proj_size else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"cell={self.cell.name!r}, backend={self.backend!r}, dtype={self.dtype.name})")
 
@@ -386,7 +407,9 @@ class RNN(RNNBase):
 
 
 class LSTM(RNNBase):
-    """LSTM with PyTorch's gate order (i, f, g, o); returns out, (h_n, c_n)."""
+    """LSTM with PyTorch's gate order (i, f, g, o); returns out, (h_n, c_n). proj_size=P > 0
+    adds PyTorch's projection h = W_hr (o * tanh(c)) (weight_hr_l{k}, P wide h and outputs)
+    on the cpu and reference backends."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, **kw):

@@ -211,3 +211,54 @@ def test_dropin_gradcheck_with_projection():
         return out, h, c
     params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
     assert torch.autograd.gradcheck(f, (x, h0, c0, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_numpy_module_matches_torch(backend, batch_first):
+    """fastrnn.LSTM(proj_size=...) from a torch module: outputs, states, and every gradient
+    through module.backward (ragged batch, hx, 2 layers, both directions)."""
+    import fastrnn
+    if backend not in backends.available():
+        pytest.skip(f"{backend} backend unavailable")
+    torch.manual_seed(5)
+    t = torch.nn.LSTM(4, 7, num_layers=2, bidirectional=True, proj_size=3, batch_first=batch_first,
+                      dtype=torch.float64)
+    m = fastrnn.LSTM.from_torch(t, backend=backend)
+    assert m.proj_size == 3 and [n for n, _ in m.named_parameters()] == [n for n, _ in t.named_parameters()]
+    B, T = 3, 6
+    lengths = [6, 2, 4]
+    x = torch.randn((B, T, 4) if batch_first else (T, B, 4), dtype=torch.float64)
+    h0, c0 = torch.randn(4, B, 3, dtype=torch.float64), torch.randn(4, B, 7, dtype=torch.float64)
+    out, (h, c) = m(x.numpy(), (h0.numpy(), c0.numpy()), lengths=np.array(lengths))
+    xt, h0t, c0t = (a.clone().requires_grad_(True) for a in (x, h0, c0))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
+                                                     enforce_sorted=False)
+    out_t, (h_t, c_t) = t(packed, (h0t, c0t))
+    out_t = torch.nn.utils.rnn.pad_packed_sequence(out_t, batch_first=batch_first, total_length=T)[0]
+    for a, b in ((out, out_t), (h, h_t), (c, c_t)):
+        assert np.allclose(a, b.detach().numpy(), atol=1e-12)
+    rng = np.random.default_rng(0)
+    g_out, g_h, g_c = (rng.standard_normal(a.shape) for a in (out, h, c))
+    g_out_masked = g_out * (out != 0)   # torch's padded positions get no gradient
+    dx, (dh0, dc0) = m.backward(g_out_masked, (g_h, g_c))
+    torch.autograd.backward([out_t, h_t, c_t], [torch.from_numpy(g) for g in (g_out_masked, g_h, g_c)])
+    for a, b in ((dx, xt.grad), (dh0, h0t.grad), (dc0, c0t.grad)):
+        assert np.allclose(a, b.numpy(), atol=1e-10)
+    for name, p in t.named_parameters():
+        assert np.allclose(m.grads[name], p.grad.numpy(), atol=1e-10), name
+    back = m.to_torch()
+    assert back.proj_size == 3 and all(torch.equal(p, q) for p, q in zip(back.parameters(), t.parameters()))
+
+
+def test_numpy_module_proj_size_is_checked():
+    import fastrnn
+    with pytest.raises(ValueError, match="proj_size: expected 0, or for an LSTM 1 .. hidden_size - 1"):
+        fastrnn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="proj_size"):
+        fastrnn.GRU(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size: expected an integer >= 0"):
+        fastrnn.LSTM(3, 4, proj_size=-1)
+    m = fastrnn.LSTM(3, 5, proj_size=2, backend="reference")
+    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\): expected shape \(1, 2, 2\).*proj_size"):
+        m(np.zeros((4, 2, 3), np.float32), (np.zeros((1, 2, 5), np.float32), np.zeros((1, 2, 5), np.float32)))

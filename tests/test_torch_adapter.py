@@ -217,12 +217,6 @@ def test_same_parameters_and_init_as_torch():
     assert isinstance(a, torch.nn.GRU)
 
 
-def test_numpy_modules_have_no_projection():
-    """proj_size runs in fastrnn.torch (tests/test_projection.py); the NumPy modules say so."""
-    with pytest.raises(NotImplementedError, match="proj_size > 0 is not supported by the fastrnn modules"):
-        fastrnn.LSTM.from_torch(torch.nn.LSTM(4, 8, proj_size=2))
-
-
 @pytest.mark.parametrize("i", range(4), ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_runs_in_float32(i, dtype):
