@@ -182,9 +182,9 @@ class RNNBase:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
         if a.shape != want:
+            width = "proj_size" if H != self.hidden_size else "hidden_size"
             raise ValueError(f"{name}: expected shape {want} (num_layers*num_directions, "
-                             f"{'' if unbatched else 'batch, '}{'proj_size' if H != self.hidden_size else 'hidden_size'})"
-                             f", got {a.shape}")
+                             f"{'' if unbatched else 'batch, '}{width}), got {a.shape}")
         if a.dtype != self.dtype:
             raise TypeError(f"{name}: expected dtype {self.dtype}, got {a.dtype}")
         a = a[:, None, :] if unbatched else a
@@ -375,7 +375,8 @@ class RNNBase:
         if self.cell.has_cell_state:
             if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
                 raise TypeError("grad_hn: expected a tuple (grad_h_n, grad_c_n) for LSTM (entries may be None)")
-            gh, gc = (self._check_grad(f"grad_hn[{i}]", g, sh) for i, (g, sh) in enumerate(zip(grad_hn, (shape_h, shape))))
+            gh, gc = (self._check_grad(f"grad_hn[{i}]", g, sh)
+                      for i, (g, sh) in enumerate(zip(grad_hn, (shape_h, shape))))
         else:
             gh, gc = self._check_grad("grad_hn", grad_hn, shape), None
         if unbatched:
