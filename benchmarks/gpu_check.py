@@ -4,7 +4,7 @@
    float64 (same float32 inputs), at full sizes (H up to 1024), ragged and reversed,
    for the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC, and with
    the batch split over blocks, FASTRNN_CUDA_BATCH_BLOCKS), the one-launch-per-step
-   fallback and the step-gemm path.
+   fallback and the step-gemm path; and the LSTM with a projection ('lstmp', P = H/4).
 2. Speed: forward (inference) and forward+backward (training, dx included) of one layer,
    float32, TF32 off, H in {256, 512, 1024}, B in {1, 8, 64, 256}, T in {32, 256, 1024},
    against torch.nn.LSTM/GRU/RNN on cuDNN in the same run.
@@ -41,32 +41,37 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def layer(cell, H):
+    """(backend cell, P): 'lstmp' is an LSTM with a projection to P = H / 4 (proj_size)."""
+    return ("lstm", max(1, H // 4)) if cell == "lstmp" else (cell, None)
+
+
 def check_one(cell, T, B, I, H, reverse, ragged, rng):
     """Max relative error over y, h_T, c_T and every gradient (float32 cuda vs float64 ref)."""
-    G = get_cell(cell).gates
+    cell, P = layer(cell, H)
+    G, S = get_cell(cell).gates, P or H   # S: the state's width
     f32 = lambda *s, scale=1.0: (rng.standard_normal(s) * scale).astype(np.float32)
     k = 1 / np.sqrt(H)
-    x, w_ih, w_hh = f32(T, B, I), f32(G * H, I, scale=k), f32(G * H, H, scale=k)
-    b_ih, b_hh, h0 = f32(G * H, scale=k), f32(G * H, scale=k), f32(B, H)
+    x, w_ih, w_hh = f32(T, B, I), f32(G * H, I, scale=k), f32(G * H, S, scale=k)
+    b_ih, b_hh, h0 = f32(G * H, scale=k), f32(G * H, scale=k), f32(B, S)
     c0 = f32(B, H) if cell == "lstm" else None
-    dy, dh, dc = f32(T, B, H), f32(B, H), (f32(B, H) if cell == "lstm" else None)
+    dy, dh, dc = f32(T, B, S), f32(B, S), (f32(B, H) if cell == "lstm" else None)
+    w_hr = f32(P, H, scale=k) if P else None
     lengths = rng.integers(0, T + 1, B) if ragged else None
     up = lambda a: None if a is None else a.astype(np.float64)
     r = ref.forward_layer(cell, up(x), up(h0), up(c0), up(w_ih), up(w_hh), up(b_ih), up(b_hh),
-                          lengths=lengths, reverse=reverse)
+                          lengths=lengths, reverse=reverse, w_hr=up(w_hr))
     gr = ref.backward_layer(cell, r[3], up(dy), up(dh), up(dc))
     # fresh random inputs on every call; a NaN or inf anywhere in an output fails rel()
-    c = fcuda.forward_layer(cell, cuda.to_device(x), cuda.to_device(h0),
-                            None if c0 is None else cuda.to_device(c0), cuda.to_device(w_ih),
-                            cuda.to_device(w_hh), cuda.to_device(b_ih), cuda.to_device(b_hh),
-                            lengths=lengths, reverse=reverse)
-    gc = fcuda.backward_layer(cell, c[3], cuda.to_device(dy), cuda.to_device(dh),
-                              None if dc is None else cuda.to_device(dc))
+    dev = lambda a: None if a is None else cuda.to_device(a)
+    c = fcuda.forward_layer(cell, *map(dev, (x, h0, c0, w_ih, w_hh, b_ih, b_hh)),
+                            lengths=lengths, reverse=reverse, w_hr=dev(w_hr))
+    gc = fcuda.backward_layer(cell, c[3], dev(dy), dev(dh), dev(dc))
     errs = {}
     for name_, a, b in zip(("y", "h_T", "c_T"), c[:3], r[:3]):
         if b is not None:
             errs[name_] = rel(a.copy_to_host(), b)
-    for name_, a, b in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"), gc, gr):
+    for name_, a, b in zip(("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr"), gc, gr):
         if b is not None:
             errs[name_] = rel(a.copy_to_host(), b)
     return errs
@@ -96,8 +101,10 @@ def correctness(cells, rng):
         os.environ[fcuda.GRID_SYNC_ENV] = sync
         os.environ[fcuda.BATCH_BLOCKS_ENV] = bblocks
         for cell in cells:
+            if cell == "lstmp" and label != "step-gemm":   # its one path: products and launches
+                continue
             for T, B, I, H, rev, ragged in sel:
-                p = fcuda.plan(cell, H, B)
+                p = fcuda.plan(layer(cell, H)[0], H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
                 rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged, path=label,
@@ -129,14 +136,16 @@ def timeit(fn, min_time=0.3, min_reps=3, max_reps=50):
 
 
 def fastrnn_runner(cell, T, B, H, train, rng):
-    G, I = get_cell(cell).gates, H
+    cell, P = layer(cell, H)
+    G, I, S = get_cell(cell).gates, H, P or H
     dev = lambda *s: cuda.to_device((rng.standard_normal(s) / np.sqrt(H)).astype(np.float32))
-    x, w_ih, w_hh, b_ih, b_hh = dev(T, B, I), dev(G * H, I), dev(G * H, H), dev(G * H), dev(G * H)
-    h0, c0 = dev(B, H), (dev(B, H) if cell == "lstm" else None)
-    dy = dev(T, B, H)
+    x, w_ih, w_hh, b_ih, b_hh = dev(T, B, I), dev(G * H, I), dev(G * H, S), dev(G * H), dev(G * H)
+    h0, c0 = dev(B, S), (dev(B, H) if cell == "lstm" else None)
+    dy = dev(T, B, S)
+    proj = {"w_hr": dev(P, H)} if P else {}
 
     def run():
-        out = fcuda.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=train)
+        out = fcuda.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=train, **proj)
         if train:
             fcuda.backward_layer(cell, out[3], dy, None, None)
         cuda.synchronize()
@@ -148,9 +157,12 @@ def torch_runner(cell, T, B, H, train):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn_") else {}
+    cell, P = layer(cell, H)
+    if P:
+        kw["proj_size"] = P
     m = getattr(torch.nn, TORCH_CELL[cell])(H, H, **kw).cuda()
     x = torch.randn(T, B, H, device="cuda", requires_grad=train)
-    g = torch.randn(T, B, H, device="cuda")
+    g = torch.randn(T, B, P or H, device="cuda")
 
     def run():
         if train:
@@ -173,7 +185,7 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
                         if time.perf_counter() - start > budget_s:
                             print("timing budget reached; stopping the grid", flush=True)
                             return rows
-                        p = fcuda.plan(cell, H, B, backward=False)
+                        p = fcuda.plan(layer(cell, H)[0], H, B, backward=False)
                         fcuda.last_path.clear()
                         t_f = timeit(fastrnn_runner(cell, T, B, H, train, rng))
                         t_t = timeit(torch_runner(cell, T, B, H, train))
@@ -228,7 +240,9 @@ def kernel_resources():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", default="lstm,gru,rnn_tanh")
+    ap.add_argument("--cells", default="lstm,gru,rnn_tanh,lstmp",
+                    help="lstmp: an LSTM with a projection to H / 4 (checked; timed only when named "
+                         "in --timing-cells)")
     ap.add_argument("--quick", action="store_true", help="T in {32, 256} only")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--timing-cells", default=None, help="cells to time (default: --cells)")
@@ -247,7 +261,7 @@ def main(argv=None):
     import numba
     checks = [] if args.skip_check else correctness(cells, rng)
     Ts = (32, 256) if args.quick else (32, 256, 1024)
-    tcells = args.timing_cells.split(",") if args.timing_cells else cells
+    tcells = args.timing_cells.split(",") if args.timing_cells else [c for c in cells if c != "lstmp"]
     ints = lambda text: tuple(int(v) for v in text.split(","))
     rows = timing(tcells, ints(args.hs), ints(args.bs), Ts, rng, args.budget)
     res = dict(device=dev, describe=fcuda.describe(), date=time.strftime("%Y-%m-%d"),

@@ -35,14 +35,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 FLOAT_ARRAYS = {"Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "gates", "cin",
                 "cout", "hhn", "pre", "dy", "carry", "dc", "dgi", "dgh", "dgT", "dh0",
                 "A", "Bm", "C", "bias", "X", "out", "w", "a",
-                "h0", "c0", "h_T", "c_T", "dh", "dcin"}
+                "h0", "c0", "h_T", "c_T", "dh", "dcin",
+                "hcur", "c", "c_in", "c_out", "m", "h_in", "hnew", "dhs", "dm", "dg", "src", "dst"}
 INT_ARRAYS = {"lengths"}
 UINT32_ARRAYS = {"bar"}
 BOOLS = {"has_bias", "has_dy", "accumulate", "backward", "kfast", "has_c", "has_dh", "has_dc",
          "has_cell"}
 INTS = {"T", "B", "H", "Bp", "Bs", "nbb", "hs", "S", "rounds", "rev", "train", "KC", "s", "aoff", "sam",
         "sa1", "sa2", "boff", "sb1", "sb2", "sbn", "coff", "scm", "scn", "M", "N", "K", "K2",
-        "R", "G", "slot0", "nslots", "first", "nzero",
+        "R", "G", "slot0", "nslots", "first", "nzero", "P",
         "v"}   # fill's value: the Python int 0 at every call site
 
 
@@ -102,6 +103,8 @@ def kernel_list(quick):
     from numba import from_dtype
     from fastrnn.backends import cuda as cu
     from fastrnn.backends import cuda_dense as dense
+    from fastrnn.backends import cuda_projection as proj
+    from fastrnn.backends import cuda_projection_kernels as proj_kernels
     from fastrnn.backends import cuda_recurrence as rec
     from fastrnn.backends import cuda_setup as setup
     from fastrnn.cells import CELLS
@@ -121,9 +124,11 @@ def kernel_list(quick):
                         out.append((f"{name} {cell} BT={BT} {tag} flag", k.py_func, nb))
         for k in dense.kernels(dt):
             out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
+        for name, k in proj_kernels.kernels(np.dtype(dt)).items():   # the projected LSTM's steps
+            out.append((f"{name} lstmp {tag}", k.py_func, nb))
         if dt == np.float32:
             for k in (dense._fill_kernel, cu._pack_kernel, setup._init_state_kernel,
-                      setup._init_grads_kernel):
+                      setup._init_grads_kernel, proj._copy_kernel):
                 out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
     return out
 

@@ -12,6 +12,7 @@
 #                                                    # (4, 8) at B = 64 and 256
 #   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
 #   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
+#   bash benchmarks/gpu_session.sh lstmp             # ~5 min: the LSTM with a projection vs cuDNN
 #   bash benchmarks/gpu_session.sh ncu               # ~3 min: Nsight Compute stall reasons of
 #                                                    # the persistent kernels at two shapes
 # in that order of value (30 min of device time hold about the first three or four).
@@ -63,7 +64,8 @@ for stage in "$@"; do
             # fastrnn.torch on CUDA tensors against torch.nn (cuDNN) on the same GPU (1-2 min:
             # the float64 kernels compile first)
             if python3 -c "import pytest" 2>/dev/null; then
-                step adapter python3 -m pytest -q -p no:cacheprovider tests/test_torch_adapter.py -k on_the_gpu
+                step adapter python3 -m pytest -q -p no:cacheprovider tests/test_torch_adapter.py \
+                    tests/test_projection.py -k on_the_gpu
             else
                 summary+=("adapter skipped: no pytest on the device (add it to .whl, see the header)")
             fi ;;
@@ -96,6 +98,9 @@ for stage in "$@"; do
                     --out "$OUT/gpu-ab-bblocks$n.json"
             done ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
+        lstmp)   # the LSTM with a projection (proj_size = H/4) against cuDNN's
+            step lstmp python3 benchmarks/gpu_check.py --skip-check --timing-cells lstmp --quick \
+                --bs 1,8,64 --budget 240 --out "$OUT/gpu-lstmp.json" ;;
         full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
         ncu)   # where a small step's time goes: stall reasons of the persistent kernels
             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
@@ -108,7 +113,7 @@ for stage in "$@"; do
             FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
                 -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
                 --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
-        *) echo "gpu_session: unknown stage $stage (check sync ab switches bblocks full paths ncu)"; exit 2 ;;
+        *) echo "gpu_session: unknown stage $stage (check sync ab switches bblocks full paths lstmp ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"

@@ -387,9 +387,20 @@ def test_pooled_buffer_taken_again_holds_data():
     assert cuda_memory.pooled_bytes() == 0
 
 
-def test_cublas_step_products_layout(monkeypatch):
-    # The step-gemm path's cuBLAS calls (operations, leading dimensions, offsets) checked
-    # without a GPU: a host stand-in for sgemm reads column-major operands at the pointers.
+class _HostArray:
+    """A host array posing as a device one (for the cuBLAS stand-in)."""
+
+    def __init__(self, a):
+        import ctypes
+        self.a, self.dtype = a, a.dtype
+        self.device_ctypes_pointer = ctypes.c_void_p(a.ctypes.data)
+
+
+@pytest.fixture
+def host_cublas(monkeypatch):
+    """cuda_blas with a host stand-in for cuBLAS's sgemm, which reads column-major operands
+    at the pointers: the calls' operations, leading dimensions and offsets are checked
+    without a GPU. Yields cuda_blas; wrap arrays in _HostArray."""
     import ctypes
     import sys
     import types
@@ -401,6 +412,7 @@ def test_cublas_step_products_layout(monkeypatch):
         return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4, 4 * ld))
 
     def sgemm(handle, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        assert lda >= (k if ta else m) and ldb >= (n if tb else k) and ldc >= m   # cuBLAS's rules
         a = col_major(A, k, m, lda).T if ta else col_major(A, m, k, lda)
         b = col_major(B, n, k, ldb).T if tb else col_major(B, k, n, ldb)
         col_major(C, m, n, ldc)[:] = a @ b
@@ -411,12 +423,12 @@ def test_cublas_step_products_layout(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
     monkeypatch.setattr(blas, "_cp", types.SimpleNamespace(cuda=types.SimpleNamespace(
         device=types.SimpleNamespace(get_cublas_handle=lambda: 1))))
+    return blas
 
-    class Host:   # a host array posing as a device one
-        def __init__(self, a):
-            self.a, self.dtype = a, a.dtype
-            self.device_ctypes_pointer = ctypes.c_void_p(a.ctypes.data)
 
+def test_cublas_step_products_layout(host_cublas):
+    # The step-gemm path's cuBLAS calls
+    blas, Host = host_cublas, _HostArray
     rng = np.random.default_rng(10)
     B, H, G, Bp = 3, 5, 4, 4
     GH = G * H
@@ -431,3 +443,27 @@ def test_cublas_step_products_layout(monkeypatch):
     blas.step_backward(Host(dgh), Host(w), Host(pre), B, H, GH)(B * GH)
     np.testing.assert_allclose(pre.reshape(B, H), dgh[B * GH:].reshape(B, GH) @ w,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("a_t", [False, True])
+@pytest.mark.parametrize("b_t", [False, True])
+def test_gemm_layouts(host_cublas, a_t, b_t):
+    """The general row-major product (the projected LSTM's), in cuBLAS and in the Numba
+    kernel: op(A) op(B) at element offsets of A and C."""
+    from fastrnn.backends import cuda_dense as dense
+    rng = np.random.default_rng(12)
+    M, N, K, aoff, coff = 3, 5, 7, 4, 6
+    a = rng.standard_normal(aoff + M * K).astype(np.float32)
+    b = rng.standard_normal(K * N).astype(np.float32)
+    A = a[aoff:].reshape((K, M) if a_t else (M, K))
+    Bm = b.reshape((N, K) if b_t else (K, N))
+    want = (A.T if a_t else A) @ (Bm.T if b_t else Bm)
+    c = np.zeros(coff + M * N, np.float32)
+    host_cublas.gemm(_HostArray(a), _HostArray(b), _HostArray(c), M, N, K, a_t=a_t, b_t=b_t)(aoff, coff)
+    np.testing.assert_allclose(c[coff:].reshape(M, N), want, rtol=1e-5, atol=1e-6)
+    assert not c[:coff].any()
+    if "cuda" in backends.available():
+        from numba import cuda as nb_cuda
+        dc = nb_cuda.to_device(np.zeros(coff + M * N, np.float32))
+        dense.gemm(nb_cuda.to_device(a), nb_cuda.to_device(b), dc, M, N, K, a_t=a_t, b_t=b_t)(aoff, coff)
+        np.testing.assert_allclose(dc.copy_to_host()[coff:].reshape(M, N), want, rtol=1e-5, atol=1e-6)

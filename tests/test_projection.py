@@ -1,5 +1,7 @@
 """LSTM with a projection (PyTorch's proj_size): the cpu kernels against the reference, the
 reference and the drop-in against torch.nn.LSTM(proj_size=...), and the argument checks."""
+import os
+
 import numpy as np
 import pytest
 
@@ -124,7 +126,7 @@ def test_cpu_backward_consumes_unless_retained_and_refuses_grads_out():
         cpu.backward_layer("lstm", saved, None, None, None, grads_out=tuple(np.zeros_like(w) for w in a[3:7]))
 
 
-@pytest.mark.parametrize("name", ["reference", "cpu"])
+@pytest.mark.parametrize("name", ["reference", "cpu", "cuda"])
 def test_bad_shapes_name_the_argument(name):
     if name not in backends.available():
         pytest.skip(f"{name} backend unavailable")
@@ -147,11 +149,66 @@ def test_bad_shapes_name_the_argument(name):
         be.backward_layer("lstm", saved, np.zeros((4, 2, 8)), None, None)
 
 
-def test_cuda_backend_says_it_has_no_projection():
-    cuda = pytest.importorskip("fastrnn.backends.cuda")
-    args = lstmp_inputs(np.random.default_rng(0), 2, 1, 2, 4, 2, np.float32)
-    with pytest.raises(NotImplementedError, match="w_hr: the cuda backend has no LSTM projection"):
-        cuda.forward_layer("lstm", *args[:-1], w_hr=args[-1])
+# ----- the cuda backend (the Numba simulator in CI) --------------------------------------
+needs_cuda = pytest.mark.skipif("cuda" not in backends.available(),
+                                reason=f"cuda backend unavailable: {backends.why_unavailable('cuda')}")
+# P > H too: the gates kernel's threads (one per unit) copy a P-wide state row
+CUDA_SHAPES = [(3, 3, 4, 9, 4), (2, 2, 2, 3, 5), (2, 1, 3, 4, 1)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype, reverse", [(np.float64, False), (np.float32, True)])   # simulator time
+def test_cuda_matches_reference(dtype, reverse):
+    cuda = backends.get("cuda")
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for k, (T, B, I, H, P) in enumerate(CUDA_SHAPES):
+        rng = np.random.default_rng([k, reverse, 7])
+        args = lstmp_inputs(rng, T, B, I, H, P, dtype, bias=k != 1)
+        lengths = random_lengths(rng, T, B) if k != 2 else None
+        ours = run(cuda, args, lengths, reverse, k)
+        ref = run(reference, [None if a is None else a.astype(np.float64) for a in args], lengths, reverse, k)
+        assert len(ours) == len(ref) == 11
+        for name, a, b in zip("y h c dx dh0 dc0 dw_ih dw_hh db_ih db_hh dw_hr".split(), ours, ref):
+            assert isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == dtype, name
+            assert rel_err(a, b) < tol, (name, (T, B, I, H, P), rel_err(a, b))
+        assert cuda.last_path["forward"] == "projection"
+
+
+@needs_cuda
+def test_cuda_inference_and_device_arrays():
+    """Inference equals the training forward; device arrays in give device arrays out (every
+    gradient, dw_hr included); a second backward from the same workspace gives the same."""
+    from numba import cuda as nb_cuda
+    cuda = backends.get("cuda")
+    rng = np.random.default_rng(11)
+    args = lstmp_inputs(rng, 3, 3, 2, 6, 2, np.float64)
+    lengths = np.array([3, 1, 2])
+    ref = run(reference, args, lengths, True, 3)
+    *a, w_hr = args
+    y, h, c, saved = cuda.forward_layer("lstm", *a, lengths=lengths, reverse=True, train=False, w_hr=w_hr)
+    assert saved is None
+    for u, v in zip((y, h, c), ref[:3]):
+        assert rel_err(u, v) < 1e-12
+    dev = [nb_cuda.to_device(v) for v in args]
+    y, h, c, saved = cuda.forward_layer("lstm", *dev[:-1], lengths=lengths, reverse=True, w_hr=dev[-1])
+    assert all(hasattr(v, "copy_to_host") and not isinstance(v, np.ndarray) for v in (y, h, c))
+    g_rng = np.random.default_rng(3)   # run()'s incoming gradients
+    dy, dh, dc = (g_rng.standard_normal(s) for s in (y.shape, h.shape, c.shape))
+    for _ in range(2):
+        grads = cuda.backward_layer("lstm", saved, *(nb_cuda.to_device(g) for g in (dy, dh, dc)))
+        assert len(grads) == 8 and all(hasattr(g, "copy_to_host") for g in grads)
+        for u, v in zip((y, h, c) + tuple(grads), ref):
+            assert rel_err(u.copy_to_host(), v) < 1e-12
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(3, 2, 0, 5, 2), (0, 2, 3, 5, 2), (3, 0, 3, 5, 2)],
+                         ids=["no_inputs", "no_steps", "no_batch"])
+def test_cuda_empty_dimensions_match_reference(shape):
+    args = lstmp_inputs(np.random.default_rng(1), *shape, np.float64)
+    ours, ref = run(backends.get("cuda"), args, None, False, 0), run(reference, args, None, False, 0)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-12)
 
 
 # ----- against torch.nn.LSTM(proj_size=...) through the drop-in -------------------------
@@ -193,6 +250,59 @@ def test_dropin_matches_torch(backend, form):
         _assert_same(list(gm), list(gt), 1e-10)
         return
     _assert_same(_run(ours, x, hx), _run(theirs, x, hx), 1e-10)
+
+
+@needs_cuda
+def test_dropin_cuda_backend_with_cpu_tensors():
+    """backend='cuda' on CPU tensors (copied to the device and back; the simulator in CI):
+    a packed bidirectional batch with hx, outputs and every gradient as torch.nn's."""
+    import fastrnn.torch as ft
+    from test_torch_adapter import _assert_same, _run
+    torch.manual_seed(6)
+    kw = dict(bidirectional=True, proj_size=2, dtype=torch.float64)
+    theirs = torch.nn.LSTM(3, 4, **kw)
+    ours = ft.LSTM(3, 4, backend="cuda", **kw)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 2, 3, dtype=torch.float64)
+    hx = (torch.randn(2, 2, 2, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64))
+    _assert_same(_run(ours, x, hx), _run(theirs, x, hx), 1e-10)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([1, 2]), enforce_sorted=False)
+    _assert_same(_packed_run(ours, packed), _packed_run(theirs, packed), 1e-10)
+
+
+def _packed_run(module, packed):
+    """Outputs and parameter gradients of a linear loss, for a packed input."""
+    out, (h, c) = module(packed)
+    g = torch.Generator(device=out.data.device).manual_seed(0)
+    w = lambda a: torch.randn(a.shape, generator=g, dtype=a.dtype, device=a.device)
+    loss = (out.data * w(out.data)).sum() + (h * w(h)).sum() + (c * w(c)).sum()
+    return [out.data, h, c] + list(torch.autograd.grad(loss, list(module.parameters())))
+
+
+gpu_tensors = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in backends.available()
+    or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="needs a CUDA GPU with torch's CUDA build")
+
+
+@gpu_tensors
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropin_cuda_tensors_match_torch_on_the_gpu(dtype):
+    """CUDA tensors in and out, against torch.nn.LSTM(proj_size) (cuDNN) on the same device."""
+    import fastrnn.torch as ft
+    from test_torch_adapter import _assert_same, _run
+    torch.manual_seed(7)
+    dev = torch.device("cuda")
+    kw = dict(num_layers=2, bidirectional=True, proj_size=24, dtype=dtype, device=dev)
+    theirs = torch.nn.LSTM(40, 64, **kw)
+    ours = ft.LSTM(40, 64, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(33, 9, 40, dtype=dtype, device=dev)
+    hx = (torch.randn(4, 9, 24, dtype=dtype, device=dev), torch.randn(4, 9, 64, dtype=dtype, device=dev))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, 34, (9,)), enforce_sorted=False)
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        _assert_same(_run(ours, x, hx), _run(theirs, x, hx), tol)
+        _assert_same(_packed_run(ours, packed), _packed_run(theirs, packed), tol)
 
 
 @needs_cpu

@@ -4,6 +4,7 @@ forward_layer: input projection (a matrix product: cuda_blas.py where CuPy is in
 else cuda_dense.py; both have the same two entry points), then the whole
 recurrence in one persistent cooperative launch (cuda_recurrence.py). backward_layer:
 BPTT in one persistent launch, then the weight gradients and dx as matrix products.
+An LSTM with a projection (w_hr) runs in cuda_projection.py instead.
 From B*H >= STEP_GEMM_MIN_BH a step is instead one library matrix product and one launch
 of the step's elementwise work (the step-gemm path). Arrays made here come from a pool
 (cuda_memory.py).
@@ -23,6 +24,7 @@ from numba import cuda
 from ..cells import get_cell
 from . import cuda_blas as blas
 from . import cuda_dense as dense
+from . import cuda_projection as projection
 from . import cuda_recurrence as rec
 from . import cuda_setup as setup
 from .checks import check_backward_grads, check_forward_args, check_lengths
@@ -211,8 +213,8 @@ def describe():
             f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
             f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above; "
             f"from B*H={STEP_GEMM_MIN_BH} a step is a {_products().NAME} matrix product and a "
-            f"launch of the gates' elementwise work; grid sync "
-            f"{'flag' if _flag_sync() else 'cg'}")
+            f"launch of the gates' elementwise work; an LSTM with a projection: two "
+            f"products and two launches a step; grid sync {'flag' if _flag_sync() else 'cg'}")
 
 
 def _max_h(cell):
@@ -338,21 +340,21 @@ def _pack_kernel(w, out, G, H, hs, backward, kfast):
 # ----------------------------------------------------------------------- forward
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
                   w_hr=None):
-    if w_hr is not None:
-        raise NotImplementedError("w_hr: the cuda backend has no LSTM projection (proj_size) yet; "
-                                  "the cpu and reference backends have")
+    """w_hr (P, H): an LSTM's projection (cuda_projection.py)."""
     with _lock:
-        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)
+        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train, w_hr)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train):
-    (x, host), (h0, _), (c0, _), (w_ih, _), (w_hh, _), (b_ih, _), (b_hh, _) = (
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train, w_hr):
+    (x, host), (h0, _), (c0, _), (w_ih, _), (w_hh, _), (b_ih, _), (b_hh, _), (w_hr, _) = (
         _to_device(n, a) for n, a in (("x", x), ("h0", h0), ("c0", c0), ("w_ih", w_ih),
-                                      ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)))
+                                      ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh), ("w_hr", w_hr)))
     if x is not None and x.ndim == 3 and w_hh is not None and w_hh.ndim == 2:
         lengths = _host_lengths(lengths, x.shape[0], x.shape[1])
     spec, T, B, I, H, _ = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None,
-                                             device_ok=True)
+                                             device_ok=True, w_hr=w_hr)
+    if w_hr is not None:
+        return projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, host)
     dt, G = x.dtype, spec.gates
     GH = G * H
     y = device_array((T, B, H), dt)
@@ -460,6 +462,8 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
     if not isinstance(saved, dict) or saved.get("cell") != spec.name or saved.get("backend") != name:
         raise ValueError(f"saved: expected the workspace of a cuda {spec.name!r} forward_layer call")
+    if "w_hr" in saved:
+        return projection.backward(saved, dy, dh_T, dc_T, need_dx)
     x, w_ih, w_hh, lengths = saved["x"], saved["w_ih"], saved["w_hh"], saved["lengths"]
     T, B, H, host, rev = saved["T"], saved["B"], saved["H"], saved["host"], int(saved["reverse"])
     I, dt, G = x.shape[2], x.dtype, spec.gates

@@ -63,8 +63,9 @@ OP_N, OP_T = 0, 1   # cuBLAS operations: as stored, transposed
 
 
 def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
-    """f(boff): column-major C (m x n) = op(A) op(B) on flat device arrays, B read from
-    element offset boff, on the legacy default stream (where the recurrence kernels run).
+    """f(boff, coff=0): column-major C (m x n) = op(A) op(B) on flat device arrays, B read
+    from element offset boff and C written from coff, on the legacy default stream (where
+    the recurrence kernels run).
     Pointers and the handle are looked up once: f is called once per step, and its Python
     cost is part of what a short step costs."""
     from cupy_backends.cuda.libs import cublas
@@ -79,9 +80,22 @@ def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
     one, zero = consts.ctypes.data, consts.ctypes.data + item
     pa, pb, pc = (x.device_ctypes_pointer.value for x in (a, b, c))
 
-    def f(boff):
-        gemm(handle, ta, tb, m, n, k, one, pa, lda, pb + boff * item, ldb, zero, pc, ldc)
+    def f(boff, coff=0):
+        gemm(handle, ta, tb, m, n, k, one, pa, lda, pb + boff * item, ldb, zero, pc + coff * item, ldc)
     return f
+
+
+def gemm(a, b, c, M, N, K, *, a_t=False, b_t=False):
+    """f(aoff=0, coff=0): row-major C (M, N) at c[coff:] = op(A) op(B), with A (M, K) at
+    a[aoff:] ((K, M) read transposed when a_t) and B (K, N) ((N, K) when b_t); every operand
+    contiguous. The projected LSTM's per-step and weight-gradient products."""
+    if M == 0 or N == 0:
+        return lambda aoff=0, coff=0: None
+    # row-major C is column-major C^T (N x M) = op(B)^T op(A)^T: B and A swap places
+    # (cuBLAS wants every leading dimension >= 1, even beside a K = 0)
+    f = _gemm(OP_T if b_t else OP_N, OP_T if a_t else OP_N, N, M, K,
+              b, max(1, K if b_t else N), a, max(1, M if a_t else K), c, N)
+    return lambda aoff=0, coff=0: f(aoff, coff)
 
 
 def step_forward(hbuf, w_hh, pre, B, H, GH, Bp):

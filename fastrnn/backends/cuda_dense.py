@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import cuda, int32
 
-from .cuda_launch import launch
+from .cuda_launch import launch, prepared
 
 TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per thread
 BK = 16         # summed-index depth per shared-memory stage
@@ -179,6 +179,25 @@ def step_backward(dgh, w_hh, pre, B, H, GH):
     """f(goff): pre (B, H) = dgh (B, GH) @ W_hh, dgh at dgh[goff:]."""
     return lambda goff: matmul(Operand(dgh, goff, GH, 0, 1, GH), Operand(w_hh, 0, 1, 0, H, GH),
                                pre, 0, H, 1, B, H, GH)
+
+
+def gemm(a, b, c, M, N, K, *, a_t=False, b_t=False):
+    """f(aoff=0, coff=0): row-major C (M, N) at c[coff:] = op(A) op(B), with A (M, K) at
+    a[aoff:] ((K, M) read transposed when a_t) and B (K, N) ((N, K) when b_t); every operand
+    contiguous. The projected LSTM's per-step and weight-gradient products."""
+    if M == 0 or N == 0:
+        return lambda aoff=0, coff=0: None
+    if K == 0:
+        raise ValueError("gemm: K = 0 (nothing to sum)")
+    # matmul's arguments with the offsets aoff (1) and coff (11) left to each call: a step's
+    # launch then only writes two parameters (cuda_launch.prepared)
+    sam, sa2 = (1, M) if a_t else (K, 1)
+    sbn, sb2 = (K, 1) if b_t else (1, N)
+    mm, _ = kernels(c.dtype)
+    call = prepared(mm, (math.ceil(N / TILE), math.ceil(M / TILE)), THREADS,
+                    (a, 0, sam, 0, sa2, b, 0, 0, sb2, sbn, c, 0, N, 1, M, N, K, K, c, False, False),
+                    vary=(1, 11))
+    return lambda aoff=0, coff=0: call(aoff, coff)
 
 
 def fill(a, value):

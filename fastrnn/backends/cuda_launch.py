@@ -59,13 +59,16 @@ def _flat(a):
 
 def prepared(kern, grid, block, args, shared=0, vary=0):
     """A launch of kern with every argument fixed except args[vary], an integer given per
-    call: prepared(...)(s) launches kern(*args) with args[vary] = s. The per-step loops
-    launch one kernel T times; this writes the parameter buffer once."""
+    call: prepared(...)(s) launches kern(*args) with args[vary] = s. vary may be a tuple of
+    indices: prepared(...)(s, t) sets each. The per-step loops launch one kernel T times;
+    this writes the parameter buffer once."""
+    vary = (vary,) if isinstance(vary, int) else tuple(vary)
     if not raw_enabled():
         args = [_flat(a) for a in args]
 
-        def call(v):
-            args[vary] = v
+        def call(*v):
+            for i, x in zip(vary, v):
+                args[i] = x
             kern[grid, block, 0, shared](*args)
         return call
     return _compiled(kern, args).prepared(grid, block, args, shared, vary)
@@ -183,14 +186,16 @@ class RawKernel:
         st = self._state()
         self.allow_shared(shared, st)
         vals = np.array(self.values(args), np.int64)
-        slot = len(self.values(args[:vary]))   # parameters before the varying one
-        assert self._kinds[vary] == 1, "the varying argument must be an integer"
+        # each varying argument's slot: the parameters before it
+        slots = [len(self.values(args[:i])) for i in vary]
+        assert all(self._kinds[i] == 1 for i in vary), "the varying arguments must be integers"
         ptrs = np.array([vals.ctypes.data + 8 * i for i in range(len(vals))], np.uint64)
         fn, addr = st["fn"], ptrs.ctypes.data
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
 
-        def call(v):
-            vals[slot] = v
+        def call(*v):
+            for slot, x in zip(slots, v):
+                vals[slot] = x
             _check(drv.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, shared, 0, addr, 0)[0],
                    f"launching {self.name}")
         call.buffers = (vals, ptrs)   # the driver reads these at every launch: keep them
