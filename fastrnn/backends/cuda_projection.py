@@ -58,11 +58,12 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, ho
         pre = be._scratch("pre", B * GH, dt)
         m = ws["m"] if train else be._scratch("m", B * H, dt)
         has_bias = b_ih is not None
+        dlen = be._device_lengths(lengths)
         gates = _prepared(k["fwd_gates"], B * H, (
             T, int(reverse), int(train), pre, xp, b_ih if has_bias else dummy, b_hh if has_bias else dummy,
-            has_bias, be._device_lengths(lengths), h_T, c_T, *(ws.get(n, dummy) for n in _WORKSPACE[1:4]), m,
-            ws.get("h_in", dummy), B, H, P))
-        commit = _prepared(k["fwd_commit"], B * P, (T, int(reverse), be._device_lengths(lengths), y, h_T, B, P))
+            has_bias, dlen, h_T, c_T, *(ws.get(n, dummy) for n in _WORKSPACE[1:4]), m, ws.get("h_in", dummy),
+            B, H, P))
+        commit = _prepared(k["fwd_commit"], B * P, (T, int(reverse), dlen, y, h_T, B, P))
         products = be._products()
         hidden = products.gemm(h_T, w_hh, pre, B, GH, P, b_t=True)
         project = products.gemm(m, w_hr, y, B, P, H, b_t=True)
@@ -72,8 +73,6 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, ho
             gates(s)
             project(t * B * H if train else 0, t * B * P)
             commit(s)
-    elif T:
-        dense.fill(y, 0)
     be.last_path["forward"] = "projection"
     saved = None
     if train:
@@ -104,7 +103,7 @@ def backward(saved, dy, dh_T, dc_T, need_dx):
     ws = saved["ws"]
     k = kernels(dt)
     dummy = be._scratch("dummy", 1, dt)
-    dg = be._scratch("dgi", T * B * GH, dt)
+    dg = be._scratch("dgi", T * B * GH, dt)   # (the unprojected path's scratch buffers)
     dhs = be._scratch("dgh", T * B * P, dt)
     dm = be._scratch("pre", B * H, dt)
     hnew = be._scratch("hnew", B * P, dt)
@@ -130,15 +129,13 @@ def backward(saved, dy, dh_T, dc_T, need_dx):
     for db in (db_ih, db_hh):
         dense.fill(db, 0)   # colsum adds with atomics
         dense.colsum(dg, TB, GH, db)
-    if dx is not None and I:
+    if dx is not None:
         products.gemm(dg, w_ih, dx, TB, I, GH)()
-    elif dx is not None:
-        dense.fill(dx, 0)
     return _grads_out(host, dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
 
 
 def _copy(src, dst):
-    """dst = src (both (n,) device arrays of one size), or 0 where src is None."""
+    """dst = src (device arrays with the same number of elements), or 0 where src is None."""
     if src is None:
         dense.fill(dst, 0)
     elif dst.size:
