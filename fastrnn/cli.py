@@ -67,7 +67,10 @@ def build_parser():
     t.add_argument("--cell", choices=("rnn_tanh", "rnn_relu", "lstm", "gru"))
     t.add_argument("--hidden", type=_positive_int)
     t.add_argument("--layers", type=_positive_int)
-    t.add_argument("--emb", type=_positive_int, help="embedding size (default: hidden)")
+    t.add_argument("--emb", type=_positive_int, help="embedding size (default: hidden, or proj)")
+    t.add_argument("--proj", type=_positive_int,
+                   help="LSTM only: project each layer's state to this size (proj_size < hidden); the "
+                        "outputs and the softmax layer are then this wide")
     t.add_argument("--dropout", type=float)
     t.add_argument("--tie", action="store_true", default=None, help="tie the output projection to the embedding")
     t.add_argument("--batch", type=_positive_int)
@@ -107,7 +110,7 @@ def build_parser():
     return p
 
 
-TRAIN_KEYS = ("data", "max_bytes", "tokenizer", "vocab_size_max", "cell", "hidden", "layers", "emb",
+TRAIN_KEYS = ("data", "max_bytes", "tokenizer", "vocab_size_max", "cell", "hidden", "layers", "emb", "proj",
               "dropout", "tie", "batch", "bptt", "optimizer", "lr", "momentum", "weight_decay", "clip",
               "epochs", "time_limit", "max_steps", "val_fraction", "lr_decay", "patience", "seed", "backend")
 
@@ -132,7 +135,8 @@ def cmd_train(args, parser):
     except (CheckpointError, ValueError, OSError) as exc:
         parser.error(str(exc))
     c = trainer.cfg
-    print(f"fastrnn train: {c['cell']} H={c['hidden']} x {c['layers']} layers, vocab {len(trainer.vocab)} "
+    proj = f" proj {c['proj']}" if c.get("proj") else ""
+    print(f"fastrnn train: {c['cell']} H={c['hidden']}{proj} x {c['layers']} layers, vocab {len(trainer.vocab)} "
           f"({c['tokenizer']}), {len(trainer.train_ids):,} train / {len(trainer.val_ids):,} validation tokens, "
           f"backend {backends.resolve(c['backend'])}, {get_num_threads()} threads", flush=True)
     try:

@@ -1,7 +1,9 @@
 """RNN language model: embedding -> dropout -> RNN/LSTM/GRU stack -> dropout -> linear
 projection (optionally tied to the embedding) -> softmax cross-entropy (fused with its
 gradient). Runs on every backend: the cpu backend computes the projection and the loss with
-the fastrnn C kernels, the reference backend with NumPy."""
+the fastrnn C kernels, the reference backend with NumPy. An LSTM stack may project its
+state to proj_size (PyTorch's LSTM proj_size): the outputs, and so the decoder's rows, are
+then proj_size wide, which makes the softmax layer hidden_size / proj_size times smaller."""
 from collections import OrderedDict
 import math
 import numbers
@@ -25,15 +27,20 @@ def _dense_ops(backend_name):
 
 class RNNLM:
     def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
-                 dropout=0.0, tie_weights=False, *, backend="auto", dtype=np.float32, seed=None):
+                 dropout=0.0, tie_weights=False, *, proj_size=0, backend="auto", dtype=np.float32, seed=None):
         hidden_size = positive_int("hidden_size", hidden_size)
+        proj_size = positive_int("proj_size", proj_size, minimum=0)
+        if proj_size and cell != "lstm":
+            raise ValueError(f"proj_size: only an LSTM has a projection, got cell {cell!r}")
+        out_size = proj_size or hidden_size   # the width of the stack's outputs and of h
         self.config = dict(vocab_size=positive_int("vocab_size", vocab_size), hidden_size=hidden_size,
                            num_layers=positive_int("num_layers", num_layers), cell=cell,
-                           emb_size=hidden_size if emb_size is None else positive_int("emb_size", emb_size),
-                           dropout=float(dropout), tie_weights=bool(tie_weights))
+                           emb_size=out_size if emb_size is None else positive_int("emb_size", emb_size),
+                           dropout=float(dropout), tie_weights=bool(tie_weights), proj_size=proj_size)
         V, H, E = self.config["vocab_size"], hidden_size, self.config["emb_size"]
-        if tie_weights and E != H:
-            raise ValueError(f"tie_weights: needs emb_size == hidden_size, got {E} and {H}")
+        if tie_weights and E != out_size:
+            what = "proj_size" if proj_size else "hidden_size"
+            raise ValueError(f"tie_weights: needs emb_size == {what}, got {E} and {out_size}")
         if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dtype = np.dtype(dtype)
@@ -43,13 +50,15 @@ class RNNLM:
                   seed=int(self._rng.integers(2 ** 31)))
         if cell in ("rnn_tanh", "rnn_relu"):
             self.rnn = RNN(E, H, nonlinearity=cell[4:], **kw)
-        elif cell in ("lstm", "gru"):
-            self.rnn = {"lstm": LSTM, "gru": GRU}[cell](E, H, **kw)
+        elif cell == "lstm":
+            self.rnn = LSTM(E, H, proj_size=proj_size, **kw)
+        elif cell == "gru":
+            self.rnn = GRU(E, H, **kw)
         else:
             raise ValueError(f"cell: expected one of rnn_tanh, rnn_relu, lstm, gru, got {cell!r}")
         self.embedding = self._rng.uniform(-0.1, 0.1, (V, E)).astype(dtype)
         self.decoder_weight = self.embedding if tie_weights else \
-            self._rng.uniform(-1 / math.sqrt(H), 1 / math.sqrt(H), (V, H)).astype(dtype)
+            self._rng.uniform(-1 / math.sqrt(out_size), 1 / math.sqrt(out_size), (V, out_size)).astype(dtype)
         self.decoder_bias = np.zeros(V, dtype)
         # the RNN stack's gradients are its own arrays: its backward accumulates into them
         rnn_grads = {f"rnn.{n}": g for n, g in self.rnn.grads.items()}
@@ -88,8 +97,8 @@ class RNNLM:
 
     def init_hidden(self, batch):
         L, H = self.config["num_layers"], self.config["hidden_size"]
-        h = np.zeros((L, batch, H), self.dtype)
-        return (h, h.copy()) if self.config["cell"] == "lstm" else h
+        h = np.zeros((L, batch, self.config["proj_size"] or H), self.dtype)
+        return (h, np.zeros((L, batch, H), self.dtype)) if self.config["cell"] == "lstm" else h
 
     # ----- forward / backward -----------------------------------------------------
     def _dropout(self, a):

@@ -16,10 +16,10 @@ from .optim import SGD, Adam, clip_grad_norm, finite_number
 from .progress import Progress
 
 FORMAT = "fastrnn-lm/1"
-MODEL_KEYS = ("cell", "hidden", "layers", "emb", "dropout", "tie", "tokenizer", "vocab_size_max")
+MODEL_KEYS = ("cell", "hidden", "layers", "emb", "proj", "dropout", "tie", "tokenizer", "vocab_size_max")
 DATA_KEYS = ("data", "max_bytes", "val_fraction", "batch", "bptt")
 DEFAULTS = dict(data=None, max_bytes=2_000_000, tokenizer="char", vocab_size_max=None, cell="lstm",
-                hidden=256, layers=2, emb=None, dropout=0.0, tie=False, batch=32, bptt=64,
+                hidden=256, layers=2, emb=None, proj=0, dropout=0.0, tie=False, batch=32, bptt=64,
                 optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0, clip=1.0, epochs=10,
                 time_limit=None, max_steps=None, val_fraction=0.05, seed=0, backend="auto",
                 lr_decay=0.5, patience=0, eval_bptt=256)
@@ -73,8 +73,10 @@ def load_checkpoint(path):
 
 
 def build_model(cfg, vocab_size):
+    # (checkpoints from before proj have no such key: no projection)
     return RNNLM(vocab_size, cfg["hidden"], cfg["layers"], cfg["cell"], emb_size=cfg["emb"],
-                 dropout=cfg["dropout"], tie_weights=cfg["tie"], backend=cfg["backend"], seed=cfg["seed"])
+                 dropout=cfg["dropout"], tie_weights=cfg["tie"], proj_size=cfg.get("proj", 0),
+                 backend=cfg["backend"], seed=cfg["seed"])
 
 
 def build_optimizer(cfg, model):
@@ -148,8 +150,9 @@ class Trainer:
         if resume:
             meta, arrays = load_checkpoint(self.ckpt)
             stored = meta["config"]
-            clash = [f"{k}={cfg[k]!r} (checkpoint has {stored[k]!r})" for k in MODEL_KEYS + DATA_KEYS
-                     if cfg.get(k) is not None and cfg[k] != stored.get(k) and k in cfg.get("_explicit", ())]
+            had = lambda k: stored.get(k, DEFAULTS.get(k))   # keys added since keep their defaults
+            clash = [f"{k}={cfg[k]!r} (checkpoint has {had(k)!r})" for k in MODEL_KEYS + DATA_KEYS
+                     if cfg.get(k) is not None and cfg[k] != had(k) and k in cfg.get("_explicit", ())]
             if clash:
                 raise CheckpointError(f"{self.ckpt}: the checkpoint was trained with other settings: " + "; ".join(clash))
             keep = {k: cfg[k] for k in ("epochs", "time_limit", "max_steps") if k in cfg.get("_explicit", ())}

@@ -199,13 +199,14 @@ def test_default_corpus_is_deterministic_and_capped():
 
 # ----- a full LM training step on each backend matches the reference ----------------
 @pytest.mark.parametrize("name", FAST)
-@pytest.mark.parametrize("cell, tie", [("lstm", False), ("gru", True)])
-def test_lm_step_matches_reference(name, cell, tie):
+@pytest.mark.parametrize("cell, tie, proj", [("lstm", False, 0), ("gru", True, 0), ("lstm", True, 5)])
+def test_lm_step_matches_reference(name, cell, tie, proj):
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 17, (6, 3)), rng.integers(0, 17, (6, 3))
     results = []
     for be in (name, "reference"):
-        m = RNNLM(17, 12, 2, cell, dropout=0.2, tie_weights=tie, backend=be, dtype=np.float64, seed=4)
+        m = RNNLM(17, 12, 2, cell, dropout=0.2, tie_weights=tie, proj_size=proj, backend=be, dtype=np.float64,
+                  seed=4)
         loss, h = m.forward(x, y)
         m.backward()
         results.append((loss, dict(m.grads)))
@@ -213,6 +214,33 @@ def test_lm_step_matches_reference(name, cell, tie):
     assert abs(l1 - l2) < 1e-12
     for k in g1:
         assert rel_err(g1[k], g2[k]) < 1e-10, k
+
+
+def test_lm_with_projection_gradients_match_finite_differences():
+    """proj_size: P-wide outputs, decoder and h; the loss's gradient (reference backend,
+    float64) against central differences for a sample of every parameter's entries."""
+    m = RNNLM(11, 7, 2, "lstm", proj_size=3, backend="reference", dtype=np.float64, seed=1)
+    assert m.decoder_weight.shape == (11, 3) and m.embedding.shape == (11, 3)
+    h, c = m.init_hidden(2)
+    assert h.shape == (2, 2, 3) and c.shape == (2, 2, 7)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (4, 2)), rng.integers(0, 11, (4, 2))
+    hidden = (rng.standard_normal((2, 2, 3)), rng.standard_normal((2, 2, 7)))
+    m.zero_grad()
+    m.forward(x, y, hidden)
+    m.backward()
+    eps = 1e-6
+    for name, p in m.named_parameters():
+        flat = p.reshape(-1)
+        for i in rng.choice(flat.size, min(4, flat.size), replace=False):
+            keep = flat[i]
+            flat[i] = keep + eps
+            up = m.forward(x, y, hidden)[0]
+            flat[i] = keep - eps
+            down = m.forward(x, y, hidden)[0]
+            flat[i] = keep
+            m._cache = None
+            assert abs((up - down) / (2 * eps) - m.grads[name].reshape(-1)[i]) < 1e-7, (name, i)
 
 
 # ----- training, checkpoints, resume -----------------------------------------------
@@ -324,7 +352,11 @@ def test_generation_is_deterministic_with_a_seed():
 def test_bad_model_and_generation_arguments_name_the_argument():
     for kw, name in [(dict(vocab_size=0), "vocab_size"), (dict(vocab_size=5, hidden_size=2.5), "hidden_size"),
                      (dict(vocab_size=5, num_layers=0), "num_layers"), (dict(vocab_size=5, emb_size=-1), "emb_size"),
-                     (dict(vocab_size=5, dropout=1.0), "dropout")]:
+                     (dict(vocab_size=5, dropout=1.0), "dropout"), (dict(vocab_size=5, proj_size=-1), "proj_size"),
+                     (dict(vocab_size=5, hidden_size=4, proj_size=4), "proj_size"),
+                     (dict(vocab_size=5, cell="gru", proj_size=2), "proj_size: only an LSTM"),
+                     (dict(vocab_size=5, hidden_size=8, proj_size=2, emb_size=8, tie_weights=True),
+                      "tie_weights: needs emb_size == proj_size")]:
         with pytest.raises(ValueError, match=name):
             RNNLM(**kw)
     m = RNNLM(7, hidden_size=4, num_layers=1, seed=0)
@@ -384,6 +416,44 @@ def test_train_and_generate_commands(corpus, tmp_path):
     assert g1.returncode == 0 and g1.stdout == g2.stdout and g1.stdout.startswith("def ")
     bad = subprocess.run(cmd[:4] + ["--dropout", "1.5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "dropout" in bad.stderr
+
+
+def test_projection_trains_resumes_and_generates(corpus, tmp_path):
+    """--proj through the trainer: a checkpoint that restores the same model, resume refusing
+    another proj, and generate from it on the command line."""
+    out = str(tmp_path / "p")
+    t = Trainer(_cfg(corpus, proj=5, max_steps=4), out, echo=lambda *a: None)
+    t.run()
+    assert t.model.config["proj_size"] == 5 and t.model.decoder_weight.shape[1] == 5
+    with pytest.raises(CheckpointError, match="other settings.*proj=3"):
+        Trainer(_cfg(corpus, proj=3), out, resume=True)
+    resumed = Trainer(_cfg(corpus, proj=5, max_steps=6), out, resume=True, echo=lambda *a: None)
+    for k, v in t.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
+    resumed.run()
+    g = subprocess.run([sys.executable, "-m", "fastrnn", "generate", os.path.join(out, "checkpoint.npz"),
+                        "--prompt", "def ", "--length", "10", "--seed", "1"], capture_output=True, text=True)
+    assert g.returncode == 0 and g.stdout.startswith("def "), g.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--cell", "gru", "--proj", "2",
+                          "--out", str(tmp_path / "q"), "--no-progress"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "proj_size: only an LSTM" in bad.stderr
+
+
+def test_checkpoints_from_before_proj_still_resume(corpus, tmp_path):
+    """A checkpoint whose config has no 'proj' key (written before it existed) loads as no
+    projection, and resuming it with the default settings finds no clash."""
+    import json
+    from fastrnn.train import atomic_write
+    out = str(tmp_path / "old")
+    Trainer(_cfg(corpus, max_steps=2), out, echo=lambda *a: None).run()
+    ckpt = os.path.join(out, "checkpoint.npz")
+    meta, arrays = load_checkpoint(ckpt)
+    del meta["config"]["proj"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    atomic_write(ckpt, lambda f: np.savez(f, **arrays))
+    r = Trainer(_cfg(corpus, max_steps=3, proj=0), out, resume=True, echo=lambda *a: None)
+    assert r.model.config["proj_size"] == 0
+    r.run()
 
 
 def test_unigram_baseline():
