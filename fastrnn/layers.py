@@ -88,6 +88,13 @@ class RNNBase:
         self._init_parameters()
         self._saved = None
 
+    def __getstate__(self):
+        # pickle and copy.deepcopy: a pending backward (the last training forward's saved
+        # state, which refers to the backend module) is not carried over
+        state = self.__dict__.copy()
+        state["_saved"] = None
+        return state
+
     # ----- parameters -------------------------------------------------------------
     def _suffix(self, layer, direction):
         return f"l{layer}" + ("_reverse" if direction == 1 else "")

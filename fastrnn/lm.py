@@ -67,6 +67,12 @@ class RNNLM:
         self.training = True
         self._cache = None
 
+    def __getstate__(self):
+        # pickle and copy.deepcopy carry the parameters, not a pending backward
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     # ----- parameters -------------------------------------------------------------
     def named_parameters(self):
         out = [("embedding.weight", self.embedding)]

@@ -59,6 +59,28 @@ def test_state_dict_round_trip_and_all_or_nothing_load():
     assert not np.any(b.state_dict()["bias_ih_l0"] == 99)
 
 
+@pytest.mark.parametrize("copy_of", ["pickle", "deepcopy"])
+def test_a_module_pickles_and_copies_after_a_training_forward(copy_of):
+    import copy
+    import pickle
+    m = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, dropout=0.2, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    out, _ = m(x)
+    m.backward(np.ones_like(out))
+    m(x)   # a pending backward refers to the backend; the copy leaves it behind
+    c = pickle.loads(pickle.dumps(m)) if copy_of == "pickle" else copy.deepcopy(m)
+    assert all(np.array_equal(v, c.grads[k]) for k, v in m.grads.items())
+    assert all(np.array_equal(v, c.state_dict()[k]) for k, v in m.state_dict().items())
+    with pytest.raises(ValueError, match="no saved forward pass"):
+        c.backward(np.ones_like(out))
+    m.backward(np.ones_like(out))   # the original keeps its own
+    m.eval(), c.eval()
+    assert np.array_equal(m(x)[0], c(x)[0])
+    # the copy's arrays are its own
+    c.named_parameters()[0][1][...] = 0
+    assert not np.array_equal(m(x)[0], c(x)[0])
+
+
 def test_gradients_accumulate_until_zero_grad():
     m = fastrnn.GRU(2, 3, backend="reference", dtype=np.float64, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 2, 2))

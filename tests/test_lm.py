@@ -459,3 +459,17 @@ def test_checkpoints_from_before_proj_still_resume(corpus, tmp_path):
 def test_unigram_baseline():
     ids = np.array([0, 0, 1, 1])
     assert unigram_baseline(ids, np.array([0, 1]), 2) == pytest.approx(np.log(2))
+
+
+def test_a_language_model_pickles_with_its_tied_weights():
+    import pickle
+    m = RNNLM(20, 8, num_layers=1, tie_weights=True, seed=0)
+    tokens = np.random.default_rng(0).integers(0, 20, (6, 2))
+    m.forward(tokens[:-1], tokens[1:], m.init_hidden(2))
+    c = pickle.loads(pickle.dumps(m))
+    assert c.decoder_weight is c.embedding            # still one array
+    assert c.grads["rnn.weight_hh_l0"] is c.rnn.grads["weight_hh_l0"]
+    m.eval(), c.eval()
+    a = m.forward(tokens[:-1], tokens[1:], m.init_hidden(2))
+    b = c.forward(tokens[:-1], tokens[1:], c.init_hidden(2))
+    assert np.array_equal(a[0], b[0])
