@@ -4,8 +4,10 @@
 
 One group per (cell, mode, H, B, T) point, so pytest-benchmark's table compares the
 backends and peers at that point. Grid: the CPU-backend issue's (cells RNN tanh, LSTM,
-GRU; H 128, 512; B 1, 32; T 32, 256; inference and training). The reference backend
-joins with FASTRNN_BENCH_REFERENCE=1 (it is slow at these sizes).
+GRU; H 128, 512; B 1, 32; T 32, 256; inference and training), plus one-step inference
+(T = 1, B 1 and 4: a decoding step, where the cpu backend reads the weights unpacked,
+csrc/direct.inc). The reference backend joins with FASTRNN_BENCH_REFERENCE=1 (it is slow
+at these sizes).
 """
 import os
 
@@ -17,6 +19,7 @@ TARGETS = [t for t in bench.available_targets()[0]
            if t != "reference" or os.environ.get("FASTRNN_BENCH_REFERENCE") == "1"]
 POINTS = [(c, m, h, b, t) for c in ("rnn_tanh", "lstm", "gru") for m in bench.MODES
           for h in (128, 512) for b in (1, 32) for t in (32, 256)]
+POINTS += [(c, "inference", h, b, 1) for c in ("rnn_tanh", "lstm", "gru") for h in (128, 512) for b in (1, 4)]
 
 
 @pytest.mark.parametrize("backend", TARGETS)

@@ -236,6 +236,16 @@ int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,
              dy, dh_T, dc_T, lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0,     \
              dc_0, dw_ih, dw_hh, db_ih, db_hh, accumulate, nthreads)                           \
 }                                                                                              \
+int fastrnn_forward_direct_##suffix(int cell, int T, int B, int I, int H, int reverse,         \
+                                    const R *x, const R *w_ih, const R *w_hh, const R *b_ih,   \
+                                    const R *b_hh, const R *h0, const R *c0,                   \
+                                    const int32_t *lengths, R *y, R *h_T, R *c_T, int nthreads) \
+{                                                                                              \
+    if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)))         \
+        return FASTRNN_EINVAL;                                                                 \
+    DISPATCH(forward_direct, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, \
+             c0, lengths, y, h_T, c_T, nthreads)                                               \
+}                                                                                              \
 size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
 {                                                                                              \
     if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;                                        \

@@ -417,7 +417,7 @@ class RNN(RNNBase):
 class LSTM(RNNBase):
     """LSTM with PyTorch's gate order (i, f, g, o); returns out, (h_n, c_n). proj_size=P > 0
     adds PyTorch's projection h = W_hr (o * tanh(c)) (weight_hr_l{k}, P wide h and outputs)
-    on the cpu and reference backends."""
+    on every backend."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, **kw):

@@ -271,7 +271,7 @@ class RNN(_FastRNNMixin, torch.nn.RNN):
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
     """torch.nn.LSTM computed by fastrnn (extra keyword: backend='auto'); proj_size > 0 runs
-    on the cpu and reference backends."""
+    on every backend (CUDA tensors included)."""
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__(*args, **kwargs)

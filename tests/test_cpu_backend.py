@@ -146,17 +146,84 @@ def test_steps_over_slices_larger_than_l2_match_reference(cell, dtype, threads, 
         assert grad_err <= TOL[dtype][1], (reverse, ragged, grad_err)
 
 
+# inference of at most DIRECT_MAX_ROWS (step, sequence) rows runs on the unpacked weights
+SMALL_SHAPES = [(1, 1, 7, 13), (5, 3, 6, 37), (16, 1, 4, 130), (1, 16, 5, 9), (2, 4, 3, 1)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_small_inference_reads_unpacked_weights_and_matches_reference(cell, dtype, reverse, ragged, threads,
+                                                                      num_threads):
+    from fastrnn.backends import cpu, reference
+    num_threads(threads)
+    packs = cpu.packed_cache.packs
+    for k, (T, B, I, H) in enumerate(SMALL_SHAPES):
+        assert T * B <= cpu.DIRECT_MAX_ROWS
+        rng = np.random.default_rng([k, threads, CELLS.index(cell)])
+        args = layer_inputs(rng, cell, T, B, I, H, dtype)
+        lengths = random_lengths(rng, T, B) if ragged else None
+        y, h, c, saved = cpu.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False)
+        as64 = [None if a is None else a.astype(np.float64) for a in args]
+        want = reference.forward_layer(cell, *as64, lengths=lengths, reverse=reverse, train=False)
+        assert saved is None
+        for a, b in zip((y, h, c), want):
+            assert (a is None) == (b is None)
+            if b is not None:
+                assert a.dtype == dtype and rel_err(a, b) <= TOL[dtype][0], (T, B, I, H)
+    assert cpu.packed_cache.packs == packs   # nothing was packed
+
+
+def test_inference_paths_agree_and_are_chosen_by_size(num_threads, monkeypatch):
+    """The unpacked kernel below DIRECT_MAX_ROWS rows and the packed one above it (and, in a
+    frozen_weights block, from B = 5) give the same numbers; edits are seen by both."""
+    from fastrnn.backends import cpu
+    num_threads(2)
+    rng = np.random.default_rng(9)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 4, 8, 6, 40, np.float64)
+    cpu.packed_cache.clear()
+    run = lambda T, B: cpu.forward_layer("lstm", x[:T, :B], h0[:B], c0[:B], w_ih, w_hh, b_ih, b_hh,
+                                         lengths=[T, 1][:B] * (B // 2) if B > 1 else None, train=False)
+    packs = cpu.packed_cache.packs
+    small = run(2, 8)                        # 16 rows: direct
+    assert cpu.packed_cache.packs == packs
+    monkeypatch.setattr(cpu, "DIRECT_MAX_ROWS", 0)
+    for a, b in zip(run(2, 8), small):       # the same call on the packed panels
+        assert b is None or rel_err(a, b) < 1e-12
+    assert cpu.packed_cache.packs == packs + 1
+    monkeypatch.undo()
+    w_hh[5, 3] += 0.5                        # an edit: the direct kernel reads it as it is
+    edited = run(2, 8)
+    assert rel_err(edited[0], small[0]) > 1e-6
+    monkeypatch.setattr(cpu, "DIRECT_MAX_ROWS", 0)
+    assert rel_err(run(2, 8)[0], edited[0]) < 1e-12
+    monkeypatch.undo()
+    from fastrnn.backends import packed_weights
+    with fastrnn.frozen_weights():
+        run(1, 4)                            # T = 1, B <= 4: direct
+        assert not packed_weights._frozen.verified
+        run(2, 1)                            # T > 1: the packed panels, compared once in the block
+        run(1, 8)                            # B > 4: those too
+        assert len(packed_weights._frozen.verified) == 1
+
+
 ISA_SCRIPT = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})
-from helpers import CELLS, compare_layer
-from fastrnn.backends import cpu
+from helpers import CELLS, compare_layer, layer_inputs
+from fastrnn.backends import cpu, reference
 assert cpu.isa() == {isa!r}, cpu.isa()
 for cell in CELLS:
     for dtype in (np.float32, np.float64):
         o, g = compare_layer(cpu, cell, 6, 5, 7, 41, dtype, True, True, seed=1)
         lim = 1e-4 if dtype == np.float32 else 1e-10
         assert o <= lim and g <= lim, (cell, dtype, o, g)
+        # inference small enough for the unpacked kernel (csrc/direct.inc)
+        args = layer_inputs(np.random.default_rng(2), cell, 3, 5, 7, 41, dtype)
+        y = cpu.forward_layer(cell, *args, lengths=[3, 1, 0, 2, 3], reverse=True, train=False)[0]
+        y_r = reference.forward_layer(cell, *args, lengths=[3, 1, 0, 2, 3], reverse=True, train=False)[0]
+        assert np.abs(y - y_r).max() <= lim, (cell, dtype, "direct")
 print("ok")
 """
 

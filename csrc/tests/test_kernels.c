@@ -5,6 +5,7 @@
  * - 1 thread against 3 threads (bitwise: each unit is computed the same way);
  * - lookup input (rows of a table picked by tokens) against the same rows given as x;
  * - the LSTM with a projection (proj_size) against finite differences, as the first;
+ * - the unpacked inference kernel (forward_direct) against the packed forward;
  * - rejected arguments. */
 #include <math.h>
 #include <stdio.h>
@@ -198,6 +199,53 @@ static void lookup_matches_dense(int cell, int reverse)
             }
 }
 
+/* forward_direct (inference on the row-major weights) against the packed forward: every
+ * batch size 1..6 (the dot tiles take 1-4 vectors), I and H that are no multiple of a
+ * vector (tails), ragged lengths with an empty sequence, 1 and 3 threads, float and double. */
+static void direct_matches_packed(int cell, int reverse)
+{
+    enum { T4 = 6, B4 = 6, I4 = 21, H4 = 35, G4 = 4 };
+    const int G = gates_of(cell), GH = G * H4;
+    unsigned s = 777u + cell * 2 + reverse;
+    static double x[T4 * B4 * I4], w_ih[G4 * H4 * I4], w_hh[G4 * H4 * H4], b_ih[G4 * H4], b_hh[G4 * H4];
+    static double h0[B4 * H4], c0[B4 * H4], y[2][T4 * B4 * H4], hT[2][B4 * H4], cT[2][B4 * H4];
+    static float xf[T4 * B4 * I4], w_ihf[G4 * H4 * I4], w_hhf[G4 * H4 * H4], b_ihf[G4 * H4], b_hhf[G4 * H4];
+    static float h0f[B4 * H4], c0f[B4 * H4], yf[T4 * B4 * H4], hTf[B4 * H4], cTf[B4 * H4];
+    int32_t lengths[B4] = {6, 2, 0, 5, 6, 1};
+    for (int i = 0; i < T4 * B4 * I4; i++) xf[i] = (float)(x[i] = urand(&s));
+    for (int i = 0; i < GH * I4; i++) w_ihf[i] = (float)(w_ih[i] = 0.5 * urand(&s));
+    for (int i = 0; i < GH * H4; i++) w_hhf[i] = (float)(w_hh[i] = 0.5 * urand(&s));
+    for (int i = 0; i < GH; i++) { b_ihf[i] = (float)(b_ih[i] = urand(&s)); b_hhf[i] = (float)(b_hh[i] = urand(&s)); }
+    for (int i = 0; i < B4 * H4; i++) { h0f[i] = (float)(h0[i] = urand(&s)); c0f[i] = (float)(c0[i] = urand(&s)); }
+    for (int nb = 1; nb <= B4; nb++)
+        for (int nth = 1; nth <= 3; nth += 2) {
+            const int32_t *len = nb == B4 ? lengths : NULL;
+            CHECK(fastrnn_forward_f64(cell, T4, nb, I4, H4, reverse, 2, x, 0, NULL, w_ih, w_hh, NULL, b_ih, b_hh, h0,
+                                      c0, len, y[0], hT[0], cT[0], NULL, NULL, NULL, NULL, NULL, nth) == 0,
+                  "packed forward");
+            CHECK(fastrnn_forward_direct_f64(cell, T4, nb, I4, H4, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0, len,
+                                             y[1], hT[1], cT[1], nth) == 0, "direct forward");
+            CHECK(fastrnn_forward_direct_f32(cell, T4, nb, I4, H4, reverse, xf, w_ihf, w_hhf, b_ihf, b_hhf, h0f,
+                                             c0f, len, yf, hTf, cTf, nth) == 0, "direct forward f32");
+            const int n = T4 * nb * H4, nh = nb * H4;
+            double worst = 0, worst_f = 0;
+            for (int i = 0; i < n; i++) {
+                worst = fmax(worst, fabs(y[0][i] - y[1][i]));
+                worst_f = fmax(worst_f, fabs(y[0][i] - yf[i]));
+            }
+            for (int i = 0; i < nh; i++) {
+                worst = fmax(worst, fabs(hT[0][i] - hT[1][i]));
+                worst_f = fmax(worst_f, fabs(hT[0][i] - hTf[i]));
+                if (cell == FASTRNN_LSTM) {
+                    worst = fmax(worst, fabs(cT[0][i] - cT[1][i]));
+                    worst_f = fmax(worst_f, fabs(cT[0][i] - cTf[i]));
+                }
+            }
+            CHECK(worst < 1e-12 && worst_f < 1e-5, "cell %d rev %d B %d threads %d: direct off by %g (float %g)",
+                  cell, reverse, nb, nth, worst, worst_f);
+        }
+}
+
 /* LSTM with a projection (P = 4): backward against central differences, as gradcheck. */
 enum { P = 4 };
 typedef struct {
@@ -289,6 +337,10 @@ static void rejects_bad_arguments(void)
     int32_t tok[1] = {0};
     CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, 0, tok, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "empty lookup table accepted");
+    CHECK(fastrnn_forward_direct_f32(FASTRNN_LSTM, 1, 1, 1, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, out, 1) ==
+          FASTRNN_EINVAL, "direct LSTM without c0 accepted");
+    CHECK(fastrnn_forward_direct_f32(0, 1, 1, 0, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, NULL, 1) ==
+          FASTRNN_EINVAL, "direct I = 0 accepted");
 }
 
 int main(void)
@@ -300,6 +352,8 @@ int main(void)
         precision_and_threads(cell);
         lookup_matches_dense(cell, 0);
         lookup_matches_dense(cell, 1);
+        direct_matches_packed(cell, 0);
+        direct_matches_packed(cell, 1);
     }
     for (int reverse = 0; reverse <= 1; reverse++)
         for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);

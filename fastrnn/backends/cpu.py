@@ -14,7 +14,7 @@ from ..lookup import Lookup
 from ..threads import get_num_threads
 from . import cpu_projection
 from .checks import check_backward_grads, check_forward_args, overlapping
-from .packed_weights import PackedWeightsCache
+from .packed_weights import PackedWeightsCache, frozen_block_active
 from .pool import ArrayPool, aligned_empty
 
 name = "cpu"
@@ -37,6 +37,16 @@ except ImportError as exc:  # extension not built (no compiler or OpenMP at inst
 # and inference memory stays O(B*H) however long the sequence (DESIGN.md: train=False keeps
 # no workspace).
 PROJECTION_CHUNK_BYTES = 1 << 19
+
+# Inference of at most this many (step, sequence) rows reads the caller's weights as they
+# are (csrc/direct.inc) instead of the packed panels, whose per-call compare with the
+# packed version reads every weight twice. Measured (Intel Xeon, 2 threads, one layer,
+# I = H in {256, 512, 1024}, every cell): T = 1 at B <= 16 was 1.3-6x faster than the packed
+# path; T = 16 at B = 1 1.0-1.8x; T = 16 at B = 2 0.94-1.4x; longer calls lost.
+DIRECT_MAX_ROWS = 16
+# Inside frozen_weights() the packed path skips that compare: there the direct kernel won
+# only at T = 1 with B <= 4 (1.0-1.5x; at B = 8, 16 the packed panels were up to 1.7x faster).
+DIRECT_MAX_FROZEN_BATCH = 4
 
 # Training workspace and backward scratch are recycled: backward_layer consumes its
 # `saved` and returns the buffers here for the next forward_layer.
@@ -161,6 +171,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     if I == 0:
         padded = _dx_shape(x)
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
+    if not train and _direct_pays(T, B):
+        return _forward_direct(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     x, tokens, V, expanded = _lookup_input(x, T, B)
     given = (w_ih, w_hh)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
@@ -196,6 +208,29 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                      w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
                      padded_input=padded)
     return y, h_T, c_T, saved
+
+
+def _direct_pays(T, B):
+    """Whether an inference call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS)."""
+    if frozen_block_active():
+        return T == 1 and B <= DIRECT_MAX_FROZEN_BATCH
+    return T * B <= DIRECT_MAX_ROWS
+
+
+def _forward_direct(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    """forward_layer for inference on the caller's weights as they are (nothing packed)."""
+    if isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
+        x = x.dense()
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    (T, B, I), H, dt = x.shape, w_hh.shape[1], x.dtype
+    fn, ctype = _native("forward_direct", dt)
+    p = lambda a: _ptr(a, ctype)
+    y, h_T = aligned_empty((T, B, H), dt), aligned_empty((B, H), dt)
+    c_T = aligned_empty((B, H), dt) if spec.has_cell_state else None
+    status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
+                p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), get_num_threads())
+    _check_status(status, "forward_direct")
+    return y, h_T, c_T, None
 
 
 def _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train):

@@ -36,6 +36,11 @@ def frozen_weights():
         _frozen.verified = None
 
 
+def frozen_block_active():
+    """Whether this thread is inside frozen_weights()."""
+    return getattr(_frozen, "verified", None) is not None
+
+
 def _numpy_same_bits(a, b):
     """Bitwise equality (NaN payloads and signed zeros included) of two same-shape arrays."""
     u = np.dtype(f"u{a.itemsize}")
