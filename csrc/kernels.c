@@ -284,6 +284,17 @@ int fastrnn_lstmp_forward_##suffix(int T, int B, int I, int H, int P, int revers
     DISPATCH(lstmp_forward, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, \
              h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads)              \
 }                                                                                              \
+int fastrnn_lstmp_forward_direct_##suffix(int T, int B, int I, int H, int P, int reverse,      \
+                                          const R *x, const R *w_ih, const R *w_hh, const R *w_hr, \
+                                          const R *b_ih, const R *b_hh, const R *h0, const R *c0, \
+                                          const int32_t *lengths, R *y, R *h_T, R *c_T,        \
+                                          int nthreads)                                        \
+{                                                                                              \
+    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL))           \
+        return FASTRNN_EINVAL;                                                                 \
+    DISPATCH(lstmp_forward_direct, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih,  \
+             b_hh, h0, c0, lengths, y, h_T, c_T, nthreads)                                     \
+}                                                                                              \
 int fastrnn_lstmp_backward_##suffix(int T, int B, int I, int H, int P, int reverse,            \
                                     const R *x, const R *w_ih, const R *w_hh, const R *w_hr,   \
                                     const R *packed, const R *dy, const R *dh_T, const R *dc_T,                 \

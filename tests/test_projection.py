@@ -98,7 +98,8 @@ def test_cpu_threads_and_inference(threads):
 def test_cpu_packed_weights_follow_in_place_changes(changed):
     """The packed weights are cached per version, w_hr included: an in-place edit repacks."""
     cpu = backends.get("cpu")
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(2), 5, 3, 4, 20, 6, np.float64)
+    # T * B = 18: above cpu.DIRECT_MAX_ROWS, so inference runs on the packed weights
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(2), 6, 3, 4, 20, 6, np.float64)
     weights = dict(w_ih=w_ih, w_hh=w_hh, w_hr=w_hr)
     call = lambda be: be.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False, w_hr=w_hr)[0]
     cpu.packed_cache.clear()
@@ -108,6 +109,36 @@ def test_cpu_packed_weights_follow_in_place_changes(changed):
     weights[changed][1] *= -2.0
     assert np.allclose(call(cpu), call(reference), atol=1e-12)
     assert cpu.packed_cache.packs == before + 2
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_small_inference_reads_unpacked_weights(dtype, reverse, ragged, threads):
+    """At most cpu.DIRECT_MAX_ROWS (step, sequence) rows: the unpacked kernel, against the
+    reference, with and without bias, I = 0, P > H; nothing is packed."""
+    import fastrnn
+    cpu = backends.get("cpu")
+    saved_threads = fastrnn.get_num_threads()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    try:
+        fastrnn.set_num_threads(threads)
+        packs = cpu.packed_cache.packs
+        for k, (T, B, I, H, P) in enumerate([(1, 1, 6, 37, 11), (16, 1, 3, 20, 19), (1, 16, 4, 9, 1),
+                                             (3, 5, 0, 12, 4), (2, 3, 5, 8, 13)]):
+            rng = np.random.default_rng([k, threads, reverse])
+            *a, w_hr = lstmp_inputs(rng, T, B, I, H, P, dtype, bias=k % 2 == 0)
+            lengths = random_lengths(rng, T, B) if ragged else None
+            ours = cpu.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=False, w_hr=w_hr)
+            ref = reference.forward_layer("lstm", *[None if v is None else v.astype(np.float64) for v in a],
+                                          lengths=lengths, reverse=reverse, train=False, w_hr=w_hr.astype(np.float64))
+            assert ours[3] is None
+            for u, v in zip(ours[:3], ref[:3]):
+                assert u.shape == v.shape and u.dtype == dtype and rel_err(u, v) < tol, (T, B, I, H, P)
+        assert cpu.packed_cache.packs == packs
+    finally:
+        fastrnn.set_num_threads(saved_threads)
 
 
 @needs_cpu

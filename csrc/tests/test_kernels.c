@@ -5,7 +5,7 @@
  * - 1 thread against 3 threads (bitwise: each unit is computed the same way);
  * - lookup input (rows of a table picked by tokens) against the same rows given as x;
  * - the LSTM with a projection (proj_size) against finite differences, as the first;
- * - the unpacked inference kernel (forward_direct) against the packed forward;
+ * - the unpacked inference kernels (forward_direct, lstmp_forward_direct) against the packed;
  * - rejected arguments. */
 #include <math.h>
 #include <stdio.h>
@@ -246,6 +246,41 @@ static void direct_matches_packed(int cell, int reverse)
         }
 }
 
+/* lstmp_forward_direct against the packed lstmp_forward: batch sizes 1..5, P > 8 and P < 8,
+ * ragged lengths with an empty sequence, with and without bias, 1 and 3 threads. */
+static void lstmp_direct_matches_packed(int reverse)
+{
+    enum { T5 = 5, B5 = 5, I5 = 19, H5 = 27, PMAX = 13 };
+    unsigned s = 999u + reverse;
+    static double x[T5 * B5 * I5], w_ih[4 * H5 * I5], w_hh[4 * H5 * PMAX], w_hr[PMAX * H5], b_ih[4 * H5],
+        b_hh[4 * H5], h0[B5 * PMAX], c0[B5 * H5], y[2][T5 * B5 * PMAX], hT[2][B5 * PMAX], cT[2][B5 * H5];
+    int32_t lengths[B5] = {5, 0, 3, 5, 1};
+    for (int i = 0; i < T5 * B5 * I5; i++) x[i] = urand(&s);
+    for (int i = 0; i < 4 * H5 * I5; i++) w_ih[i] = 0.5 * urand(&s);
+    for (int i = 0; i < 4 * H5 * PMAX; i++) w_hh[i] = 0.5 * urand(&s);
+    for (int i = 0; i < PMAX * H5; i++) w_hr[i] = 0.5 * urand(&s);
+    for (int i = 0; i < 4 * H5; i++) { b_ih[i] = urand(&s); b_hh[i] = urand(&s); }
+    for (int i = 0; i < B5 * PMAX; i++) h0[i] = urand(&s);
+    for (int i = 0; i < B5 * H5; i++) c0[i] = urand(&s);
+    for (int np_ = 3; np_ <= PMAX; np_ += PMAX - 3)
+        for (int nb = 1; nb <= B5; nb++)
+            for (int nth = 1; nth <= 3; nth += 2) {
+                const int32_t *len = nb == B5 ? lengths : NULL;
+                const double *bi = nb % 2 ? b_ih : NULL, *bh = nb % 2 ? b_hh : NULL;
+                CHECK(fastrnn_lstmp_forward_f64(T5, nb, I5, H5, np_, reverse, x, w_ih, w_hh, w_hr, NULL, bi, bh, h0,
+                                                c0, len, y[0], hT[0], cT[0], NULL, NULL, NULL, NULL, NULL, nth) == 0,
+                      "packed lstmp forward");
+                CHECK(fastrnn_lstmp_forward_direct_f64(T5, nb, I5, H5, np_, reverse, x, w_ih, w_hh, w_hr, bi, bh, h0,
+                                                       c0, len, y[1], hT[1], cT[1], nth) == 0, "direct lstmp forward");
+                double worst = 0;
+                for (int i = 0; i < T5 * nb * np_; i++) worst = fmax(worst, fabs(y[0][i] - y[1][i]));
+                for (int i = 0; i < nb * np_; i++) worst = fmax(worst, fabs(hT[0][i] - hT[1][i]));
+                for (int i = 0; i < nb * H5; i++) worst = fmax(worst, fabs(cT[0][i] - cT[1][i]));
+                CHECK(worst < 1e-12, "lstmp rev %d P %d B %d threads %d: direct off by %g", reverse, np_, nb, nth,
+                      worst);
+            }
+}
+
 /* LSTM with a projection (P = 4): backward against central differences, as gradcheck. */
 enum { P = 4 };
 typedef struct {
@@ -357,6 +392,8 @@ int main(void)
     }
     for (int reverse = 0; reverse <= 1; reverse++)
         for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);
+    lstmp_direct_matches_packed(0);
+    lstmp_direct_matches_packed(1);
     rejects_bad_arguments();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;

@@ -44,12 +44,14 @@ _LSTMP_CODE = -1   # the packed cache's key for the projected LSTM (the cells' c
 
 
 def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train):
-    from .cpu import _check_status, _contig, _native, _ptr, name, workspace_pool
+    from .cpu import _check_status, _contig, _direct_pays, _native, _ptr, name, workspace_pool
     given = (w_ih, w_hh, w_hr)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = map(_contig, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     T, B, I = x.shape
     P, H = w_hr.shape
     dt = x.dtype
+    if not train and _direct_pays(T, B):
+        return _forward_direct(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     shapes = {"h_in": (T, B, P), "gates": (T, B, 4 * H), "c_in": (T, B, H), "c_out": (T, B, H), "m": (T, B, H)}
     ws = {k: workspace_pool.empty(s, dt) for k, s in shapes.items()} if train else {}
     y, h_T, c_T = aligned_empty((T, B, P), dt), aligned_empty((B, P), dt), aligned_empty((B, H), dt)
@@ -66,6 +68,19 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train):
         saved = dict(ws, cell="lstm", backend=name, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, lengths=lengths,
                      reverse=bool(reverse), T=T, B=B, given=given)
     return y, h_T, c_T, saved
+
+
+def _forward_direct(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """Inference of a few (step, sequence) rows on the weights as they are (cpu.DIRECT_MAX_ROWS)."""
+    from .cpu import _check_status, _native, _ptr
+    (T, B, I), (P, H), dt = x.shape, w_hr.shape, x.dtype
+    y, h_T, c_T = aligned_empty((T, B, P), dt), aligned_empty((B, P), dt), aligned_empty((B, H), dt)
+    fn, ctype = _native("lstmp_forward_direct", dt)
+    p = lambda a: _ptr(a, ctype)
+    status = fn(T, B, I, H, P, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(w_hr), p(b_ih), p(b_hh),
+                p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), get_num_threads())
+    _check_status(status, "lstmp forward_direct")
+    return y, h_T, c_T, None
 
 
 def backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out):
