@@ -23,6 +23,8 @@ def _want(device_ok):
 def check_array(name, a, shape, dtype, device_ok=False):
     """Check ``a`` is an ndarray (or, with device_ok, a CUDA array exposing numpy-style
     .shape and .dtype) of ``dtype`` and ``shape`` (None entries match anything)."""
+    if type(a) is np.ndarray and a.shape == shape and a.dtype == dtype:   # the usual case, fast
+        return a
     if not _is_array(a, device_ok):
         raise TypeError(f"{name}: expected {_want(device_ok)}, got {type(a).__name__}")
     if a.dtype != dtype:
