@@ -21,8 +21,9 @@ FASTRNN_BACKENDS = ("reference", "cpu", "cuda")
 PEERS = ("torch-cpu", "torch-cudnn")
 MODES = ("inference", "training")
 
+# T = 1 is a decoding step (inference of one token a call), where the per-call costs show
 QUICK_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256,), batch=(1, 32),
-                  seq_len=(16, 64, 256), modes=MODES)
+                  seq_len=(1, 16, 64, 256), modes=MODES)
 FULL_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256, 512), batch=(1, 32),
                  seq_len=tuple(2 ** k for k in range(4, 13)), modes=MODES)
 
