@@ -146,8 +146,8 @@ def test_steps_over_slices_larger_than_l2_match_reference(cell, dtype, threads, 
         assert grad_err <= TOL[dtype][1], (reverse, ragged, grad_err)
 
 
-# inference of at most DIRECT_MAX_ROWS (step, sequence) rows runs on the unpacked weights
-SMALL_SHAPES = [(1, 1, 7, 13), (5, 3, 6, 37), (16, 1, 4, 130), (1, 16, 5, 9), (2, 4, 3, 1)]
+# inference small enough for the unpacked weights (cpu._direct_pays)
+SMALL_SHAPES = [(1, 1, 7, 13), (5, 3, 6, 37), (16, 1, 4, 130), (1, 32, 5, 9), (8, 4, 3, 20), (2, 4, 3, 1)]
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -160,7 +160,7 @@ def test_small_inference_reads_unpacked_weights_and_matches_reference(cell, dtyp
     num_threads(threads)
     packs = cpu.packed_cache.packs
     for k, (T, B, I, H) in enumerate(SMALL_SHAPES):
-        assert T * B <= cpu.DIRECT_MAX_ROWS
+        assert cpu._direct_pays(T, B)
         rng = np.random.default_rng([k, threads, CELLS.index(cell)])
         args = layer_inputs(rng, cell, T, B, I, H, dtype)
         lengths = random_lengths(rng, T, B) if ragged else None
@@ -176,9 +176,13 @@ def test_small_inference_reads_unpacked_weights_and_matches_reference(cell, dtyp
 
 
 def test_inference_paths_agree_and_are_chosen_by_size(num_threads, monkeypatch):
-    """The unpacked kernel below DIRECT_MAX_ROWS rows and the packed one above it (and, in a
-    frozen_weights block, from B = 5) give the same numbers; edits are seen by both."""
+    """The unpacked kernel for small calls and the packed one otherwise (and, in a
+    frozen_weights block, from B = 5 or T = 2) give the same numbers; edits are seen by both."""
     from fastrnn.backends import cpu
+    # up to 32 rows over up to 8 steps, 16 rows over more
+    for T, B, small in [(1, 32, True), (1, 33, False), (8, 4, True), (9, 3, False), (16, 1, True),
+                        (17, 1, False), (0, 100, True)]:
+        assert cpu._direct_pays(T, B) == small, (T, B)
     num_threads(2)
     rng = np.random.default_rng(9)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 4, 8, 6, 40, np.float64)

@@ -98,8 +98,8 @@ def test_cpu_threads_and_inference(threads):
 def test_cpu_packed_weights_follow_in_place_changes(changed):
     """The packed weights are cached per version, w_hr included: an in-place edit repacks."""
     cpu = backends.get("cpu")
-    # T * B = 18: above cpu.DIRECT_MAX_ROWS, so inference runs on the packed weights
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(2), 6, 3, 4, 20, 6, np.float64)
+    # T * B = 36: above cpu.DIRECT_MAX_ROWS, so inference runs on the packed weights
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = lstmp_inputs(np.random.default_rng(2), 12, 3, 4, 20, 6, np.float64)
     weights = dict(w_ih=w_ih, w_hh=w_hh, w_hr=w_hr)
     call = lambda be: be.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False, w_hr=w_hr)[0]
     cpu.packed_cache.clear()
@@ -125,8 +125,8 @@ def test_cpu_small_inference_reads_unpacked_weights(dtype, reverse, ragged, thre
     try:
         fastrnn.set_num_threads(threads)
         packs = cpu.packed_cache.packs
-        for k, (T, B, I, H, P) in enumerate([(1, 1, 6, 37, 11), (16, 1, 3, 20, 19), (1, 16, 4, 9, 1),
-                                             (3, 5, 0, 12, 4), (2, 3, 5, 8, 13)]):
+        for k, (T, B, I, H, P) in enumerate([(1, 1, 6, 37, 11), (16, 1, 3, 20, 19), (1, 32, 4, 9, 1),
+                                             (3, 5, 0, 12, 4), (2, 3, 5, 8, 13), (8, 4, 3, 10, 6)]):
             rng = np.random.default_rng([k, threads, reverse])
             *a, w_hr = lstmp_inputs(rng, T, B, I, H, P, dtype, bias=k % 2 == 0)
             lengths = random_lengths(rng, T, B) if ragged else None

@@ -38,12 +38,16 @@ except ImportError as exc:  # extension not built (no compiler or OpenMP at inst
 # no workspace).
 PROJECTION_CHUNK_BYTES = 1 << 19
 
-# Inference of at most this many (step, sequence) rows reads the caller's weights as they
-# are (csrc/direct.inc) instead of the packed panels, whose per-call compare with the
-# packed version reads every weight twice. Measured (Intel Xeon, 2 threads, one layer,
-# I = H in {256, 512, 1024}, every cell): T = 1 at B <= 16 was 1.3-6x faster than the packed
-# path; T = 16 at B = 1 1.0-1.8x; T = 16 at B = 2 0.94-1.4x; longer calls lost.
-DIRECT_MAX_ROWS = 16
+# Inference of at most DIRECT_MAX_ROWS (step, sequence) rows over at most DIRECT_MAX_STEPS
+# steps, or half as many rows over any number of steps, reads the caller's weights as they
+# are (csrc/direct.inc) instead of the packed panels, whose per-call compare with the packed
+# version reads every weight twice. Measured against the packed path (Intel Xeon, 2 threads,
+# one layer, I = H in {128, 256, 512, 1024}, every cell): T = 1 at B <= 16 1.3-6x faster,
+# at B = 32 1.0-1.5x, at B = 64 0.74-1.21x; T = 2..8 at 32 rows 0.96-1.56x; T = 16 at B = 1
+# 1.0-1.8x; T = 32 at B = 1 0.72-1.15x (the packed steps are faster once their compare
+# is spread over many).
+DIRECT_MAX_ROWS = 32
+DIRECT_MAX_STEPS = 8
 # Inside frozen_weights() the packed path skips that compare: there the direct kernel won
 # only at T = 1 with B <= 4 (1.0-1.5x; at B = 8, 16 the packed panels were up to 1.7x faster).
 DIRECT_MAX_FROZEN_BATCH = 4
@@ -214,7 +218,8 @@ def _direct_pays(T, B):
     """Whether an inference call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS)."""
     if frozen_block_active():
         return T == 1 and B <= DIRECT_MAX_FROZEN_BATCH
-    return T * B <= DIRECT_MAX_ROWS
+    rows = T * B
+    return rows <= DIRECT_MAX_ROWS and (T <= DIRECT_MAX_STEPS or rows <= DIRECT_MAX_ROWS // 2)
 
 
 def _forward_direct(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
