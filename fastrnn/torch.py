@@ -83,6 +83,27 @@ class _Recycler:
             pass
 
 
+def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, train):
+    """One layer-direction's forward on backend `be`: y, h_T and c_T as tensors on x's
+    device (c_T empty for cells without a cell state), and the backend's `saved`."""
+    proj = {} if w_hr is None else {"w_hr": _arr(w_hr)}
+    with _backend_stream(x.device):
+        y, h_T, c_T, saved = be.forward_layer(
+            cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
+            lengths=lengths, reverse=reverse, train=train, **proj)
+    out_c = _tensor(c_T, x.device) if c_T is not None else x.new_zeros(0)
+    return _tensor(y, x.device), _tensor(h_T, x.device), out_c, saved
+
+
+def _run_layer(args, lengths, cell, reverse, backend_name, train):
+    """y, h_T, c_T of one layer-direction: through autograd when it records this call, else
+    straight from the backend (autograd.Function.apply cost ~20 us a call: a decoding
+    step's two layers spent more there than in the kernels)."""
+    if train:
+        return _LayerFunction.apply(*args, lengths, cell, reverse, backend_name, train)
+    return _forward_layer(backends.get(backend_name), *args, lengths, cell, reverse, False)[:3]
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer in one direction; forward and backward through a fastrnn backend."""
 
@@ -93,19 +114,15 @@ class _LayerFunction(torch.autograd.Function):
         even under no_grad). Without it no workspace is kept. w_hr: an LSTM's projection
         (proj_size > 0), else None."""
         be = backends.get(backend_name)
-        proj = {} if w_hr is None else {"w_hr": _arr(w_hr)}
-        with _backend_stream(x.device):
-            y, h_T, c_T, saved = be.forward_layer(
-                cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
-                lengths=lengths, reverse=reverse, train=train, **proj)
+        y, h_T, c_T, saved = _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
+                                            reverse, train)
         ctx.backend, ctx.cell, ctx.saved_ws, ctx.device = be, cell, saved, x.device
         if saved is not None and hasattr(be, "release_workspace"):
             ctx.recycler = _Recycler(be, saved)
         ctx.has_bias = b_ih is not None
-        out_c = _tensor(c_T, x.device) if c_T is not None else x.new_zeros(0)
-        if c_T is None:
-            ctx.mark_non_differentiable(out_c)
-        return _tensor(y, x.device), _tensor(h_T, x.device), out_c
+        if cell != "lstm":   # c_T is an empty placeholder
+            ctx.mark_non_differentiable(c_T)
+        return y, h_T, c_T
 
     @staticmethod
     @once_differentiable   # the kernels' gradients are not themselves differentiable
@@ -221,8 +238,9 @@ class _FastRNNMixin:
                             list(zip(self._flat_weights_names, weights)))
         # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
         # so autograd returns each gradient in its tensor's own dtype
-        x, h0, c0 = (None if t is None else t.to(compute) for t in (x, h0, c0))
-        weights = [w.to(compute) for w in weights]
+        to = lambda t: t if t is None or t.dtype == compute else t.to(compute)
+        x, h0, c0 = to(x), to(h0), to(c0)
+        weights = [to(w) for w in weights]
         per = (4 if self.bias else 2) + (1 if proj else 0)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
         grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
@@ -237,7 +255,7 @@ class _FastRNNMixin:
                 w_hr = w[-1] if proj else None
                 args = (layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr)
                 train = grad_on and any(a is not None and a.requires_grad for a in args)
-                y, hT, cT = _LayerFunction.apply(*args, lengths, cell, d == 1, backend, train)
+                y, hT, cT = _run_layer(args, lengths, cell, d == 1, backend, train)
                 outs.append(y)
                 h_n.append(hT)
                 c_n.append(cT)

@@ -124,6 +124,29 @@ def test_workspace_only_when_autograd_records(monkeypatch):
     assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("cls, kw", [(ft.LSTM, {}), (ft.LSTM, {"proj_size": 2}), (ft.GRU, {}), (ft.RNN, {})])
+def test_calls_autograd_does_not_record_match_recorded_ones(cls, kw):
+    """Without a recording (no_grad, inference_mode) a layer runs straight on the backend,
+    not through autograd.Function: the same outputs, plain tensors, the input's dtype."""
+    m = cls(3, 4, num_layers=2, bidirectional=True, **kw)
+    x = torch.randn(1, 2, 3)
+    mb = cls(3, 4, num_layers=2, bidirectional=True, **kw).to(torch.bfloat16)
+    mb.load_state_dict(m.state_dict())
+    out, hn = m(x)
+    assert out.grad_fn is not None
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            out2, hn2 = m(x)
+            half = mb(x.to(torch.bfloat16))[0]
+        # (a training forward runs the packed kernels, a small inference call the unpacked ones:
+        # the same sums in another order)
+        assert out2.grad_fn is None and not out2.requires_grad
+        assert torch.allclose(out2, out.detach(), rtol=0, atol=1e-6)
+        for a, b in zip(hn2 if isinstance(hn2, tuple) else (hn2,), hn if isinstance(hn, tuple) else (hn,)):
+            assert torch.allclose(a, b.detach(), rtol=0, atol=1e-6)
+        assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), out2, atol=0.05)
+
+
 @pytest.mark.parametrize("proj", [0, 3])
 def test_workspace_returns_to_the_pool_when_torch_frees_the_graph(monkeypatch, proj):
     """backward keeps the workspace (torch may run it twice: retain_graph); it goes back to
