@@ -154,9 +154,11 @@ def make_runner(case, seed=0):
     return _fastrnn_runner(case, rng)
 
 
-def measure(run, repeats=5, min_repeats=3, max_seconds=1.0, warmup=1):
-    """Times of `repeats` calls after `warmup`; stops early (after `min_repeats`) once
-    `max_seconds` are spent. A warm-up slower than max_seconds is used as the only sample."""
+def measure(run, repeats=5, min_repeats=3, max_seconds=1.0, warmup=1, min_seconds=0.05, max_samples=1000):
+    """Times of at least `repeats` calls after `warmup`, and more (up to `max_samples`) until
+    `min_seconds` are spent: five 20 us calls were as noisy as the differences measured. Stops
+    early (after `min_repeats`) once `max_seconds` are spent. A warm-up slower than
+    max_seconds is used as the only sample."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         run()
@@ -164,7 +166,8 @@ def measure(run, repeats=5, min_repeats=3, max_seconds=1.0, warmup=1):
     if warmup and first / warmup > max_seconds:
         return [first / warmup]
     times, spent = [], 0.0
-    while len(times) < repeats and (len(times) < min_repeats or spent < max_seconds):
+    while not (len(times) >= min_repeats and spent >= max_seconds) and \
+            (len(times) < repeats or (spent < min_seconds and len(times) < max_samples)):
         t = time.perf_counter()
         run()
         dt = time.perf_counter() - t
@@ -221,6 +224,17 @@ def run_paired(cases, peak_gflops, repeats=9, max_seconds=4.0, on_step=None):
     return rows
 
 
+def _spread(times, med):
+    """How much the times vary, relative to their median: the interquartile range from 8
+    samples on (hundreds of short calls always hold an outlier or two), else max - min."""
+    if med <= 0:
+        return 0.0
+    if len(times) >= 8:
+        q1, _, q3 = statistics.quantiles(times, n=4)
+        return (q3 - q1) / med
+    return (max(times) - min(times)) / med
+
+
 def summarize(case, times, peak_gflops):
     med = statistics.median(times)
     tokens = case.seq_len * case.batch
@@ -228,7 +242,7 @@ def summarize(case, times, peak_gflops):
     row = asdict(case)
     row.update(
         input_size=case.inputs, repeats=len(times), median_s=med, min_s=min(times), max_s=max(times),
-        spread=(max(times) - min(times)) / med if med > 0 else 0.0,
+        spread=_spread(times, med),
         tokens_per_s=tokens / med, ms_per_step=med / case.seq_len * 1e3,
         gflops=gflops, peak_fraction=gflops / peak_gflops if peak_gflops else None)
     return row

@@ -106,6 +106,22 @@ def test_take_turns_alternates_calls_after_warmup():
         assert [len(t) for t in times] == [rounds, rounds] and all(x >= 0 for t in times for x in t)
 
 
+def test_measure_takes_more_samples_of_short_calls():
+    """Short calls are repeated until min_seconds (at most max_samples), long ones `repeats`
+    times, and max_seconds cuts a slow point short after min_repeats."""
+    import time
+    from fastrnn import bench
+    calls = []
+    times = bench.measure(lambda: calls.append(1), repeats=5, min_seconds=10.0, max_samples=300)
+    assert len(times) == 300 and len(calls) == 301       # one warm-up
+    slow = bench.measure(lambda: time.sleep(0.01), repeats=5, min_seconds=0.02)
+    assert len(slow) == 5
+    capped = bench.measure(lambda: time.sleep(0.01), repeats=50, min_repeats=3, max_seconds=0.05)
+    assert 3 <= len(capped) < 10
+    assert bench._spread([1.0] * 7 + [9.0], 1.0) == 0.0   # an outlier among many: IQR
+    assert bench._spread([1.0, 2.0, 3.0], 2.0) == 1.0     # few samples: the whole range
+
+
 def test_run_paired_interleaves_backends_per_point():
     """run_paired gives one row per case, same point for both backends, with repeat times."""
     from fastrnn import bench
