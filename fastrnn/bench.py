@@ -25,7 +25,7 @@ MODES = ("inference", "training")
 QUICK_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256,), batch=(1, 32),
                   seq_len=(1, 16, 64, 256), modes=MODES)
 FULL_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256, 512), batch=(1, 32),
-                 seq_len=tuple(2 ** k for k in range(4, 13)), modes=MODES)
+                 seq_len=(1,) + tuple(2 ** k for k in range(4, 13)), modes=MODES)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def build_parser():
     sub.add_parser("info", help="version, backends and why one is missing, threads, CPU, GPU")
 
     b = sub.add_parser("bench", help="throughput per sequence length over backends and peers")
-    b.add_argument("--full", action="store_true", help="T = 16 ... 4096 in powers of 2, H in {256, 512}")
+    b.add_argument("--full", action="store_true", help="T = 1 and 16 ... 4096 in powers of 2, H in {256, 512}")
     b.add_argument("--cells", type=_name_list(("rnn_tanh", "rnn_relu", "lstm", "gru")))
     b.add_argument("--hidden", type=_int_list, help="hidden sizes, e.g. 256,512")
     b.add_argument("--batch", type=_int_list, help="batch sizes, e.g. 1,32")
