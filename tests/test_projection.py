@@ -184,18 +184,21 @@ def test_bad_shapes_name_the_argument(name):
 needs_cuda = pytest.mark.skipif("cuda" not in backends.available(),
                                 reason=f"cuda backend unavailable: {backends.why_unavailable('cuda')}")
 # P > H too: the gates kernel's threads (one per unit) copy a P-wide state row
-CUDA_SHAPES = [(3, 3, 4, 9, 4), (2, 2, 2, 3, 5), (2, 1, 3, 4, 1)]
+# (shape, ragged, bias): P < H, P > H, P = 1; ragged or not, bias or not
+CUDA_SHAPES = [((3, 3, 4, 9, 4), True, True), ((2, 2, 2, 3, 5), True, False), ((2, 1, 3, 4, 1), False, True)]
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype, reverse", [(np.float64, False), (np.float32, True)])   # simulator time
-def test_cuda_matches_reference(dtype, reverse):
+@pytest.mark.parametrize("dtype, reverse, shapes", [(np.float64, False, (0, 2)), (np.float32, True, (1,))])
+def test_cuda_matches_reference(dtype, reverse, shapes):
+    """(the shapes are split between the two runs to keep the simulator's time down)"""
     cuda = backends.get("cuda")
     tol = 2e-5 if dtype == np.float32 else 1e-12
-    for k, (T, B, I, H, P) in enumerate(CUDA_SHAPES):
+    for k in shapes:
+        (T, B, I, H, P), ragged, bias = CUDA_SHAPES[k]
         rng = np.random.default_rng([k, reverse, 7])
-        args = lstmp_inputs(rng, T, B, I, H, P, dtype, bias=k != 1)
-        lengths = random_lengths(rng, T, B) if k != 2 else None
+        args = lstmp_inputs(rng, T, B, I, H, P, dtype, bias=bias)
+        lengths = random_lengths(rng, T, B) if ragged else None
         ours = run(cuda, args, lengths, reverse, k)
         ref = run(reference, [None if a is None else a.astype(np.float64) for a in args], lengths, reverse, k)
         assert len(ours) == len(ref) == 11
@@ -212,8 +215,8 @@ def test_cuda_inference_and_device_arrays():
     from numba import cuda as nb_cuda
     cuda = backends.get("cuda")
     rng = np.random.default_rng(11)
-    args = lstmp_inputs(rng, 3, 3, 2, 6, 2, np.float64)
-    lengths = np.array([3, 1, 2])
+    args = lstmp_inputs(rng, 2, 3, 2, 6, 2, np.float64)
+    lengths = np.array([2, 1, 0])
     ref = run(reference, args, lengths, True, 3)
     *a, w_hr = args
     y, h, c, saved = cuda.forward_layer("lstm", *a, lengths=lengths, reverse=True, train=False, w_hr=w_hr)
@@ -286,7 +289,7 @@ def test_dropin_matches_torch(backend, form):
 @needs_cuda
 def test_dropin_cuda_backend_with_cpu_tensors():
     """backend='cuda' on CPU tensors (copied to the device and back; the simulator in CI):
-    a packed bidirectional batch with hx, outputs and every gradient as torch.nn's."""
+    a dense batch with hx and a packed bidirectional one: outputs and every gradient as torch.nn's."""
     import fastrnn.torch as ft
     from test_torch_adapter import _assert_same, _run
     torch.manual_seed(6)
@@ -295,8 +298,12 @@ def test_dropin_cuda_backend_with_cpu_tensors():
     ours = ft.LSTM(3, 4, backend="cuda", **kw)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 2, 3, dtype=torch.float64)
-    hx = (torch.randn(2, 2, 2, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64))
-    _assert_same(_run(ours, x, hx), _run(theirs, x, hx), 1e-10)
+    # dense with hx: one direction (the reverse one runs in the packed call below)
+    one = dict(proj_size=2, dtype=torch.float64)
+    theirs1, ours1 = torch.nn.LSTM(3, 4, **one), ft.LSTM(3, 4, backend="cuda", **one)
+    ours1.load_state_dict(theirs1.state_dict())
+    hx = (torch.randn(1, 2, 2, dtype=torch.float64), torch.randn(1, 2, 4, dtype=torch.float64))
+    _assert_same(_run(ours1, x, hx), _run(theirs1, x, hx), 1e-10)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([1, 2]), enforce_sorted=False)
     _assert_same(_packed_run(ours, packed), _packed_run(theirs, packed), 1e-10)
 
