@@ -106,6 +106,19 @@ class RNNLM:
         h = np.zeros((L, batch, self.config["proj_size"] or H), self.dtype)
         return (h, np.zeros((L, batch, H), self.dtype)) if self.config["cell"] == "lstm" else h
 
+    def to_torch(self):
+        """The same model as a torch.nn.Module (fastrnn.lm_torch.TorchRNNLM, needs PyTorch)
+        with copies of these weights: parameter names, loss and hidden state as here."""
+        import torch
+        from .lm_torch import TorchRNNLM
+        dtype = torch.float64 if self.dtype == np.float64 else torch.float32
+        t = TorchRNNLM(self.config, dtype=dtype)
+        state = {n: torch.from_numpy(p.copy()) for n, p in self.named_parameters()}
+        if self.config["tie_weights"]:
+            state["decoder.weight"] = state["embedding.weight"]
+        t.load_state_dict(state)
+        return t
+
     # ----- forward / backward -----------------------------------------------------
     def _dropout(self, a):
         p = self.config["dropout"]
