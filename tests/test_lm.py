@@ -43,6 +43,34 @@ def test_softmax_xent_against_numpy_and_finite_differences(name):
         assert abs((fp - fm) / 2e-6 - grad[i, j]) < 1e-7
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["reference"] + FAST)
+def test_softmax_xent_in_place_matches_a_separate_gradient(name, dtype):
+    be = backends.get(name)
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal((37, 301)) * 5).astype(dtype)   # rows longer than a vector, odd
+    t = rng.integers(0, 301, 37)
+    t[[0, 5]] = -1
+    loss, grad = be.softmax_xent(z, t, scale=0.25)
+    work = z.copy()
+    loss2, grad2 = be.softmax_xent(work, t, scale=0.25, in_place=True)
+    assert grad2 is work
+    assert np.array_equal(loss, loss2) and np.array_equal(grad, grad2)
+    want, _ = backends.get("reference").softmax_xent(z.astype(np.float64), t, scale=0.25)
+    assert rel_err(loss, want) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+def test_cpu_softmax_xent_refuses_what_the_kernel_cannot_read():
+    cpu = backends.get("cpu")
+    with pytest.raises(ValueError, match="logits: expected a 2-D float32 or float64"):
+        cpu.softmax_xent(np.zeros((2, 5), np.float16), np.array([1, 2]))
+    with pytest.raises(ValueError, match="logits: expected a 2-D"):
+        cpu.softmax_xent(np.zeros(5, np.float32), np.array([1]))
+    with pytest.raises(ValueError, match="logits: in_place needs"):
+        cpu.softmax_xent(np.zeros((5, 2), np.float32).T, np.array([1, 0]), in_place=True)
+
+
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 def test_cpu_softmax_xent_checks_targets_before_narrowing_them():
     cpu = backends.get("cpu")
@@ -56,10 +84,12 @@ def test_cpu_softmax_xent_checks_targets_before_narrowing_them():
     assert loss[0] == 0 and not grad[0].any() and loss[1] > 0
 
 
-# (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape)
+# (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape);
+# (13, 600, 1250): each thread's columns in chunks whose packed block holds all of K, the
+# last one a partial panel
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102)])
+@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102), (13, 600, 1250)])
 def test_cpu_matmul_all_transposes(dtype, M, K, N):
     cpu = backends.get("cpu")
     rng = np.random.default_rng(1)

@@ -421,10 +421,16 @@ def adam_step(p, g, m, v, *, step, b1, b2, c2, eps, weight_decay):
     _check_status(status, "adam")
 
 
-def softmax_xent(logits, targets, scale=1.0, want_grad=True):
+def softmax_xent(logits, targets, scale=1.0, want_grad=True, in_place=False):
     """Fused softmax cross-entropy: per-row loss and grad = scale * (softmax - onehot);
-    rows with target < 0 are ignored."""
+    rows with target < 0 are ignored. in_place: the gradient overwrites `logits` (a
+    C-contiguous writeable array), which is returned as grad."""
+    if in_place and want_grad and not (isinstance(logits, np.ndarray) and logits.flags.c_contiguous
+                                       and logits.flags.writeable):
+        raise ValueError("logits: in_place needs a writeable C-contiguous array")
     logits = np.ascontiguousarray(logits)
+    if logits.ndim != 2 or logits.dtype not in (np.float32, np.float64):
+        raise ValueError(f"logits: expected a 2-D float32 or float64 array, got {logits.dtype} {logits.shape}")
     N, V = logits.shape
     targets = np.asarray(targets)
     if targets.shape != (N,) or targets.dtype.kind not in "iu":
@@ -434,7 +440,7 @@ def softmax_xent(logits, targets, scale=1.0, want_grad=True):
     targets = np.ascontiguousarray(np.maximum(targets, -1), dtype=np.int32)
     fn, ctype = _native("softmax_xent", logits.dtype)
     loss = np.empty(N, logits.dtype)
-    grad = aligned_empty(logits.shape, logits.dtype) if want_grad else None
+    grad = None if not want_grad else logits if in_place else aligned_empty(logits.shape, logits.dtype)
     status = fn(N, V, _ptr(logits, ctype), _ptr(targets, "int32_t *"), _ptr(loss, ctype),
                 _ptr(grad, ctype), float(scale), get_num_threads())
     _check_status(status, "softmax_xent")

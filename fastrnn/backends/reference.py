@@ -251,9 +251,10 @@ def matmul(a, b, out=None, accumulate=False):
     return out
 
 
-def softmax_xent(logits, targets, scale=1.0, want_grad=True):
+def softmax_xent(logits, targets, scale=1.0, want_grad=True, in_place=False):
     """Per-row loss logsumexp(z) - z[target] and grad scale * (softmax - onehot);
-    rows with target < 0 are ignored (loss 0, grad 0)."""
+    rows with target < 0 are ignored (loss 0, grad 0). in_place: the gradient is written
+    into `logits`, which is returned as grad."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     s = e.sum(axis=1, keepdims=True)
@@ -268,4 +269,7 @@ def softmax_xent(logits, targets, scale=1.0, want_grad=True):
         grad *= scale
         grad[~valid] = 0
         grad = grad.astype(logits.dtype)
+        if in_place:
+            logits[...] = grad
+            grad = logits
     return loss, grad
