@@ -48,10 +48,17 @@ class Lookup:
         """x itself: (*ids.shape, I)."""
         return self.table[self.ids]
 
-    def table_grad(self, dx):
+    def table_grad(self, dx, add_to=None):
         """Gradient for the table from the gradient for x: dx rows summed per id. Sorting
-        the ids and summing each run with reduceat is ~5x faster than np.add.at."""
-        grad = np.zeros_like(self.table)
+        the ids and summing each run with reduceat is ~5x faster than np.add.at.
+        add_to: an array of the table's shape that the sums are added into (only the rows
+        of the ids are touched) and which is returned, instead of a new zero-filled one."""
+        if add_to is None:
+            grad = np.zeros_like(self.table)
+        elif not isinstance(add_to, np.ndarray) or add_to.shape != self.table.shape:
+            raise ValueError(f"add_to: expected an array of the table's shape {self.table.shape}")
+        else:
+            grad = add_to
         index = self.ids.reshape(-1)
         if index.size == 0:
             return grad
@@ -59,5 +66,5 @@ class Lookup:
         order = np.argsort(index, kind="stable")
         sorted_index = index[order]
         starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
-        grad[sorted_index[starts]] = np.add.reduceat(rows[order], starts, axis=0)
+        grad[sorted_index[starts]] += np.add.reduceat(rows[order], starts, axis=0)
         return grad

@@ -86,10 +86,11 @@ def test_cpu_softmax_xent_checks_targets_before_narrowing_them():
 
 # (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape);
 # (13, 600, 1250): each thread's columns in chunks whose packed block holds all of K, the
-# last one a partial panel
+# last one a partial panel; (4100, 37, 70): with A transposed (Fortran order), C = G^T X by
+# weight_grad (a decoder's gradient, M = vocabulary), rows split over threads
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102), (13, 600, 1250)])
+@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102), (13, 600, 1250), (4100, 37, 70)])
 def test_cpu_matmul_all_transposes(dtype, M, K, N):
     cpu = backends.get("cpu")
     rng = np.random.default_rng(1)
@@ -99,9 +100,10 @@ def test_cpu_matmul_all_transposes(dtype, M, K, N):
     for A in (a, np.asfortranarray(a)):
         for B_ in (b, np.ascontiguousarray(b.T).T):
             assert rel_err(cpu.matmul(A, B_), a @ b) < tol
-    out = np.ones((M, N), dtype)
-    cpu.matmul(a, b, out=out, accumulate=True)
-    assert rel_err(out - 1, a @ b) < tol
+    for A in (a, np.asfortranarray(a)):
+        out = np.ones((M, N), dtype)
+        cpu.matmul(A, b, out=out, accumulate=True)
+        assert rel_err(out - 1, a @ b) < tol
     with pytest.raises(ValueError, match="expected"):
         cpu.matmul(a, b.T)
 
@@ -244,6 +246,20 @@ def test_lm_step_matches_reference(name, cell, tie, proj):
     assert abs(l1 - l2) < 1e-12
     for k in g1:
         assert rel_err(g1[k], g2[k]) < 1e-10, k
+
+
+@pytest.mark.parametrize("name", ["reference"] + FAST)
+def test_lm_backward_after_another_call_refuses_and_keeps_the_gradients(name):
+    """logits() (or another forward) drops the stack's pending backward: the model's
+    backward then raises before it adds anything to the gradients."""
+    m = RNNLM(13, 6, 2, "gru", backend=name, seed=0)
+    x = np.arange(8).reshape(4, 2)
+    m.forward(x, x)
+    m.logits(x[:2])
+    before = {k: g.copy() for k, g in m.grads.items()}
+    with pytest.raises(ValueError, match="no saved forward"):
+        m.backward()
+    assert all(np.array_equal(before[k], g) for k, g in m.grads.items())
 
 
 def test_lm_with_projection_gradients_match_finite_differences():

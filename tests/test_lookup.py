@@ -92,3 +92,16 @@ def test_lookup_rejects_bad_tables_and_ids():
         m(Lookup(np.zeros((4, 3)), np.zeros((2, 2), int)))
     with pytest.raises(ValueError, match="shape"):
         m(Lookup(np.zeros((4, 2), np.float32), np.zeros((2, 2), int)))
+
+
+def test_table_grad_adds_into_a_given_array_and_checks_its_shape():
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((9, 4))
+    ids = rng.integers(0, 9, (5, 3))
+    dx = rng.standard_normal((5, 3, 4))
+    running = rng.standard_normal((9, 4))
+    want = running + _table_grad_by_hand(ids, dx, 9)
+    got = Lookup(table, ids).table_grad(dx, add_to=running)
+    assert got is running and rel_err(got, want) < 1e-12
+    with pytest.raises(ValueError, match="add_to"):
+        Lookup(table, ids).table_grad(dx, add_to=np.zeros((8, 4)))
