@@ -379,6 +379,19 @@ def test_weights_are_packed_once_per_version(num_threads):
     for a, b in zip(cpu.backward_layer("lstm", s, dy, None, None), reference.backward_layer("lstm", s_r, dy, None, None)):
         if b is not None:
             assert rel_err(a, b) < 1e-10
+    # only W_ih changed since the forward: BPTT reads W_ih as it is (dx), so it neither
+    # compares nor repacks it; the next forward does
+    y, h, c, s = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    y_r, h_r, c_r, s_r = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    w_ih[1, 2] += 0.5
+    packs_now = cpu.packed_cache.packs
+    for a, b in zip(cpu.backward_layer("lstm", s, dy, None, None), reference.backward_layer("lstm", s_r, dy, None, None)):
+        if b is not None:
+            assert rel_err(a, b) < 1e-10
+    assert cpu.packed_cache.packs == packs_now
+    y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)[0]   # (train: packed)
+    assert cpu.packed_cache.packs == packs_now + 1
+    assert rel_err(y, reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)[0]) < 1e-10
     # another thread count is another packing
     num_threads(3)
     y3 = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]

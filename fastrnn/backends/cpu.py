@@ -314,8 +314,12 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
-    # (as the reference backend, which reads the live arrays)
-    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"])
+    # (as the reference backend, which reads the live arrays). BPTT reads only the W_hh
+    # panels (dx reads W_ih as it is), so only W_hh is compared. Forward + backward at
+    # H = 256, T = B = 1 (Intel Xeon, 2 threads, processes alternating): GRU 379 -> 343 us,
+    # LSTM 500 -> 456, plain RNN 173 -> 164; GRU B = 32 3-8% faster.
+    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"],
+                              recurrent_only=True)
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None

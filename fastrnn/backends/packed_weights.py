@@ -62,13 +62,17 @@ class PackedWeightsCache:
         self._lock = threading.Lock()
         self.packs = 0  # how many times weights were packed (tests and `fastrnn info` read it)
 
-    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False, extra=()):
+    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False, extra=(), recurrent_only=False):
         """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H), and any
         `extra` weights packed with them (an LSTM's projection w_hr), each compared as well.
         frozen_ok: they are the caller's own arrays, not copies made for this call, so
         inside frozen_weights() one compare covers the block (holding a copy per call
-        instead would keep every call's copy alive until the block ends)."""
+        instead would keep every call's copy alive until the block ends).
+        recurrent_only: the caller reads only the W_hh panels (BPTT reads W_ih as it is),
+        so a cached entry is compared on w_hh alone: its W_ih panels may be stale, and
+        the next full get() compares them."""
         weights = (w_ih, w_hh) + tuple(extra)
+        compared = (1,) if recurrent_only and not extra else range(len(weights))
         key = (code, w_ih.dtype.str, nthreads) + tuple((w.shape, w.ctypes.data) for w in weights)
         with self._lock:
             entry = self._entries.get(key)
@@ -79,8 +83,10 @@ class PackedWeightsCache:
             snaps, packed = entry
             if verified is not None and key in verified:   # compared earlier in this frozen block
                 return packed
-            if not all(self._same_bits(snap, w) for snap, w in zip(snaps, weights)):
+            if not all(self._same_bits(snaps[i], weights[i]) for i in compared):
                 entry = None
+            elif len(compared) < len(weights):
+                return packed   # not all compared: not recorded as verified
         if entry is None:
             # a new version (or new weights): pack it and keep a snapshot to recognise it by
             packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads, *extra)
