@@ -2,6 +2,11 @@
 (RNNLM.to_torch) give the same loss, gradients, clipping norm and parameters after each of
 several truncated-BPTT steps (hidden state carried), with fastrnn's optimizers against
 torch.optim's. Needs PyTorch; skipped without it."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -113,3 +118,17 @@ def test_to_torch_copies_the_weights_and_keeps_the_tie():
     assert np.abs(m.embedding).max() <= 0.1   # a copy: the fastrnn model is unchanged
     names = {n for n, _ in m.named_parameters()}
     assert names == {n for n, _ in t.named_parameters()}
+
+
+def test_lm_benchmark_runs_and_writes_its_rows(tmp_path):
+    """benchmarks/lm_vs_torch.py --quick end to end (its losses agree before it times)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = tmp_path / "lm.json"
+    p = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "lm_vs_torch.py"), "--quick",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in rows] == ["char LSTM", "char GRU"]
+    for r in rows:
+        assert r["fastrnn_ms"] > 0 and r["torch_ms"] > 0 and r["samples"] >= 5
+        assert abs(r["first_loss"] - r["first_loss_torch"]) <= 1e-4 * r["first_loss_torch"]
