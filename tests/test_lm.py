@@ -87,10 +87,12 @@ def test_cpu_softmax_xent_checks_targets_before_narrowing_them():
 # (203, 19, 102): few columns and many rows, split over threads by rows (logits' shape);
 # (13, 600, 1250): each thread's columns in chunks whose packed block holds all of K, the
 # last one a partial panel; (4100, 37, 70): with A transposed (Fortran order), C = G^T X by
-# weight_grad (a decoder's gradient, M = vocabulary), rows split over threads
+# weight_grad (a decoder's gradient, M = vocabulary), rows split over threads; (3, 37, 301)
+# and (8, 16, 1000): few rows against B transposed (a decoding step's logits) by dot products
 @pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102), (13, 600, 1250), (4100, 37, 70)])
+@pytest.mark.parametrize("M,K,N", [(37, 21, 70), (203, 19, 102), (13, 600, 1250), (4100, 37, 70),
+                                   (3, 37, 301), (8, 16, 1000)])
 def test_cpu_matmul_all_transposes(dtype, M, K, N):
     cpu = backends.get("cpu")
     rng = np.random.default_rng(1)
@@ -100,10 +102,9 @@ def test_cpu_matmul_all_transposes(dtype, M, K, N):
     for A in (a, np.asfortranarray(a)):
         for B_ in (b, np.ascontiguousarray(b.T).T):
             assert rel_err(cpu.matmul(A, B_), a @ b) < tol
-    for A in (a, np.asfortranarray(a)):
-        out = np.ones((M, N), dtype)
-        cpu.matmul(A, b, out=out, accumulate=True)
-        assert rel_err(out - 1, a @ b) < tol
+            out = np.ones((M, N), dtype)
+            cpu.matmul(A, B_, out=out, accumulate=True)
+            assert rel_err(out - 1, a @ b) < tol
     with pytest.raises(ValueError, match="expected"):
         cpu.matmul(a, b.T)
 
