@@ -46,17 +46,22 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
                         double *y, double *h_T, double *c_T,
                         double *h_in, double *gates, double *c_in, double *c_out, double *hh_n, int nthreads);
 
-/* Inference only, from the row-major weights themselves (nothing packed): for small
- * batches, where a step reads each weight about once whatever its layout. Same arguments
- * and results as the forward above without training workspace; c0 and c_T LSTM only. */
+/* From the row-major weights themselves (nothing packed): for small batches and short
+ * calls, where a step reads each weight about once whatever its layout. Same arguments and
+ * results as the forward above, without tokens or packed weights; c0 and c_T LSTM only.
+ * gates NULL: inference; else the training workspace as above (h_in, gates; c_in, c_out
+ * for LSTM; hh_n for GRU), which fastrnn_backward reads with packed = NULL. */
 int fastrnn_forward_direct_f32(int cell, int T, int B, int I, int H, int reverse,
                                const float *x, const float *w_ih, const float *w_hh,
                                const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                               const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+                               const int32_t *lengths, float *y, float *h_T, float *c_T,
+                               float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
 int fastrnn_forward_direct_f64(int cell, int T, int B, int I, int H, int reverse,
                                const double *x, const double *w_ih, const double *w_hh,
                                const double *b_ih, const double *b_hh, const double *h0, const double *c0,
-                               const int32_t *lengths, double *y, double *h_T, double *c_T, int nthreads);
+                               const int32_t *lengths, double *y, double *h_T, double *c_T,
+                               double *h_in, double *gates, double *c_in, double *c_out, double *hh_n,
+                               int nthreads);
 
 /* Backward over the whole sequence from the forward's workspace. dy (T,B,H), dh_T and
  * dc_T (B,H) may be NULL (zero). Scratch: dgi (T,B,G*H) and, for GRU, dgh_n (T,B,H).

@@ -239,12 +239,15 @@ int fastrnn_backward_##suffix(int cell, int T, int B, int I, int H, int reverse,
 int fastrnn_forward_direct_##suffix(int cell, int T, int B, int I, int H, int reverse,         \
                                     const R *x, const R *w_ih, const R *w_hh, const R *b_ih,   \
                                     const R *b_hh, const R *h0, const R *c0,                   \
-                                    const int32_t *lengths, R *y, R *h_T, R *c_T, int nthreads) \
+                                    const int32_t *lengths, R *y, R *h_T, R *c_T,              \
+                                    R *h_in, R *gates, R *c_in, R *c_out, R *hh_n, int nthreads) \
 {                                                                                              \
-    if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)))         \
+    if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)) ||      \
+        (gates && !(h_in && (cell != FASTRNN_LSTM || (c_in && c_out)) &&                       \
+                    (cell != FASTRNN_GRU || hh_n))))                                           \
         return FASTRNN_EINVAL;                                                                 \
     DISPATCH(forward_direct, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, \
-             c0, lengths, y, h_T, c_T, nthreads)                                               \
+             c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)               \
 }                                                                                              \
 size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
 {                                                                                              \

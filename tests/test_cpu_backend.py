@@ -13,8 +13,10 @@ from fastrnn.cells import get_cell
 from fastrnn.lookup import Lookup
 from helpers import CELLS, compare_layer, layer_inputs, make_module, random_lengths, rel_err
 
-pytestmark = pytest.mark.skipif("cpu" not in backends.available(),
-                                reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+# every test on the kernels as chosen by size and on the packed ones only (conftest.py)
+pytestmark = [pytest.mark.skipif("cpu" not in backends.available(),
+                                 reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}"),
+              pytest.mark.usefixtures("both_cpu_paths")]
 TOL = {np.float32: (1e-5, 1e-4), np.float64: (1e-10, 1e-10)}
 # odd sizes on purpose: H not a multiple of the vector width or the thread split
 SHAPES = [(7, 5, 6, 37), (3, 1, 4, 130), (9, 4, 1, 16), (1, 3, 5, 9)]
@@ -146,10 +148,11 @@ def test_steps_over_slices_larger_than_l2_match_reference(cell, dtype, threads, 
         assert grad_err <= TOL[dtype][1], (reverse, ragged, grad_err)
 
 
-# inference small enough for the unpacked weights (cpu._direct_pays)
+# calls small enough for the unpacked weights (cpu._direct_pays)
 SMALL_SHAPES = [(1, 1, 7, 13), (5, 3, 6, 37), (16, 1, 4, 130), (1, 32, 5, 9), (8, 4, 3, 20), (2, 4, 3, 1)]
 
 
+@pytest.mark.path_choice
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True), (False, True)])
@@ -175,6 +178,26 @@ def test_small_inference_reads_unpacked_weights_and_matches_reference(cell, dtyp
     assert cpu.packed_cache.packs == packs   # nothing was packed
 
 
+@pytest.mark.path_choice
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_small_training_reads_unpacked_weights_and_matches_reference(cell, dtype, threads, num_threads):
+    """Training calls as small as the inference above: the forward reads the weights as
+    they are and writes the packed forward's workspace; BPTT packs its threads' W_hh
+    slices itself. Nothing goes through the packed-weights cache."""
+    from fastrnn.backends import cpu
+    num_threads(threads)
+    packs = cpu.packed_cache.packs
+    for k, (T, B, I, H) in enumerate(SMALL_SHAPES):
+        for reverse, ragged in ((False, False), (True, True)):
+            out_err, grad_err = compare_layer(cpu, cell, T, B, I, H, dtype, reverse, ragged,
+                                              seed=[k, threads, CELLS.index(cell)])
+            assert out_err <= TOL[dtype][0] and grad_err <= TOL[dtype][1], (T, B, I, H, reverse)
+    assert cpu.packed_cache.packs == packs
+
+
+@pytest.mark.path_choice
 def test_inference_paths_agree_and_are_chosen_by_size(num_threads, monkeypatch):
     """The unpacked kernel for small calls and the packed one otherwise (and, in a
     frozen_weights block, from B = 5 or T = 2) give the same numbers; edits are seen by both."""
@@ -347,8 +370,9 @@ def test_weights_are_packed_once_per_version(num_threads):
     edit by hand) is seen at the next call, and backward follows the live weights too."""
     from fastrnn.backends import cpu, reference
     rng = np.random.default_rng(5)
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 6, 3, 5, 33, np.float64)
-    dy = rng.standard_normal((6, 3, 33))
+    # 36 (step, sequence) rows: above what reads the weights unpacked (DIRECT_MAX_ROWS)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 6, 6, 5, 33, np.float64)
+    dy = rng.standard_normal((6, 6, 33))
     cpu.packed_cache.clear()
     packs = cpu.packed_cache.packs
 

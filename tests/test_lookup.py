@@ -8,6 +8,9 @@ import fastrnn
 from fastrnn import Lookup, backends
 from helpers import CELLS, layer_inputs, make_module, random_lengths, rel_err
 
+# every test on the kernels as chosen by size and on the packed ones only (conftest.py)
+pytestmark = pytest.mark.usefixtures("both_cpu_paths")
+
 FAST = [b for b in ("cpu",) if b in backends.available()]
 
 

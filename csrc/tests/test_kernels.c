@@ -224,9 +224,11 @@ static void direct_matches_packed(int cell, int reverse)
                                       c0, len, y[0], hT[0], cT[0], NULL, NULL, NULL, NULL, NULL, nth) == 0,
                   "packed forward");
             CHECK(fastrnn_forward_direct_f64(cell, T4, nb, I4, H4, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0, len,
-                                             y[1], hT[1], cT[1], nth) == 0, "direct forward");
+                                             y[1], hT[1], cT[1], NULL, NULL, NULL, NULL, NULL, nth) == 0,
+                  "direct forward");
             CHECK(fastrnn_forward_direct_f32(cell, T4, nb, I4, H4, reverse, xf, w_ihf, w_hhf, b_ihf, b_hhf, h0f,
-                                             c0f, len, yf, hTf, cTf, nth) == 0, "direct forward f32");
+                                             c0f, len, yf, hTf, cTf, NULL, NULL, NULL, NULL, NULL, nth) == 0,
+                  "direct forward f32");
             const int n = T4 * nb * H4, nh = nb * H4;
             double worst = 0, worst_f = 0;
             for (int i = 0; i < n; i++) {
@@ -243,6 +245,38 @@ static void direct_matches_packed(int cell, int reverse)
             }
             CHECK(worst < 1e-12 && worst_f < 1e-5, "cell %d rev %d B %d threads %d: direct off by %g (float %g)",
                   cell, reverse, nb, nth, worst, worst_f);
+            /* training: the same workspace as the packed forward's (which BPTT reads);
+             * separate c_in / c_out here, chained (one T+1 array) in the second run */
+            enum { NW = T4 * B4 * G4 * H4, NS = T4 * B4 * H4 };
+            static double ws[2][NW + 4 * NS + B4 * H4];
+            for (int k = 0; k < 2; k++) {
+                double *hin = ws[k], *gt = hin + NS, *ci = gt + NW, *co = ci + NS, *hh = co + NS + nb * H4;
+                if (k == 1) co = ci + (size_t)nb * H4 * (reverse ? 0 : 1), ci = ci + (size_t)nb * H4 * (reverse ? 1 : 0);
+                memset(ws[k], 0, sizeof ws[k]);
+                int st = k == 0
+                    ? fastrnn_forward_f64(cell, T4, nb, I4, H4, reverse, 2, x, 0, NULL, w_ih, w_hh, NULL, b_ih, b_hh,
+                                          h0, c0, len, y[0], hT[0], cT[0], hin, gt, ci, co, hh, nth)
+                    : fastrnn_forward_direct_f64(cell, T4, nb, I4, H4, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                                 len, y[1], hT[1], cT[1], hin, gt, ci, co, hh, nth);
+                CHECK(st == 0, "training forward %d", k);
+            }
+            double worst_ws = 0;
+            const int n_ws = T4 * nb * H4 * (G + 1);   /* h_in and gates */
+            for (int i = 0; i < NS; i++) worst_ws = fmax(worst_ws, fabs(ws[0][i] - ws[1][i]));
+            for (int i = 0; i < n_ws - NS; i++) worst_ws = fmax(worst_ws, fabs(ws[0][NS + i] - ws[1][NS + i]));
+            if (cell == FASTRNN_LSTM)   /* c_out of every step, at its place in each layout */
+                for (int t = 0; t < T4; t++)
+                    for (int i = 0; i < nb * H4; i++) {
+                        const double a = ws[0][NS + NW + NS + (size_t)t * nb * H4 + i];
+                        const double b = ws[1][NS + NW + (size_t)(t + (reverse ? 0 : 1)) * nb * H4 + i];
+                        worst_ws = fmax(worst_ws, fabs(a - b));
+                    }
+            if (cell == FASTRNN_GRU)
+                for (int i = 0; i < T4 * nb * H4; i++)
+                    worst_ws = fmax(worst_ws, fabs(ws[0][NS + NW + 2 * NS + nb * H4 + i] -
+                                                   ws[1][NS + NW + 2 * NS + nb * H4 + i]));
+            CHECK(worst_ws < 1e-12, "cell %d rev %d B %d threads %d: direct training workspace off by %g", cell,
+                  reverse, nb, nth, worst_ws);
         }
 }
 
@@ -372,10 +406,21 @@ static void rejects_bad_arguments(void)
     int32_t tok[1] = {0};
     CHECK(fastrnn_forward_f32(0, 1, 1, 1, 1, 0, 1, v, 0, tok, v, v, NULL, v, v, v, v, NULL, out, out, out,
                               NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "empty lookup table accepted");
-    CHECK(fastrnn_forward_direct_f32(FASTRNN_LSTM, 1, 1, 1, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, out, 1) ==
-          FASTRNN_EINVAL, "direct LSTM without c0 accepted");
-    CHECK(fastrnn_forward_direct_f32(0, 1, 1, 0, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, NULL, 1) ==
-          FASTRNN_EINVAL, "direct I = 0 accepted");
+    CHECK(fastrnn_forward_direct_f32(FASTRNN_LSTM, 1, 1, 1, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, out,
+                                     NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL,
+          "direct LSTM without c0 accepted");
+    CHECK(fastrnn_forward_direct_f32(0, 1, 1, 0, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, NULL,
+                                     NULL, NULL, NULL, NULL, NULL, 1) == FASTRNN_EINVAL, "direct I = 0 accepted");
+    float ws[8];
+    CHECK(fastrnn_forward_direct_f32(FASTRNN_GRU, 1, 1, 1, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, NULL,
+                                     ws, ws, NULL, NULL, NULL, 1) == FASTRNN_EINVAL,
+          "direct GRU training without hh_n accepted");
+    CHECK(fastrnn_forward_direct_f32(FASTRNN_LSTM, 1, 1, 1, 1, 0, v, v, v, v, v, v, v, NULL, out, out, out,
+                                     ws, ws, NULL, ws, NULL, 1) == FASTRNN_EINVAL,
+          "direct LSTM training without c_in accepted");
+    CHECK(fastrnn_forward_direct_f32(0, 1, 1, 1, 1, 0, v, v, v, v, v, v, NULL, NULL, out, out, NULL,
+                                     NULL, ws, NULL, NULL, NULL, 1) == FASTRNN_EINVAL,
+          "direct training without h_in accepted");
 }
 
 int main(void)

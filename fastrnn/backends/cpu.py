@@ -38,14 +38,19 @@ except ImportError as exc:  # extension not built (no compiler or OpenMP at inst
 # no workspace).
 PROJECTION_CHUNK_BYTES = 1 << 19
 
-# Inference of at most DIRECT_MAX_ROWS (step, sequence) rows over at most DIRECT_MAX_STEPS
+# Calls of at most DIRECT_MAX_ROWS (step, sequence) rows over at most DIRECT_MAX_STEPS
 # steps, or half as many rows over any number of steps, reads the caller's weights as they
 # are (csrc/direct.inc) instead of the packed panels, whose per-call compare with the packed
 # version reads every weight twice. Measured against the packed path (Intel Xeon, 2 threads,
 # one layer, I = H in {128, 256, 512, 1024}, every cell): T = 1 at B <= 16 1.3-6x faster,
 # at B = 32 1.0-1.5x, at B = 64 0.74-1.21x; T = 2..8 at 32 rows 0.96-1.56x; T = 16 at B = 1
 # 1.0-1.8x; T = 32 at B = 1 0.72-1.15x (the packed steps are faster once their compare
-# is spread over many).
+# is spread over many). Training calls of these sizes take it too, writing the packed
+# forward's workspace; BPTT then packs its threads' W_hh slices itself instead of comparing
+# them with the cache's. Forward + backward against the packed path (Intel Xeon, 2 threads,
+# processes alternating, H = 256): T = B = 1 GRU 353 -> 245 us, plain RNN 172 -> 125; GRU
+# B = 16 and 32 at T = 1 5-12% faster, T = 2-16 at up to 32 rows 1-11%; LSTM H = 512 T = B = 1
+# 1.45 -> 1.19 ms, at T = 4, B = 8 4% slower (kept: one rule for both).
 DIRECT_MAX_ROWS = 32
 DIRECT_MAX_STEPS = 8
 # Inside frozen_weights() the packed path skips that compare: there the direct kernel won
@@ -175,15 +180,18 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     if I == 0:
         padded = _dx_shape(x)
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
-    if not train and _direct_pays(T, B):
-        return _forward_direct(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    x, tokens, V, expanded = _lookup_input(x, T, B)
+    # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
+    # backward then packs its threads' W_hh slices itself instead of comparing them
+    direct = _direct_pays(T, B)
+    if direct and isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
+        x, tokens, V, expanded = x.dense(), None, 0, x
+    else:
+        x, tokens, V, expanded = _lookup_input(x, T, B)
     given = (w_ih, w_hh)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
     # the caller's own arrays (not per-call copies): frozen_weights may then trust them
     callers = w_ih is given[0] and w_hh is given[1]
     dt, GH = x.dtype, spec.gates * H
-    fwd, ctype = _native("forward", dt)
     lstm, gru = spec.has_cell_state, spec.name == "gru"
 
     # outputs the kernels write: 64-byte aligned (pool.py says why)
@@ -197,45 +205,36 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         if lstm:   # T + 1 cell states: a step's c_in is the c_out of the step before it
             ws["c_states"] = cs = workspace_pool.empty((T + 1, B, H), dt)
             ws["c_in"], ws["c_out"] = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
-    p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
-    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
-    status = fwd(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
-                 p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
-                 p(h0), p(c0), _ptr(lengths, "int32_t *"),
-                 p(y), p(h_T), p(c_T), p(ws.get("h_in")), p(ws.get("gates")), p(ws.get("c_in")),
-                 p(ws.get("c_out")), p(ws.get("hh_n")), nth)
-    _check_status(status, "forward")
+    workspace = [ws.get(n) for n in ("h_in", "gates", "c_in", "c_out", "hh_n")]
+    if direct:
+        fn, ctype = _native("forward_direct", dt)
+        p = lambda a: _ptr(a, ctype)
+        status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
+                    p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
+        _check_status(status, "forward_direct")
+    else:
+        fn, ctype = _native("forward", dt)
+        p = lambda a: _ptr(a, ctype)
+        packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
+        status = fn(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
+                    p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
+                    p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
+        _check_status(status, "forward")
     saved = None
     if train:
         saved = dict(ws, cell=spec.name, backend=name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
                      w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
-                     padded_input=padded)
+                     padded_input=padded, packed=not direct)
     return y, h_T, c_T, saved
 
 
 def _direct_pays(T, B):
-    """Whether an inference call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS)."""
+    """Whether a call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS)."""
     if frozen_block_active():
         return T == 1 and B <= DIRECT_MAX_FROZEN_BATCH
     rows = T * B
     return rows <= DIRECT_MAX_ROWS and (T <= DIRECT_MAX_STEPS or rows <= DIRECT_MAX_ROWS // 2)
-
-
-def _forward_direct(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    """forward_layer for inference on the caller's weights as they are (nothing packed)."""
-    if isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
-        x = x.dense()
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
-    (T, B, I), H, dt = x.shape, w_hh.shape[1], x.dtype
-    fn, ctype = _native("forward_direct", dt)
-    p = lambda a: _ptr(a, ctype)
-    y, h_T = aligned_empty((T, B, H), dt), aligned_empty((B, H), dt)
-    c_T = aligned_empty((B, H), dt) if spec.has_cell_state else None
-    status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
-                p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), get_num_threads())
-    _check_status(status, "forward_direct")
-    return y, h_T, c_T, None
 
 
 def _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train):
@@ -318,8 +317,10 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     # panels (dx reads W_ih as it is), so only W_hh is compared. Forward + backward at
     # H = 256, T = B = 1 (Intel Xeon, 2 threads, processes alternating): GRU 379 -> 343 us,
     # LSTM 500 -> 456, plain RNN 173 -> 164; GRU B = 32 3-8% faster.
-    packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"],
-                              recurrent_only=True)
+    packed = None   # the forward read the weights unpacked: the kernel packs its own W_hh slices
+    if saved["packed"]:
+        packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"],
+                                  recurrent_only=True)
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None
