@@ -139,7 +139,7 @@ class RNNLM:
             matmul, _ = _dense_ops(self.backend)
             flat = matmul(out.reshape(-1, out.shape[-1]), self.decoder_weight.T)
             flat += self.decoder_bias
-            return flat.reshape(out.shape[0], out.shape[1], -1), hidden
+            return flat.reshape(out.shape[0], out.shape[1], self.config["vocab_size"]), hidden
         finally:
             self.train(was)
 
@@ -179,6 +179,8 @@ class RNNLM:
     def forward(self, tokens, targets, hidden=None):
         """Mean cross-entropy (nats per token) of predicting targets (T, B) from tokens
         (T, B), and the final hidden state (a plain array: detached by construction)."""
+        if np.ndim(tokens) == 2 and np.size(tokens) == 0:   # a mean over no tokens
+            raise ValueError(f"tokens: expected at least one token (T, B >= 1), got shape {np.shape(tokens)}")
         out, hidden, masks = self._features(tokens, hidden)
         T, B, H = out.shape
         targets = self._ids("targets", targets, (T, B))

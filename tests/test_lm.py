@@ -107,6 +107,9 @@ def test_cpu_matmul_all_transposes(dtype, M, K, N):
             assert rel_err(out - 1, a @ b) < tol
     with pytest.raises(ValueError, match="expected"):
         cpu.matmul(a, b.T)
+    # empty results (numpy gives an empty array strides of 0): nothing to compute
+    assert cpu.matmul(a[:0], b, out=np.empty((0, N), dtype)).shape == (0, N)
+    assert cpu.matmul(a, b[:, :0], out=np.empty((M, 0), dtype)).shape == (M, 0)
 
 
 # ----- optimizers against hand-computed values ---------------------------------------
@@ -261,6 +264,16 @@ def test_lm_backward_after_another_call_refuses_and_keeps_the_gradients(name):
     with pytest.raises(ValueError, match="no saved forward"):
         m.backward()
     assert all(np.array_equal(before[k], g) for k, g in m.grads.items())
+
+
+@pytest.mark.parametrize("name", ["reference"] + FAST)
+def test_lm_empty_window_is_refused_by_name(name):
+    m = RNNLM(13, 6, 1, "lstm", backend=name, seed=0)
+    for shape in ((0, 3), (4, 0)):
+        with pytest.raises(ValueError, match="tokens: expected at least one token"):
+            m.forward(np.zeros(shape, int), np.zeros(shape, int))
+    logits, _ = m.logits(np.zeros((0, 2), int))   # no loss: an empty call is fine
+    assert logits.shape == (0, 2, 13)
 
 
 def test_lm_with_projection_gradients_match_finite_differences():

@@ -392,7 +392,8 @@ def matmul(a, b, out=None, accumulate=False):
     if out is None:
         out = aligned_empty((M, N), a.dtype)
         accumulate = False
-    elif out.shape != (M, N) or out.dtype != a.dtype or out.strides[1] != out.itemsize or out.strides[0] < 0:
+    elif out.shape != (M, N) or out.dtype != a.dtype or \
+            (out.size and (out.strides[1] != out.itemsize or out.strides[0] < 0)):   # (empty: strides 0)
         raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
     a, sam, sak = _strides(a)
     b, sbk, sbn = _strides(b)
