@@ -113,15 +113,18 @@ int fastrnn_lstmp_forward_f64(int T, int B, int I, int H, int P, int reverse,
                               const double *b_ih, const double *b_hh, const double *h0, const double *c0,
                               const int32_t *lengths, double *y, double *h_T, double *c_T, double *h_in,
                               double *gates, double *c_in, double *c_out, double *m, int nthreads);
-/* Inference only, from the row-major weights (nothing packed), as fastrnn_forward_direct. */
+/* From the row-major weights (nothing packed), as fastrnn_forward_direct: gates NULL for
+ * inference, else the workspace above (fastrnn_lstmp_backward reads it with packed = NULL). */
 int fastrnn_lstmp_forward_direct_f32(int T, int B, int I, int H, int P, int reverse,
                                      const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
                                      const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                                     const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+                                     const int32_t *lengths, float *y, float *h_T, float *c_T, float *h_in,
+                                     float *gates, float *c_in, float *c_out, float *m, int nthreads);
 int fastrnn_lstmp_forward_direct_f64(int T, int B, int I, int H, int P, int reverse,
                                      const double *x, const double *w_ih, const double *w_hh, const double *w_hr,
                                      const double *b_ih, const double *b_hh, const double *h0, const double *c0,
-                                     const int32_t *lengths, double *y, double *h_T, double *c_T, int nthreads);
+                                     const int32_t *lengths, double *y, double *h_T, double *c_T, double *h_in,
+                                     double *gates, double *c_in, double *c_out, double *m, int nthreads);
 int fastrnn_lstmp_backward_f32(int T, int B, int I, int H, int P, int reverse,
                                const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
                                const float *packed,

@@ -291,12 +291,14 @@ int fastrnn_lstmp_forward_direct_##suffix(int T, int B, int I, int H, int P, int
                                           const R *x, const R *w_ih, const R *w_hh, const R *w_hr, \
                                           const R *b_ih, const R *b_hh, const R *h0, const R *c0, \
                                           const int32_t *lengths, R *y, R *h_T, R *c_T,        \
+                                          R *h_in, R *gates, R *c_in, R *c_out, R *m,          \
                                           int nthreads)                                        \
 {                                                                                              \
-    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL))           \
+    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL) ||         \
+        (gates && !(h_in && c_in && c_out && m)))                                              \
         return FASTRNN_EINVAL;                                                                 \
     DISPATCH(lstmp_forward_direct, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih,  \
-             b_hh, h0, c0, lengths, y, h_T, c_T, nthreads)                                     \
+             b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads)        \
 }                                                                                              \
 int fastrnn_lstmp_backward_##suffix(int T, int B, int I, int H, int P, int reverse,            \
                                     const R *x, const R *w_ih, const R *w_hh, const R *w_hr,   \

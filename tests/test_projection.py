@@ -9,8 +9,14 @@ from fastrnn import backends
 from helpers import random_lengths, rel_err
 
 reference = backends.get("reference")
-needs_cpu = pytest.mark.skipif("cpu" not in backends.available(),
-                               reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+_skip_without_cpu = pytest.mark.skipif("cpu" not in backends.available(),
+                                       reason=f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+
+
+def needs_cpu(test):
+    """A cpu-backend test, run on the kernels as chosen by size and on the packed ones only
+    (conftest.py's both_cpu_paths: the small shapes here would otherwise skip the packed)."""
+    return pytest.mark.usefixtures("both_cpu_paths")(_skip_without_cpu(test))
 
 
 def lstmp_inputs(rng, T, B, I, H, P, dtype, bias=True):
@@ -112,12 +118,14 @@ def test_cpu_packed_weights_follow_in_place_changes(changed):
 
 
 @needs_cpu
+@pytest.mark.path_choice
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cpu_small_inference_reads_unpacked_weights(dtype, reverse, ragged, threads):
-    """At most cpu.DIRECT_MAX_ROWS (step, sequence) rows: the unpacked kernel, against the
-    reference, with and without bias, I = 0, P > H; nothing is packed."""
+def test_cpu_small_calls_read_unpacked_weights(dtype, reverse, ragged, threads):
+    """At most cpu.DIRECT_MAX_ROWS (step, sequence) rows: the unpacked kernel, inference and
+    training (then BPTT packs its own parts of W_hh and W_hr), against the reference, with
+    and without bias, I = 0, P > H; nothing goes through the packed-weights cache."""
     import fastrnn
     cpu = backends.get("cpu")
     saved_threads = fastrnn.get_num_threads()
@@ -136,6 +144,13 @@ def test_cpu_small_inference_reads_unpacked_weights(dtype, reverse, ragged, thre
             assert ours[3] is None
             for u, v in zip(ours[:3], ref[:3]):
                 assert u.shape == v.shape and u.dtype == dtype and rel_err(u, v) < tol, (T, B, I, H, P)
+            args = (*a, w_hr)
+            trained = run(cpu, args, lengths, reverse, k)
+            want = run(reference, [None if v is None else v.astype(np.float64) for v in args], lengths, reverse, k)
+            for u, v in zip(trained, want):
+                assert (u is None) == (v is None)
+                if v is not None:
+                    assert u.shape == v.shape and rel_err(u, v) < 10 * tol, ("training", T, B, I, H, P)
         assert cpu.packed_cache.packs == packs
     finally:
         fastrnn.set_num_threads(saved_threads)

@@ -305,13 +305,34 @@ static void lstmp_direct_matches_packed(int reverse)
                                                 c0, len, y[0], hT[0], cT[0], NULL, NULL, NULL, NULL, NULL, nth) == 0,
                       "packed lstmp forward");
                 CHECK(fastrnn_lstmp_forward_direct_f64(T5, nb, I5, H5, np_, reverse, x, w_ih, w_hh, w_hr, bi, bh, h0,
-                                                       c0, len, y[1], hT[1], cT[1], nth) == 0, "direct lstmp forward");
+                                                       c0, len, y[1], hT[1], cT[1], NULL, NULL, NULL, NULL, NULL,
+                                                       nth) == 0, "direct lstmp forward");
                 double worst = 0;
                 for (int i = 0; i < T5 * nb * np_; i++) worst = fmax(worst, fabs(y[0][i] - y[1][i]));
                 for (int i = 0; i < nb * np_; i++) worst = fmax(worst, fabs(hT[0][i] - hT[1][i]));
                 for (int i = 0; i < nb * H5; i++) worst = fmax(worst, fabs(cT[0][i] - cT[1][i]));
                 CHECK(worst < 1e-12, "lstmp rev %d P %d B %d threads %d: direct off by %g", reverse, np_, nb, nth,
                       worst);
+                /* training: the same workspace (h_in, gates, c_in, c_out, m) as the packed one */
+                enum { NWS = T5 * B5 * (PMAX + 4 * H5 + 3 * H5) };
+                static double ws[2][NWS];
+                for (int k = 0; k < 2; k++) {
+                    double *hin = ws[k], *gt = hin + T5 * nb * np_, *ci = gt + 4 * T5 * nb * H5;
+                    double *co = ci + T5 * nb * H5, *mo = co + T5 * nb * H5;
+                    /* steps past a length leave rows unwritten: NaN in both, written in neither */
+                    for (int i = 0; i < NWS; i++) ws[k][i] = NAN;
+                    int st = k == 0
+                        ? fastrnn_lstmp_forward_f64(T5, nb, I5, H5, np_, reverse, x, w_ih, w_hh, w_hr, NULL, bi, bh,
+                                                    h0, c0, len, y[0], hT[0], cT[0], hin, gt, ci, co, mo, nth)
+                        : fastrnn_lstmp_forward_direct_f64(T5, nb, I5, H5, np_, reverse, x, w_ih, w_hh, w_hr, bi, bh,
+                                                           h0, c0, len, y[1], hT[1], cT[1], hin, gt, ci, co, mo, nth);
+                    CHECK(st == 0, "lstmp training forward %d", k);
+                }
+                int off = 0;
+                for (int i = 0; i < NWS; i++)
+                    off += isnan(ws[0][i]) != isnan(ws[1][i]) || fabs(ws[0][i] - ws[1][i]) > 1e-12;
+                CHECK(off == 0, "lstmp rev %d P %d B %d threads %d: %d workspace values of the direct forward differ",
+                      reverse, np_, nb, nth, off);
             }
 }
 

@@ -50,37 +50,25 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train):
     T, B, I = x.shape
     P, H = w_hr.shape
     dt = x.dtype
-    if not train and _direct_pays(T, B):
-        return _forward_direct(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     shapes = {"h_in": (T, B, P), "gates": (T, B, 4 * H), "c_in": (T, B, H), "c_out": (T, B, H), "m": (T, B, H)}
     ws = {k: workspace_pool.empty(s, dt) for k, s in shapes.items()} if train else {}
     y, h_T, c_T = aligned_empty((T, B, P), dt), aligned_empty((B, P), dt), aligned_empty((B, H), dt)
-    fn, ctype = _native("lstmp_forward", dt)
-    p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
-    packed = _packed(w_ih, w_hh, w_hr, given, nth)
-    status = fn(T, B, I, H, P, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(w_hr), p(packed), p(b_ih), p(b_hh),
+    # a few (step, sequence) rows: the weights as they are (cpu.DIRECT_MAX_ROWS), training
+    # too; BPTT then packs its threads' parts of W_hh and W_hr itself
+    direct = _direct_pays(T, B)
+    fn, ctype = _native("lstmp_forward_direct" if direct else "lstmp_forward", dt)
+    p = lambda a: _ptr(a, ctype)
+    weights = (p(x), p(w_ih), p(w_hh), p(w_hr)) + (() if direct else (p(_packed(w_ih, w_hh, w_hr, given, nth)),))
+    status = fn(T, B, I, H, P, int(bool(reverse)), *weights, p(b_ih), p(b_hh),
                 p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T),
                 *(p(ws.get(k)) for k in _WORKSPACE), nth)
     _check_status(status, "lstmp forward")
     saved = None
     if train:
         saved = dict(ws, cell="lstm", backend=name, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, lengths=lengths,
-                     reverse=bool(reverse), T=T, B=B, given=given)
+                     reverse=bool(reverse), T=T, B=B, given=given, packed=not direct)
     return y, h_T, c_T, saved
-
-
-def _forward_direct(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
-    """Inference of a few (step, sequence) rows on the weights as they are (cpu.DIRECT_MAX_ROWS)."""
-    from .cpu import _check_status, _native, _ptr
-    (T, B, I), (P, H), dt = x.shape, w_hr.shape, x.dtype
-    y, h_T, c_T = aligned_empty((T, B, P), dt), aligned_empty((B, P), dt), aligned_empty((B, H), dt)
-    fn, ctype = _native("lstmp_forward_direct", dt)
-    p = lambda a: _ptr(a, ctype)
-    status = fn(T, B, I, H, P, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(w_hr), p(b_ih), p(b_hh),
-                p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), get_num_threads())
-    _check_status(status, "lstmp forward_direct")
-    return y, h_T, c_T, None
 
 
 def backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out):
@@ -104,8 +92,8 @@ def backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out):
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
-    # (as the reference backend, which reads the live arrays)
-    packed = _packed(w_ih, w_hh, w_hr, saved["given"], nth)
+    # (as the reference backend, which reads the live arrays); none after an unpacked forward
+    packed = _packed(w_ih, w_hh, w_hr, saved["given"], nth) if saved["packed"] else None
     status = fn(T, B, I, H, P, int(saved["reverse"]), p(x), p(w_ih), p(w_hh), p(w_hr), p(packed),
                 p(dy), p(dh_T), p(dc_T), _ptr(saved["lengths"], "int32_t *"),
                 *(p(saved[k]) for k in _WORKSPACE), p(dg), p(dhs), p(dx), p(dh0), p(dc0),
