@@ -127,15 +127,22 @@ def _native(name, dtype):
     return getattr(lib, f"fastrnn_{name}_{'f32' if single else 'f64'}"), ("float *" if single else "double *")
 
 
+_array_types = {}   # "float *" -> the cffi type float[] (from_buffer takes it unparsed)
+
+
 def _ptr(a, ctype):
     """Pointer to the first element of `a` (the caller keeps `a` alive), NULL for None.
-    A C-contiguous array goes through the buffer protocol (0.15 us against 1 us for
-    `a.ctypes.data`; a training step makes ~150 of these calls); strided views (matmul's
-    transposed operands) through `ctypes.data`."""
+    A C-contiguous array goes through the buffer protocol with a ready cffi type (0.17 us,
+    against 0.36 us from a type string and 0.76 us for `a.ctypes.data`; a training step
+    makes ~150 of these calls); strided views (matmul's transposed operands) through
+    `ctypes.data`."""
     if a is None:
         return ffi.NULL
     if a.flags.c_contiguous:
-        return ffi.from_buffer(ctype[:-1] + "[]", a)
+        t = _array_types.get(ctype)
+        if t is None:
+            t = _array_types[ctype] = ffi.typeof(ctype[:-1] + "[]")
+        return ffi.from_buffer(t, a)
     return ffi.cast(ctype, a.ctypes.data)
 
 
