@@ -176,12 +176,22 @@ class _FastRNNMixin:
         return "cuda"
 
     @staticmethod
-    def _check_devices(device, named):
-        """Every tensor on the input's device (the kernels read them all in one place)."""
+    def _check_devices(x, named):
+        """Every tensor on x's device (the kernels read them all in one place). With x on
+        the CPU, is_cpu says it (torch.device objects cost ~0.3 us each to make and compare)."""
+        device = None if x.is_cpu else x.device
         for name, t in named:
-            if t is not None and t.device != device:
-                raise ValueError(f"{name}: expected a tensor on {device} (the input's device), "
+            if t is not None and not (t.is_cpu if device is None else t.device == device):
+                raise ValueError(f"{name}: expected a tensor on {x.device} (the input's device), "
                                  f"got one on {t.device}")
+
+    def _weights(self):
+        """The flat weights, by name rather than self._flat_weights, so functional_call
+        (which swaps entries of _parameters) and parametrizations (whose names are
+        properties, not in _parameters) are followed; getattr only for the latter, as a
+        module's __getattr__ costs ~0.4 us a name."""
+        params = self._parameters
+        return [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
 
     def _cell(self):
         if self.mode == "LSTM":
@@ -189,6 +199,63 @@ class _FastRNNMixin:
         if self.mode == "GRU":
             return "gru"
         return "rnn_tanh" if self.mode == "RNN_TANH" else "rnn_relu"
+
+    def _layer_args(self, weights, idx, per, proj):
+        """w_ih, w_hh, b_ih, b_hh, w_hr of layer-direction idx from the flat weight list."""
+        w = weights[idx * per:(idx + 1) * per]
+        b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+        return w[0], w[1], b_ih, b_hh, (w[-1] if proj else None)
+
+    def _dropout_between(self, layer):
+        return self.dropout and self.training and layer < self.num_layers - 1
+
+    def _forward_layers(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D):
+        """(out, h_n, c_n) as tensors, layer by layer through autograd where it records."""
+        grad_on = torch.is_grad_enabled()
+        h_n, c_n = [], []
+        layer_in = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                args = (layer_in, h0[idx], c0[idx] if lstm else None, *self._layer_args(weights, idx, per, proj))
+                train = grad_on and any(a is not None and a.requires_grad for a in args)
+                y, hT, cT = _run_layer(args, lengths, cell, d == 1, backend, train)
+                outs.append(y)
+                h_n.append(hT)
+                c_n.append(cT)
+            out = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            if self._dropout_between(layer):
+                out = torch.nn.functional.dropout(out, self.dropout, training=True)
+            layer_in = out
+        return out, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
+
+    def _forward_on_host(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D):
+        """_forward_layers for CPU tensors when autograd records nothing: the backend runs
+        on numpy views of them, with no tensor made per layer (a decoding step's two
+        layers spent more in those conversions than in the kernels)."""
+        be = backends.get(backend)
+        w = [_arr(t) for t in weights]
+        h0, c0 = _arr(h0), _arr(c0)
+        h_n, c_n = [], []
+        layer_in = _arr(x)
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_args(w, idx, per, proj)
+                y, hT, cT, _ = be.forward_layer(cell, layer_in, h0[idx], c0[idx] if lstm else None,
+                                                w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1,
+                                                train=False, **({} if w_hr is None else {"w_hr": w_hr}))
+                outs.append(y)
+                h_n.append(hT)
+                c_n.append(cT)
+            layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            if self._dropout_between(layer):
+                dropped = torch.nn.functional.dropout(torch.from_numpy(layer_in), self.dropout, training=True)
+                layer_in = dropped.numpy()
+        return (torch.from_numpy(layer_in), torch.from_numpy(np.stack(h_n)),
+                torch.from_numpy(np.stack(c_n)) if lstm else None)
 
     def forward(self, input, hx=None):
         lstm = self.mode == "LSTM"
@@ -232,39 +299,22 @@ class _FastRNNMixin:
         compute = _compute_dtype(x.dtype)
         backend = self._backend_for(x)
         cell = self._cell()
-        # by name, not self._flat_weights: respects functional_call and parametrizations
-        weights = [getattr(self, n) for n in self._flat_weights_names]
-        self._check_devices(x.device, [("hx", h0), ("hx", c0)] +
-                            list(zip(self._flat_weights_names, weights)))
+        weights = self._weights()
+        self._check_devices(x, [("hx", h0), ("hx", c0), *zip(self._flat_weights_names, weights)])
         # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
         # so autograd returns each gradient in its tensor's own dtype
         to = lambda t: t if t is None or t.dtype == compute else t.to(compute)
         x, h0, c0 = to(x), to(h0), to(c0)
         weights = [to(w) for w in weights]
         per = (4 if self.bias else 2) + (1 if proj else 0)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
-        grad_on = torch.is_grad_enabled()
-        h_n, c_n = [], []
-        layer_in = x.contiguous()
-        for layer in range(self.num_layers):
-            outs = []
-            for d in range(D):
-                idx = layer * D + d
-                w = weights[idx * per:(idx + 1) * per]
-                w_ih, w_hh = w[0], w[1]
-                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                w_hr = w[-1] if proj else None
-                args = (layer_in, h0[idx], c0[idx] if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr)
-                train = grad_on and any(a is not None and a.requires_grad for a in args)
-                y, hT, cT = _run_layer(args, lengths, cell, d == 1, backend, train)
-                outs.append(y)
-                h_n.append(hT)
-                c_n.append(cT)
-            out = outs[0] if D == 1 else torch.cat(outs, dim=2)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                out = torch.nn.functional.dropout(out, self.dropout, training=True)
-            layer_in = out
-        out, h_n = out.to(out_dtype), torch.stack(h_n).to(out_dtype)
-        c_n = torch.stack(c_n).to(out_dtype) if lstm else None
+        if torch.is_grad_enabled() or x.is_cuda:
+            out, h_n, c_n = self._forward_layers(x.contiguous(), h0, c0, weights, lengths, cell, backend,
+                                                 per, proj, lstm, D)
+        else:   # nothing recorded, CPU tensors: the whole stack on numpy views
+            out, h_n, c_n = self._forward_on_host(x, h0, c0, weights, lengths, cell, backend,
+                                                  per, proj, lstm, D)
+        out, h_n = out.to(out_dtype), h_n.to(out_dtype)
+        c_n = c_n.to(out_dtype) if lstm else None
 
         if packed:
             output = PackedSequence(out[mask], batch_sizes, sorted_idx, unsorted_idx)

@@ -84,6 +84,30 @@ def test_same_outputs_and_gradients_as_torch(i, form):
     _assert_same(_run(m, x, hx), _run(t, x, hx), 1e-10)
 
 
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+@pytest.mark.parametrize("form", ["batch_first", "unbatched", "packed", "hx", "no_bias"])
+def test_same_outputs_as_torch_without_recording(i, form):
+    """The same forms under no_grad, where the stack runs on numpy views (_forward_on_host)."""
+    torch.manual_seed(i)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=form == "batch_first", bias=form != "no_bias")
+    m, t = _pair(i, 4, 6, **kw)
+    x = torch.randn((3, 7, 4) if form == "batch_first" else (7, 4) if form == "unbatched" else (7, 3, 4),
+                    dtype=torch.float64)
+    hx = None
+    if form == "hx":
+        hx = torch.randn(4, 3, 6, dtype=torch.float64)
+        hx = (hx, torch.randn(4, 3, 6, dtype=torch.float64)) if i == 2 else hx
+    if form == "packed":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 7, 2]), enforce_sorted=False)
+    with torch.no_grad():
+        (out_m, hn_m), (out_t, hn_t) = m(x, hx), t(x, hx)
+    if form == "packed":
+        out_m, out_t = out_m.data, out_t.data
+    assert out_m.shape == out_t.shape and torch.allclose(out_m, out_t, atol=1e-12)
+    for a, b in zip(hn_m if i == 2 else [hn_m], hn_t if i == 2 else [hn_t]):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-12)
+
+
 def test_float32_model_is_close_to_torch():
     m, t = _pair(2, 16, 32, dtype=torch.float32, num_layers=2, batch_first=True)
     x = torch.randn(4, 9, 16)
@@ -145,6 +169,47 @@ def test_calls_autograd_does_not_record_match_recorded_ones(cls, kw):
         for a, b in zip(hn2 if isinstance(hn2, tuple) else (hn2,), hn if isinstance(hn, tuple) else (hn,)):
             assert torch.allclose(a, b.detach(), rtol=0, atol=1e-6)
         assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), out2, atol=0.05)
+
+
+class _Halved(torch.nn.Module):
+    def forward(self, w):
+        return 0.5 * w
+
+
+def test_no_grad_stack_reads_the_weights_forward_finds():
+    """Without a recording the stack runs on numpy views of the weights as forward finds
+    them by name: functional_call's swapped tensors, a parametrization's computed weight."""
+    m, t = _pair(2, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    swapped = {n: p.detach() * 0.5 for n, p in m.named_parameters()}
+    with torch.no_grad():
+        out = torch.func.functional_call(m, swapped, (x,))[0]
+        assert torch.allclose(out, torch.func.functional_call(t, swapped, (x,))[0], atol=1e-12)
+        assert not torch.allclose(out, m(x)[0], atol=1e-3)     # the swap took effect
+    for module in (m, t):
+        torch.nn.utils.parametrize.register_parametrization(module, "weight_hh_l1_reverse", _Halved())
+    with torch.no_grad():
+        assert torch.allclose(m(x)[0], t(x)[0], atol=1e-12)
+
+
+def test_no_grad_dropout_draws_the_masks_a_recorded_call_would():
+    m = ft.GRU(3, 4, num_layers=3, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    recorded = m(x)[0].detach()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert torch.allclose(m(x)[0], recorded, atol=1e-12)
+        m.eval()
+        assert not torch.allclose(m(x)[0], recorded, atol=1e-3)   # dropout did act above
+
+
+def test_weight_on_another_device_is_rejected_by_name():
+    m = ft.LSTM(3, 4)
+    m._parameters["weight_hh_l0"] = torch.nn.Parameter(torch.empty(16, 4, device="meta"))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="weight_hh_l0: expected a tensor on cpu"):
+            m(torch.randn(2, 1, 3))
 
 
 @pytest.mark.parametrize("proj", [0, 3])
