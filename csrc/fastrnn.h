@@ -197,6 +197,8 @@ void fastrnn_copy_bytes(void *dst, const void *src, size_t n, int nthreads);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);
-/* Threads an OpenMP region may use here (omp_get_max_threads), 1 without OpenMP. */
-int fastrnn_omp_max_threads(void);
+/* CPUs the OpenMP runtime counts for this process (omp_get_num_procs: the affinity mask
+   it started with, not the one OMP_PROC_BIND then pins the caller to, and not changed by
+   another library's omp_set_num_threads); 1 without OpenMP. */
+int fastrnn_omp_num_procs(void);
 #endif

@@ -12,11 +12,11 @@
 #include <omp.h>
 static int omp_get_num_threads_(void) { return omp_get_num_threads(); }
 static int omp_get_thread_num_(void) { return omp_get_thread_num(); }
-int fastrnn_omp_max_threads(void) { return omp_get_max_threads(); }
+int fastrnn_omp_num_procs(void) { return omp_get_num_procs(); }
 #else
 static int omp_get_num_threads_(void) { return 1; }
 static int omp_get_thread_num_(void) { return 0; }
-int fastrnn_omp_max_threads(void) { return 1; }
+int fastrnn_omp_num_procs(void) { return 1; }
 #endif
 
 /* gates per hidden unit: LSTM i f g o, GRU r z n, plain RNN 1 */

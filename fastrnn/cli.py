@@ -192,7 +192,7 @@ def cmd_info(out=sys.stdout):
         detail = "available"
         if why is None and name == "cpu":
             from .backends import cpu
-            detail = f"available (kernels: {cpu.isa()}, OpenMP max threads {cpu.omp_max_threads()})"
+            detail = f"available (kernels: {cpu.isa()}, OpenMP processors {cpu.omp_num_procs()})"
         elif why is None and name == "cuda":
             from .backends import cuda
             detail = f"available ({cuda.describe()})"

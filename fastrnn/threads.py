@@ -18,14 +18,15 @@ def _default():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    # The OpenMP runtime's own default: the CPUs this process could use when the runtime
+    # The CPUs the OpenMP runtime counts: those this process could use when the runtime
     # started. Not os.sched_getaffinity(0) once the extension is loaded: under
     # OMP_PROC_BIND the runtime pins the calling thread to one CPU as it starts, after
     # which that reports a single CPU (the kernels then ran on one thread, 2x slower).
+    # Nor omp_get_max_threads: torch.set_num_threads(n) sets that for the shared runtime.
     try:
         from .backends import cpu
         if cpu.lib is not None:
-            return cpu.omp_max_threads()
+            return cpu.omp_num_procs()
     except ImportError:
         pass
     try:

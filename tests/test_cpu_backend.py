@@ -317,6 +317,19 @@ def test_default_threads_under_omp_proc_bind():
     assert out[0] == out[1], out
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs os.sched_getaffinity (Linux)")
+def test_default_threads_ignore_torch_set_num_threads():
+    """torch shares the OpenMP runtime: torch.set_num_threads(1) before fastrnn's first
+    call used to make fastrnn's default one thread, and after it not."""
+    pytest.importorskip("torch")
+    code = ("import os; n = len(os.sched_getaffinity(0)); import torch; torch.set_num_threads(1); "
+            "import fastrnn; print(n, fastrnn.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == out[1], out
+
+
 def _gru_forward_sum(seed=0):
     """A small GRU forward on the cpu backend (module level: a forked worker runs it)."""
     rng = np.random.default_rng(seed)

@@ -446,7 +446,7 @@ static void rejects_bad_arguments(void)
 
 int main(void)
 {
-    printf("isa: %s, omp max threads: %d\n", fastrnn_isa(), fastrnn_omp_max_threads());
+    printf("isa: %s, omp processors: %d\n", fastrnn_isa(), fastrnn_omp_num_procs());
     for (int cell = 0; cell <= 3; cell++) {
         for (int reverse = 0; reverse <= 1; reverse++)
             for (int ragged = 0; ragged <= 1; ragged++) gradcheck(cell, reverse, ragged);

@@ -115,10 +115,12 @@ def splits_by_batch(cell, B, H, dtype=np.float32, threads=None):
     return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads())))
 
 
-def omp_max_threads():
-    """Threads the OpenMP runtime would use by default: OMP_NUM_THREADS, else the CPUs the
-    process could use when the runtime started (before OMP_PROC_BIND pinned the caller)."""
-    return max(1, int(lib.fastrnn_omp_max_threads()))
+def omp_num_procs():
+    """The CPUs the OpenMP runtime counts for this process: those it could use when the
+    runtime started (before OMP_PROC_BIND pinned the caller). Not omp_get_max_threads,
+    which torch.set_num_threads(1) sets to 1 for the whole process (fastrnn then ran on one
+    thread or two depending on which came first)."""
+    return max(1, int(lib.fastrnn_omp_num_procs()))
 
 
 def _native(name, dtype):
