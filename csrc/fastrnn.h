@@ -165,7 +165,9 @@ int fastrnn_by_batch_f64(int cell, int B, int H, int nthreads);
  *   A(m,k) = A[m*sam + k*sak] and B(k,n) = B[k*sbk + n*sbn] (transposes by strides).
  * softmax_xent: per row of logits (N x V), loss[n] = logsumexp - logit[target[n]] and
  *   grad = scale * (softmax - onehot) (grad may alias logits, or be NULL);
- *   target < 0 marks a row to ignore (loss 0, grad 0). */
+ *   target < 0 marks a row to ignore (loss 0, grad 0).
+ * scatter_rows: out (V x E) row ids[i] += rows (n x E) row i, ids in [0, V) (unchecked);
+ *   the same sums, in the same order, on any number of threads. */
 int fastrnn_matmul_f32(int M, int N, int K, const float *A, size_t sam, size_t sak,
                        const float *B, size_t sbk, size_t sbn, float *C, size_t ldc,
                        int accumulate, int nthreads);
@@ -176,6 +178,10 @@ int fastrnn_softmax_xent_f32(int N, int V, const float *logits, const int32_t *t
                              float *loss, float *grad, float scale, int nthreads);
 int fastrnn_softmax_xent_f64(int N, int V, const double *logits, const int32_t *targets,
                              double *loss, double *grad, double scale, int nthreads);
+int fastrnn_scatter_rows_f32(size_t n, int E, const int32_t *ids, const float *rows, float *out,
+                             int nthreads);
+int fastrnn_scatter_rows_f64(size_t n, int E, const int32_t *ids, const double *rows, double *out,
+                             int nthreads);
 
 /* One torch.optim.Adam step over n values in place (p, g, m, v contiguous):
  * d = g + weight_decay p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;

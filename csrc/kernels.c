@@ -345,6 +345,12 @@ int fastrnn_softmax_xent_##suffix(int N, int V, const R *logits, const int32_t *
 {                                                                                              \
     if (N < 0 || V < 1 || nthreads < 1) return FASTRNN_EINVAL;                                 \
     DISPATCH(softmax_xent, suffix, N, V, logits, targets, loss, grad, scale, nthreads)         \
+}                                                                                              \
+int fastrnn_scatter_rows_##suffix(size_t n, int E, const int32_t *ids, const R *rows, R *out,  \
+                                  int nthreads)                                                \
+{                                                                                              \
+    if (E < 0 || nthreads < 1) return FASTRNN_EINVAL;                                          \
+    DISPATCH(scatter_rows, suffix, n, E, ids, rows, out, nthreads)                             \
 }
 
 #define DEFINE_OPTIM_ENTRY_POINTS(R, suffix)                                                   \

@@ -20,10 +20,10 @@ LN2 = math.log(2.0)
 
 
 def _dense_ops(backend_name):
-    """matmul and softmax_xent of the backend (cpu: C kernels; otherwise NumPy reference)."""
+    """The module with the backend's matmul, softmax_xent and scatter_rows (cpu: C
+    kernels; otherwise the NumPy reference's)."""
     name = backends.resolve(backend_name)
-    mod = backends.get("cpu" if name == "cpu" else "reference")
-    return mod.matmul, mod.softmax_xent
+    return backends.get("cpu" if name == "cpu" else "reference")
 
 
 class RNNLM:
@@ -136,7 +136,7 @@ class RNNLM:
         self.eval()
         try:
             out, hidden, _ = self._features(tokens, hidden)
-            matmul, _ = _dense_ops(self.backend)
+            matmul = _dense_ops(self.backend).matmul
             flat = matmul(out.reshape(-1, out.shape[-1]), self.decoder_weight.T)
             flat += self.decoder_bias
             return flat.reshape(out.shape[0], out.shape[1], self.config["vocab_size"]), hidden
@@ -184,7 +184,8 @@ class RNNLM:
         out, hidden, masks = self._features(tokens, hidden)
         T, B, H = out.shape
         targets = self._ids("targets", targets, (T, B))
-        matmul, softmax_xent = _dense_ops(self.backend)
+        ops = _dense_ops(self.backend)
+        matmul, softmax_xent = ops.matmul, ops.softmax_xent
         x2 = out.reshape(T * B, H)
         n = T * B
         logits = matmul(x2, self.decoder_weight.T, out=self._logits_buffer(n))
@@ -212,7 +213,8 @@ class RNNLM:
             raise ValueError("backward: no saved forward pass; call forward in training mode first")
         tokens, x2, dlogits, (T, B, H), (emb_dense, emb_mask, out_mask) = self._cache
         self._cache = None
-        matmul, _ = _dense_ops(self.backend)
+        ops = _dense_ops(self.backend)
+        matmul = ops.matmul
         dec_w = "embedding.weight" if self.config["tie_weights"] else "decoder.weight"
         matmul(dlogits.T, x2, out=self.grads[dec_w], accumulate=True)
         self.grads["decoder.bias"] += dlogits.sum(axis=0)
@@ -223,7 +225,7 @@ class RNNLM:
         if emb_dense:
             if emb_mask is not None:
                 demb = demb * emb_mask
-            Lookup(self.embedding, tokens).table_grad(demb, add_to=self.grads["embedding.weight"])
+            ops.scatter_rows(self.grads["embedding.weight"], tokens.reshape(-1), demb.reshape(tokens.size, -1))
         else:
             self.grads["embedding.weight"] += demb
 

@@ -112,6 +112,57 @@ def test_cpu_matmul_all_transposes(dtype, M, K, N):
     assert cpu.matmul(a, b[:, :0], out=np.empty((M, 0), dtype)).shape == (M, 0)
 
 
+# ----- embedding gradient: rows scattered by id --------------------------------------
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("E", [1, 16, 37, 520])
+def test_cpu_scatter_rows_matches_add_at_on_any_thread_count(dtype, E):
+    """Repeated ids sum; the sums are bit-identical on 1, 2 and 3 threads (each column is
+    summed in row order by one thread) and equal the reference's add.at."""
+    from fastrnn import get_num_threads, set_num_threads
+    cpu, ref = backends.get("cpu"), backends.get("reference")
+    rng = np.random.default_rng(E)
+    V, n = 50, 300                      # 6 rows an id on average
+    ids = rng.integers(0, V, n)
+    rows = rng.standard_normal((n, E)).astype(dtype)
+    start = rng.standard_normal((V, E)).astype(dtype)
+    want = ref.scatter_rows(start.astype(np.float64), ids, rows.astype(np.float64))
+    saved = get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            outs.append(cpu.scatter_rows(start.copy(), ids, rows))
+    finally:
+        set_num_threads(saved)
+    assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+    assert rel_err(outs[0], want) < (1e-6 if dtype == np.float32 else 1e-14)
+    untouched = np.setdiff1d(np.arange(V), ids)
+    assert np.array_equal(outs[0][untouched], start[untouched])
+
+
+@pytest.mark.skipif(not FAST, reason="cpu backend unavailable")
+def test_cpu_scatter_rows_refuses_what_the_kernel_cannot_read():
+    cpu = backends.get("cpu")
+    out, rows = np.zeros((4, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"ids: expected values in \[0, 4\)"):
+        cpu.scatter_rows(out, np.array([0, 4]), rows)
+    with pytest.raises(ValueError, match=r"ids: expected values in \[0, 4\)"):
+        cpu.scatter_rows(out, np.array([-1, 0]), rows)
+    with pytest.raises(ValueError, match="ids: expected a 1-D integer array"):
+        cpu.scatter_rows(out, np.array([0.0, 1.0]), rows)
+    with pytest.raises(ValueError, match="rows: expected shape"):
+        cpu.scatter_rows(out, np.array([0, 1, 2]), rows)
+    with pytest.raises(TypeError, match="rows: expected dtype float32"):
+        cpu.scatter_rows(out, np.array([0, 1]), rows.astype(np.float64))
+    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
+        cpu.scatter_rows(out.T, np.array([0, 1]), rows)
+    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
+        cpu.scatter_rows(np.zeros((4, 3), np.float16), np.array([0, 1]), rows)
+    cpu.scatter_rows(out, np.array([], np.int64), np.zeros((0, 3), np.float32))   # nothing to add
+    assert not out.any()
+
+
 # ----- optimizers against hand-computed values ---------------------------------------
 class _Model:
     def __init__(self, p, g, backend="reference", dtype=float):

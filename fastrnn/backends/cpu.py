@@ -13,7 +13,7 @@ from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
 from . import cpu_projection
-from .checks import check_backward_grads, check_forward_args, overlapping
+from .checks import check_array, check_backward_grads, check_forward_args, overlapping
 from .packed_weights import PackedWeightsCache, frozen_block_active
 from .pool import ArrayPool, aligned_empty
 
@@ -436,6 +436,29 @@ def adam_step(p, g, m, v, *, step, b1, b2, c2, eps, weight_decay):
     status = fn(p.size, *(_ptr(a, ctype) for _, a in arrays), float(step), float(b1), float(b2),
                 float(c2), float(eps), float(weight_decay), get_num_threads())
     _check_status(status, "adam")
+
+
+def scatter_rows(out, ids, rows):
+    """out[ids[i]] += rows[i] for every i (an embedding table's gradient), in C with the
+    threads splitting the columns; returns out. out: a C-contiguous writeable (V, E)
+    float array, rows (n, E) of its dtype, ids (n,) integers in [0, V)."""
+    if not (isinstance(out, np.ndarray) and out.ndim == 2 and out.dtype in (np.float32, np.float64)
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out: expected a writeable C-contiguous 2-D float32 or float64 array, got {got}")
+    V, E = out.shape
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(f"ids: expected a 1-D integer array, got {ids.dtype} {ids.shape}")
+    n = ids.shape[0]
+    if n and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"ids: expected values in [0, {V}) (rows of out), got min {ids.min()}, max {ids.max()}")
+    rows = check_array("rows", np.ascontiguousarray(rows), (n, E), out.dtype)
+    fn, ctype = _native("scatter_rows", out.dtype)
+    status = fn(n, E, _ptr(np.ascontiguousarray(ids, dtype=np.int32), "int32_t *"), _ptr(rows, ctype),
+                _ptr(out, ctype), get_num_threads())
+    _check_status(status, "scatter_rows")
+    return out
 
 
 def softmax_xent(logits, targets, scale=1.0, want_grad=True, in_place=False):

@@ -251,6 +251,13 @@ def matmul(a, b, out=None, accumulate=False):
     return out
 
 
+def scatter_rows(out, ids, rows):
+    """out[ids[i]] += rows[i] for every i, a repeated id getting the sum of its rows (an
+    embedding table's gradient); returns out."""
+    np.add.at(out, ids, rows)
+    return out
+
+
 def softmax_xent(logits, targets, scale=1.0, want_grad=True, in_place=False):
     """Per-row loss logsumexp(z) - z[target] and grad scale * (softmax - onehot);
     rows with target < 0 are ignored (loss 0, grad 0). in_place: the gradient is written
