@@ -197,9 +197,12 @@ double fastrnn_sumsq_f64(size_t n, const double *x, int nthreads);
 
 /* 1 when the n bytes at a and b are equal, and a copy of n bytes, each split over
  * threads: the packed-weights cache's version check and snapshot (memcmp: 3x faster
- * than NumPy's elementwise comparison; one thread does not reach the memory bandwidth). */
+ * than NumPy's elementwise comparison; one thread does not reach the memory bandwidth).
+ * zero_bytes: n bytes set to 0 the same way (a model's zero_grad: memset streams a big
+ * buffer past the cache, NumPy's fill reads every line in first). */
 int fastrnn_same_bytes(const void *a, const void *b, size_t n, int nthreads);
 void fastrnn_copy_bytes(void *dst, const void *src, size_t n, int nthreads);
+void fastrnn_zero_bytes(void *dst, size_t n, int nthreads);
 
 /* The instruction set the kernels dispatch to: "avx512", "avx2" or "generic". */
 const char *fastrnn_isa(void);

@@ -186,6 +186,16 @@ void fastrnn_copy_bytes(void *dst, const void *src, size_t n, int nthreads)
     }
 }
 
+void fastrnn_zero_bytes(void *dst, size_t n, int nthreads)
+{
+    const int nth = byte_threads(n, nthreads);
+#pragma omp parallel for num_threads(nth) if (nth > 1) schedule(static)
+    for (int t = 0; t < nth; t++) {
+        const size_t lo = n * t / nth, hi = n * (t + 1) / nth;
+        memset((char *)dst + lo, 0, hi - lo);
+    }
+}
+
 const char *fastrnn_isa(void)
 {
     static const char *names[] = {"generic", "avx2", "avx512"};

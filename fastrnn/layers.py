@@ -123,8 +123,7 @@ class RNNBase:
         return list(self._params.values())
 
     def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
+        backends.zero_fill(self.grads.values())
 
     def state_dict(self):
         """Copies of the parameters under PyTorch's names."""

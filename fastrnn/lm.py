@@ -86,8 +86,7 @@ class RNNLM:
         return out
 
     def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
+        backends.zero_fill(self.grads.values())
 
     def state_dict(self):
         return OrderedDict((n, p.copy()) for n, p in self.named_parameters())

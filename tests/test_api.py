@@ -229,3 +229,34 @@ def test_array_pool_reuses_and_bounds():
     assert pool.cached_bytes == 0
     pool.release(a[2:])  # a view does not own its memory: not kept
     assert pool.cached_bytes == 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_zero_fill_clears_exactly_the_arrays(threads):
+    """zero_grad's fill: big contiguous arrays go to C (memset split over threads), the
+    rest to numpy; a strided view clears its own elements and no others."""
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        base = np.ones((700, 700), np.float32)
+        arrays = [np.ones(3, np.float32), np.ones(300_001, np.float64), np.ones((513, 517), np.float32),
+                  base[:, ::2]]
+        backends.zero_fill(arrays)
+    finally:
+        fastrnn.set_num_threads(saved)
+    assert not any(a.any() for a in arrays)
+    assert (base[:, 1::2] == 1).all()
+    frozen = np.ones(100_000)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        backends.zero_fill([frozen])
+
+
+def test_zero_grad_clears_every_gradient():
+    m = fastrnn.LSTM(300, 300, seed=0)           # weight gradients over the C fill's threshold
+    x = np.random.default_rng(0).standard_normal((4, 2, 300)).astype(np.float32)
+    m(x)
+    m.backward(np.ones((4, 2, 300), np.float32))
+    assert all(g.any() for g in m.grads.values())
+    m.zero_grad()
+    assert not any(g.any() for g in m.grads.values())

@@ -54,6 +54,17 @@ def get(name):
     return mod
 
 
+def zero_fill(arrays):
+    """Set every numpy array in `arrays` to 0 in place (a model's zero_grad): with the cpu
+    backend built, big ones in C (cpu.zero_fill), whatever backend the model runs on."""
+    cpu = _load("cpu")
+    if cpu is not None:
+        cpu.zero_fill(arrays)
+        return
+    for a in arrays:
+        a.fill(0)
+
+
 def resolve(name, on_device=False):
     """Turn 'auto' into a concrete backend name: cuda for device arrays, cpu when built,
     else reference (warning once)."""
