@@ -17,7 +17,7 @@
  *   c_in and c_out may be the two overlapping (T,B,H) views of one (T+1,B,H) array, as
  *   c_in[t] is c_out of the step before: c_out = c_in + B*H (reverse: c_in = c_out + B*H).
  *   The forward then writes c_in at its first step only.
- * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL.
+ * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL (FASTRNN_ENOTSUP below).
  */
 #ifndef FASTRNN_H
 #define FASTRNN_H
@@ -30,6 +30,7 @@
 #define FASTRNN_GRU 3
 #define FASTRNN_ENOMEM 1
 #define FASTRNN_EINVAL 2
+#define FASTRNN_ENOTSUP 3
 
 int fastrnn_forward_f32(int cell, int T, int B, int I, int H, int reverse, int chunk,
                         const float *x, int V, const int32_t *tokens,
@@ -45,6 +46,22 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
                         const int32_t *lengths,
                         double *y, double *h_T, double *c_T,
                         double *h_in, double *gates, double *c_in, double *c_out, double *hh_n, int nthreads);
+
+/* Precision "bfloat16" (inference): as fastrnn_forward_f32 without the training
+ * workspace, the matrix products on bfloat16 operands (x, h and the weights rounded to
+ * nearest-even, denormals to zero) with float32 sums; the rest is float32. packed: from
+ * fastrnn_pack_bf16 (its own layout: pairs of bfloat16 per 32-bit slot) or NULL.
+ * FASTRNN_ENOTSUP where fastrnn_has_bf16() is 0 (no AVX512_BF16, or a forced lower ISA). */
+int fastrnn_has_bf16(void);
+int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int chunk,
+                         const float *x, int V, const int32_t *tokens,
+                         const float *w_ih, const float *w_hh, const float *packed,
+                         const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                         const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads);
+int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
+                      int nthreads);
+int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads);
 
 /* From the row-major weights themselves (nothing packed): for small batches and short
  * calls, where a step reads each weight about once whatever its layout. Same arguments and

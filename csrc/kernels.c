@@ -40,6 +40,7 @@ static size_t l2_bytes(void)
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
+#define FR_BF16 0   /* 1 only for the bfloat16-product instantiation below */
 
 /* ---- float ---- */
 #define REAL float
@@ -83,6 +84,33 @@ static size_t l2_bytes(void)
 #undef NV
 #undef REAL
 #undef FR_DOUBLE
+
+/* ---- float with bfloat16 products: forward only (precision "bfloat16") ---- */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTRNN_BF16_BUILT 1
+#undef FR_BF16
+#define FR_BF16 1
+#define REAL float
+#define FR_DOUBLE 0
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma,bmi2")
+#define FN(name) CAT(name, f32_bf16)
+#define VBYTES 64
+#define MR 6
+#define NV 4
+#include "recurrence.inc"
+#undef FN
+#undef VBYTES
+#undef MR
+#undef NV
+#pragma GCC pop_options
+#undef REAL
+#undef FR_DOUBLE
+#undef FR_BF16
+#define FR_BF16 0
+#else
+#define FASTRNN_BF16_BUILT 0
+#endif
 
 /* ---- double ---- */
 #define REAL double
@@ -278,6 +306,67 @@ int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, 
 
 DEFINE_ENTRY_POINTS(float, f32)
 DEFINE_ENTRY_POINTS(double, f64)
+
+/* precision "bfloat16": the AVX-512 kernels run and the CPU has AVX512_BF16 (a forced
+ * FASTRNN_ISA below avx512 turns it off, so tests can check the refusal) */
+int fastrnn_has_bf16(void)
+{
+#if FASTRNN_BF16_BUILT
+    return isa() == ISA_AVX512 && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int chunk,
+                         const float *x, int V, const int32_t *tokens,
+                         const float *w_ih, const float *w_hh, const float *packed,
+                         const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                         const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads)
+{
+    if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return forward_f32_bf16(cell, T, B, I, H, reverse, chunk, x, V, tokens, w_ih, w_hh, packed,
+                            b_ih, b_hh, h0, c0, lengths, y, h_T, c_T, NULL, NULL, NULL, NULL, NULL,
+                            nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads)
+{
+    if (bad_args(cell, 0, 0, I, H, nthreads) || !fastrnn_has_bf16()) return 0;
+#if FASTRNN_BF16_BUILT
+    return packed_layout_f32_bf16(cell, I, H, nthreads, -1, NULL, NULL, NULL);
+#else
+    return 0;
+#endif
+}
+
+int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
+                      int nthreads)
+{
+    if (bad_args(cell, 0, 0, I, H, nthreads)) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return pack_weights_f32_bf16(cell, I, H, w_ih, w_hh, packed, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads)
+{
+    if (bad_args(cell, 0, B, 1, H, nthreads) || !fastrnn_has_bf16()) return 0;
+#if FASTRNN_BF16_BUILT
+    return by_batch_f32_bf16(cell, B, H, nthreads);
+#else
+    return 0;
+#endif
+}
 
 static int bad_lstmp_args(int T, int B, int I, int H, int P, int nthreads)
 {

@@ -20,6 +20,9 @@ from .threads import get_num_threads
 FASTRNN_BACKENDS = ("reference", "cpu", "cuda")
 PEERS = ("torch-cpu", "torch-cudnn")
 MODES = ("inference", "training")
+# precision='bfloat16' (inference only): fastrnn's cpu kernels and torch's CPU modules in
+# bfloat16. Asked for by name (--backends), not in the default set.
+BF16_TARGETS = ("cpu-bf16", "torch-cpu-bf16")
 
 # T = 1 is a decoding step (inference of one token a call), where the per-call costs show
 QUICK_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256,), batch=(1, 32),
@@ -66,16 +69,28 @@ def available_targets():
             why["torch-cudnn"] = "no CUDA device for torch"
     except ImportError:
         why["torch-cpu"] = why["torch-cudnn"] = "torch not installed (pip install 'fastrnn[torch]')"
+    reason = why.get("cpu") or backends.get("cpu").bf16_unavailable_reason()
+    (why.__setitem__("cpu-bf16", reason) if reason else ok.append("cpu-bf16"))
+    if "torch-cpu" in ok:
+        ok.append("torch-cpu-bf16")
+    else:
+        why["torch-cpu-bf16"] = why["torch-cpu"]
     return ok, why
+
+
+def default_targets(available):
+    """What `fastrnn bench` measures unless told: every available target but the bfloat16 ones."""
+    return [t for t in available if t not in BF16_TARGETS]
 
 
 def _fastrnn_runner(case, rng):
     from .layers import GRU, LSTM, RNN
     H, I = case.hidden, case.inputs
+    kw = dict(backend="cpu", precision="bfloat16") if case.backend == "cpu-bf16" else dict(backend=case.backend)
     if case.cell.startswith("rnn_"):
-        m = RNN(I, H, nonlinearity=case.cell[4:], backend=case.backend, seed=0)
+        m = RNN(I, H, nonlinearity=case.cell[4:], seed=0, **kw)
     else:
-        m = {"lstm": LSTM, "gru": GRU}[case.cell](I, H, backend=case.backend, seed=0)
+        m = {"lstm": LSTM, "gru": GRU}[case.cell](I, H, seed=0, **kw)
     x = rng.standard_normal((case.seq_len, case.batch, I)).astype(np.float32)
     g = rng.standard_normal((case.seq_len, case.batch, H)).astype(np.float32)
     sync = lambda: None
@@ -127,9 +142,10 @@ def _torch_runner(case, rng):
         m = torch.nn.RNN(I, H, nonlinearity=case.cell[4:])
     else:
         m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell](I, H)
-    m = m.to(dev)
-    x = torch.tensor(rng.standard_normal((case.seq_len, case.batch, I)), dtype=torch.float32, device=dev)
-    g = torch.tensor(rng.standard_normal((case.seq_len, case.batch, H)), dtype=torch.float32, device=dev)
+    dtype = torch.bfloat16 if case.backend == "torch-cpu-bf16" else torch.float32
+    m = m.to(device=dev, dtype=dtype)
+    x = torch.tensor(rng.standard_normal((case.seq_len, case.batch, I)), dtype=dtype, device=dev)
+    g = torch.tensor(rng.standard_normal((case.seq_len, case.batch, H)), dtype=dtype, device=dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     if case.mode == "inference":
         def run():
@@ -149,7 +165,7 @@ def _torch_runner(case, rng):
 def make_runner(case, seed=0):
     """A no-argument callable doing one iteration of `case` (inputs made once, here)."""
     rng = np.random.default_rng(seed)
-    if case.backend in PEERS:
+    if case.backend in PEERS or case.backend == "torch-cpu-bf16":
         return _torch_runner(case, rng)
     return _fastrnn_runner(case, rng)
 
@@ -181,7 +197,8 @@ def run_cases(cases, peak_gflops, repeats=5, min_repeats=3, max_seconds=1.0, on_
     returns the summarized rows. on_step(case) is called after each point."""
     rows = []
     for i, case in enumerate(cases):
-        if i and cases[i - 1].backend != case.backend:
+        # also before the first: the caller's matmul_peak_gflops leaves OpenBLAS spinning
+        if i == 0 or cases[i - 1].backend != case.backend:
             time.sleep(SETTLE_SECONDS)
         times = measure(make_runner(case), repeats=repeats, min_repeats=min_repeats, max_seconds=max_seconds)
         rows.append(summarize(case, times, peak_gflops))
@@ -216,6 +233,7 @@ def run_paired(cases, peak_gflops, repeats=9, max_seconds=4.0, on_step=None):
     for case in cases:
         points.setdefault((case.cell, case.mode, case.hidden, case.batch, case.seq_len), []).append(case)
     rows = []
+    time.sleep(SETTLE_SECONDS)   # after the caller's matmul_peak_gflops (see SETTLE_SECONDS)
     for group in points.values():
         times = take_turns([make_runner(c) for c in group], repeats=repeats, max_seconds=max_seconds)
         rows += [summarize(c, ts, peak_gflops) for c, ts in zip(group, times)]
@@ -321,21 +339,27 @@ def grid_cases(cells, hidden, batch, seq_len, modes, targets):
     """Points grouped by backend inside each (cell, mode), so the pause that lets another
     library's thread pool go idle (see SETTLE_SECONDS) is paid only when the backend changes."""
     return [Case(c, h, b, t, m, be) for c in cells for m in modes for be in targets
-            for h in hidden for b in batch for t in seq_len]
+            for h in hidden for b in batch for t in seq_len
+            if not (m == "training" and be in BF16_TARGETS)]   # bfloat16: inference only
 
 
-# numpy's OpenBLAS (used by the reference backend) and torch keep their worker threads
-# spinning for a while after a call; on a machine with few cores they steal time from the
-# next backend measured. A short pause when the backend changes lets them go to sleep.
+# numpy's OpenBLAS (used by the reference backend and matmul_peak_gflops) and torch keep
+# their worker threads spinning for a while after a call; on a machine with few cores they
+# steal time from the next backend measured (AMD EPYC, 2 cores: an LSTM step, B = 32, took
+# 16 ms instead of 0.4 for ~90 ms after numpy's matmul, and the quick grid's first point
+# read 2,000 tokens/s instead of 137,000). A short pause when the backend changes, and
+# before the first point, lets them go to sleep.
 SETTLE_SECONDS = 0.3
 
 
 def add_ratios(rows, peers=("torch-cpu", "reference")):
-    """Each row gets speedup_vs_<peer>: its tokens/s over the peer's at the same point."""
+    """Each row gets speedup_vs_<peer>: its tokens/s over the peer's at the same point. A
+    bfloat16 row's torch peer is torch in bfloat16 (same precision)."""
     key = lambda r: (r["cell"], r["mode"], r["hidden"], r["batch"], r["seq_len"])
     by = {(key(r), r["backend"]): r for r in rows}
     for r in rows:
         for p in peers:
-            peer = by.get((key(r), p))
+            same = "torch-cpu-bf16" if p == "torch-cpu" and r["backend"] in BF16_TARGETS else p
+            peer = by.get((key(r), same))
             r[f"speedup_vs_{p}"] = (r["tokens_per_s"] / peer["tokens_per_s"]) if peer else None
     return rows

@@ -49,8 +49,9 @@ def build_parser():
     b.add_argument("--batch", type=_int_list, help="batch sizes, e.g. 1,32")
     b.add_argument("--seq-len", type=_int_list, help="sequence lengths, e.g. 16,64,256")
     b.add_argument("--modes", type=_name_list(bench.MODES))
-    b.add_argument("--backends", type=_name_list(bench.FASTRNN_BACKENDS + bench.PEERS),
-                   help="default: every available backend and peer")
+    b.add_argument("--backends", type=_name_list(bench.FASTRNN_BACKENDS + bench.PEERS + bench.BF16_TARGETS),
+                   help="default: every available backend and peer but the bfloat16 ones "
+                        "(cpu-bf16, torch-cpu-bf16: inference, asked for by name)")
     b.add_argument("--threads", type=_positive_int, help="threads for fastrnn and torch")
     b.add_argument("--repeats", type=_positive_int, default=5)
     b.add_argument("--max-seconds", type=float, default=1.0, help="time budget per point (default 1)")
@@ -198,10 +199,10 @@ def cmd_info(out=sys.stdout):
             detail = f"available ({cuda.describe()})"
         elif why:
             detail = f"unavailable: {why}"
-        print(f"  {name:10s} {detail}", file=out)
+        print(f"  {name:14s} {detail}", file=out)
     targets, why = bench.available_targets()
-    for peer in bench.PEERS:
-        print(f"  {peer:10s} {'available' if peer in targets else 'unavailable: ' + why.get(peer, '')}", file=out)
+    for peer in bench.PEERS + bench.BF16_TARGETS:
+        print(f"  {peer:14s} {'available' if peer in targets else 'unavailable: ' + why.get(peer, '')}", file=out)
     return 0
 
 
@@ -220,7 +221,7 @@ def cmd_bench(args, parser):
         if v:
             grid[k] = tuple(v)
     available, why = bench.available_targets()
-    targets = args.backends or available
+    targets = args.backends or bench.default_targets(available)
     missing = [t for t in targets if t not in available]
     if missing:
         parser.error("argument --backends: not available here: " +

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import backends
 from .backends.checks import overlapping
+from .bf16 import check_precision
 from .cells import get_cell
 from .lookup import Lookup
 
@@ -58,7 +59,7 @@ class RNNBase:
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, backend="auto", dtype=np.float32, seed=None,
-                 proj_size=0):
+                 proj_size=0, precision="float32"):
         self.cell = get_cell(cell)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -81,6 +82,10 @@ class RNNBase:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         backends.resolve(backend)  # reject unknown names now, not at the first call
         self.backend = backend
+        self.precision = check_precision(precision, self.dtype)
+        if precision == "bfloat16" and self.proj_size:
+            raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path; "
+                             "use precision='float32'")
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params = OrderedDict()
@@ -245,6 +250,7 @@ class RNNBase:
         if table_input and (self.proj_size or not getattr(be, "accepts_lookup", False)):
             xt, scatter = xt.dense(), xt
         train = self.training
+        layer_kw = self._precision_kwargs(be, train)
         D = self.num_directions
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if c0 is not None else None
@@ -257,7 +263,7 @@ class RNNBase:
                 y, hT, cT, saved = be.forward_layer(
                     self.cell.name, inp, h0[idx], None if c0 is None else c0[idx],
                     *self._layer_weights(layer, d), lengths=lengths, reverse=(d == 1), train=train,
-                    **self._projection(layer, d))
+                    **self._projection(layer, d), **layer_kw)
                 outs.append(y)
                 saved_dirs.append(saved)
                 h_n[idx] = hT
@@ -282,6 +288,23 @@ class RNNBase:
         elif self.batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         return (out, (h_n, c_n)) if self.cell.has_cell_state else (out, h_n)
+
+    def _precision_kwargs(self, be, train):
+        """forward_layer's precision keyword: none for float32 (every backend's default),
+        else checked here first, with errors that name what to change."""
+        precision = check_precision(self.precision, self.dtype)   # the attribute may be set by hand
+        if precision == "float32":
+            return {}
+        if train:
+            raise ValueError("precision='bfloat16' runs inference only: call .eval() first "
+                             "(training runs in float32: set .precision = 'float32')")
+        if self.proj_size:
+            raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path")
+        reason_of = getattr(be, "bf16_unavailable_reason", None)
+        reason = f"backend {be.name!r} has no bfloat16 path" if reason_of is None else reason_of()
+        if reason:
+            raise RuntimeError(f"precision='bfloat16': {reason}")
+        return {"precision": precision}
 
     # ----- backward ---------------------------------------------------------------
     def backward(self, grad_out, grad_hn=None):
@@ -397,6 +420,7 @@ class RNNBase:
         extra += ", batch_first=True" if self.batch_first else ""
         extra += f", dropout={self.dropout}" if self.dropout else ""
         extra += f", proj_size={self.proj_size}" if self.proj_size else ""
+        extra += f", precision={self.precision!r}" if self.precision != "float32" else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, "
                 f"cell={self.cell.name!r}, backend={self.backend!r}, dtype={self.dtype.name})")
 

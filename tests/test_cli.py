@@ -131,3 +131,33 @@ def test_run_paired_interleaves_backends_per_point():
     assert len(rows) == len(cases) and len(order) == 2
     assert [(r["seq_len"], r["backend"]) for r in rows] == [(3, "reference"), (3, "cpu"), (5, "reference"), (5, "cpu")]
     assert all(r["repeats"] == 4 and r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_bfloat16_targets_are_opt_in_inference_and_paired_with_torch_bf16():
+    from fastrnn import bench
+    targets = ["cpu", "cpu-bf16", "torch-cpu", "torch-cpu-bf16"]
+    assert bench.default_targets(targets) == ["cpu", "torch-cpu"]
+    cases = bench.grid_cases(("lstm",), (8,), (2,), (3,), bench.MODES, targets)
+    assert {(c.mode, c.backend) for c in cases} == {
+        ("inference", t) for t in targets} | {("training", "cpu"), ("training", "torch-cpu")}
+    rows = [dict(cell="lstm", mode="inference", hidden=8, batch=2, seq_len=3, backend=t, tokens_per_s=v)
+            for t, v in zip(targets, (10.0, 30.0, 20.0, 15.0))]
+    bench.add_ratios(rows)
+    by = {r["backend"]: r["speedup_vs_torch-cpu"] for r in rows}
+    assert by == {"cpu": 0.5, "cpu-bf16": 2.0, "torch-cpu": 1.0, "torch-cpu-bf16": 1.0}
+
+
+def test_bench_runs_the_bfloat16_targets(tmp_path):
+    from fastrnn import bench
+    available, why = bench.available_targets()
+    if "cpu-bf16" not in available:
+        pytest.skip(f"cpu-bf16: {why.get('cpu-bf16')}")
+    peers = ",torch-cpu-bf16" if "torch-cpu-bf16" in available else ""
+    r = run_cli(["bench", "--cells", "gru", "--hidden", "16", "--batch", "2", "--seq-len", "3",
+                 "--repeats", "2", "--max-seconds", "0.05", "--no-progress", "--backends", "cpu-bf16" + peers,
+                 "--out", str(tmp_path)])
+    assert r.returncode == 0, r.stderr
+    rows = json.load(open(tmp_path / "fastrnn-bench.json"))["results"]
+    assert {(row["backend"], row["mode"]) for row in rows} == \
+        {(t, "inference") for t in ("cpu-bf16" + peers).split(",")}
+    assert all(row["tokens_per_s"] > 0 for row in rows)

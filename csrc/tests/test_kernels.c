@@ -148,6 +148,49 @@ static void precision_and_threads(int cell)
     free(yf); free(y3); free(yd);
 }
 
+/* Precision bfloat16 (inference): near float32 (operands rounded to 8 significant bits),
+ * the same bits on 1 and 3 threads and with weights packed beforehand; ENOTSUP where the
+ * CPU (or a forced FASTRNN_ISA) has no AVX512_BF16. Odd I and H: a zero-padded pair. */
+static void bf16_near_f32(int cell, int reverse)
+{
+    enum { T6 = 11, B6 = 7, I6 = 13, H6 = 45 };
+    int G = gates_of(cell), GH = G * H6;
+    unsigned s = 7u + cell;
+    size_t nx = T6 * B6 * I6, nwi = (size_t)GH * I6, nwh = (size_t)GH * H6, ny = T6 * B6 * H6;
+    float *x = malloc(nx * 4), *wi = malloc(nwi * 4), *wh = malloc(nwh * 4), *b = malloc(GH * 4);
+    float *yf = malloc(ny * 4), *y1 = malloc(ny * 4), *y3 = malloc(ny * 4);
+    float h0[B6 * H6], c0[B6 * H6], hT[B6 * H6], cT[B6 * H6], hT3[B6 * H6], cT3[B6 * H6];
+    for (size_t i = 0; i < nx; i++) x[i] = (float)urand(&s);
+    for (size_t i = 0; i < nwi; i++) wi[i] = (float)(0.3 * urand(&s));
+    for (size_t i = 0; i < nwh; i++) wh[i] = (float)(0.3 * urand(&s));
+    for (int i = 0; i < GH; i++) b[i] = (float)urand(&s);
+    for (int i = 0; i < B6 * H6; i++) { h0[i] = (float)urand(&s); c0[i] = (float)urand(&s); }
+    int32_t lengths[B6] = {11, 3, 0, 11, 6, 1, 10};
+    int rc = fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, NULL, b, b, h0, c0,
+                                  lengths, y1, hT, cT, 1);
+    if (!fastrnn_has_bf16()) {
+        CHECK(rc == FASTRNN_ENOTSUP, "bf16 without AVX512_BF16: rc %d", rc);
+        CHECK(fastrnn_packed_size_bf16(cell, I6, H6, 2) == 0, "bf16 packed size without AVX512_BF16");
+    } else {
+        CHECK(rc == 0, "bf16 forward rc %d", rc);
+        CHECK(fastrnn_forward_f32(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, NULL, b, b, h0, c0, lengths,
+                                  yf, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 2) == 0, "f32 forward");
+        double num = 0, den = 0;
+        for (size_t i = 0; i < ny; i++) { num += (y1[i] - yf[i]) * (y1[i] - yf[i]); den += yf[i] * yf[i]; }
+        const double rel = sqrt(num / (den > 0 ? den : 1));
+        CHECK(rel < 2e-2 && rel > 1e-5, "cell %d rev %d: bf16 vs f32 rel err %g", cell, reverse, rel);
+        size_t np = fastrnn_packed_size_bf16(cell, I6, H6, 3);
+        float *packed = malloc(np * sizeof(float));
+        CHECK(np > 0 && packed && fastrnn_pack_bf16(cell, I6, H6, wi, wh, packed, 3) == 0, "bf16 pack");
+        CHECK(fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, packed, b, b, h0, c0,
+                                   lengths, y3, hT3, cT3, 3) == 0, "bf16 forward packed, 3 threads");
+        CHECK(memcmp(y1, y3, ny * 4) == 0 && memcmp(hT, hT3, sizeof hT) == 0, "cell %d rev %d: bf16 1 vs 3 threads differ",
+              cell, reverse);
+        free(packed);
+    }
+    free(x); free(wi); free(wh); free(b); free(yf); free(y1); free(y3);
+}
+
 /* Lookup input: forward and backward with x = table[tokens] given as a table and tokens
  * match the same inputs given densely; the table's gradient is dx summed per token. */
 static void lookup_matches_dense(int cell, int reverse)
@@ -446,7 +489,8 @@ static void rejects_bad_arguments(void)
 
 int main(void)
 {
-    printf("isa: %s, omp processors: %d\n", fastrnn_isa(), fastrnn_omp_num_procs());
+    printf("isa: %s, bfloat16 kernels: %s, omp processors: %d\n", fastrnn_isa(),
+           fastrnn_has_bf16() ? "yes" : "no", fastrnn_omp_num_procs());
     for (int cell = 0; cell <= 3; cell++) {
         for (int reverse = 0; reverse <= 1; reverse++)
             for (int ragged = 0; ragged <= 1; ragged++) gradcheck(cell, reverse, ragged);
@@ -455,6 +499,8 @@ int main(void)
         lookup_matches_dense(cell, 1);
         direct_matches_packed(cell, 0);
         direct_matches_packed(cell, 1);
+        bf16_near_f32(cell, 0);
+        bf16_near_f32(cell, 1);
     }
     for (int reverse = 0; reverse <= 1; reverse++)
         for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);

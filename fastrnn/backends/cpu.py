@@ -9,6 +9,7 @@ The C code never sees an unchecked array: checks.py validates, this file makes c
 """
 import numpy as np
 
+from ..bf16 import check_bf16_call, check_precision
 from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
@@ -96,6 +97,32 @@ def _copy(a):
 packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits, copy=_copy)
 
 
+def _pack_bf16(code, I, H, w_ih, w_hh, nthreads):
+    """W_ih and W_hh rounded to bfloat16 pairs in the bf16 kernels' panels (csrc/gemm_bf16.inc)."""
+    size = lib.fastrnn_packed_size_bf16(code, I, H, nthreads)
+    if size == 0:
+        raise RuntimeError(f"fastrnn cpu pack_bf16: kernel rejected its arguments (I={I}, H={H})")
+    packed = aligned_empty(size, np.float32)   # 32-bit slots, each a pair of bfloat16
+    status = lib.fastrnn_pack_bf16(code, I, H, _ptr(w_ih, "float *"), _ptr(w_hh, "float *"),
+                                   _ptr(packed, "float *"), nthreads)
+    _check_status(status, "pack_bf16")
+    return packed
+
+
+# The same for precision='bfloat16' (its own panels, half the bytes)
+packed_cache_bf16 = PackedWeightsCache(_pack_bf16, same_bits=_same_bits, copy=_copy)
+
+
+def bf16_unavailable_reason():
+    """None when precision='bfloat16' runs here, else why not."""
+    if lib is None:
+        return unavailable_reason()
+    if not lib.fastrnn_has_bf16():
+        return (f"this CPU has no AVX512_BF16 instructions (the kernels run {isa()}); "
+                "precision='bfloat16' runs on the reference backend only")
+    return None
+
+
 def unavailable_reason():
     if lib is None:
         return (f"C extension not built ({_import_error}); reinstall with a C compiler "
@@ -167,6 +194,8 @@ def zero_fill(arrays):
 def _check_status(status, what):
     if status == 1:
         raise MemoryError(f"fastrnn cpu {what}: out of memory for kernel buffers")
+    if status == 3:
+        raise RuntimeError(f"fastrnn cpu {what}: {bf16_unavailable_reason()}")
     if status != 0:
         raise RuntimeError(f"fastrnn cpu {what}: kernel rejected its arguments (status {status})")
 
@@ -193,9 +222,15 @@ def _lookup_input(x, T, B):
 
 
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
-                  w_hr=None):
+                  w_hr=None, precision="float32"):
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr)
+    if check_precision(precision, x.dtype) == "bfloat16":
+        check_bf16_call(train, x.dtype, w_hr)
+        reason = bf16_unavailable_reason()
+        if reason:
+            raise RuntimeError(f"precision='bfloat16' on the cpu backend: {reason}")
+        return _forward_bf16(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, I, H, lengths, reverse)
     if w_hr is not None:   # an LSTM with a projection (proj_size)
         return cpu_projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
@@ -253,6 +288,31 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                      w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
                      padded_input=padded, packed=not direct)
     return y, h_T, c_T, saved
+
+
+def _forward_bf16(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, I, H, lengths, reverse):
+    """forward_layer's inference with bfloat16 products (csrc/gemm_bf16.inc): always the
+    packed kernels (their panels hold the rounded weights), never the direct ones."""
+    if H == 0:
+        return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, False)
+    if I == 0:   # as forward_layer: one zero feature
+        x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
+    x, tokens, V, _ = _lookup_input(x, T, B)
+    given = (w_ih, w_hh)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    callers = w_ih is given[0] and w_hh is given[1]
+    y = aligned_empty((T, B, H), np.float32)
+    h_T = aligned_empty((B, H), np.float32)
+    c_T = aligned_empty((B, H), np.float32) if spec.has_cell_state else None
+    nth = get_num_threads()
+    packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
+    p = lambda a: _ptr(a, "float *")
+    status = lib.fastrnn_forward_bf16(
+        spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, spec.gates * H, 4, nth),
+        p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
+        p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+    _check_status(status, "forward_bf16")
+    return y, h_T, c_T, None
 
 
 def _direct_pays(T, B):

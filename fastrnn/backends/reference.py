@@ -9,6 +9,7 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
+from ..bf16 import check_bf16_call, check_precision, round_bf16
 from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
 
@@ -36,14 +37,26 @@ def _step_mask(lengths, t, B):
     return (t < lengths)[:, None]
 
 
+def bf16_unavailable_reason():
+    """precision='bfloat16' runs everywhere here (rounded in NumPy)."""
+    return None
+
+
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
-                  w_hr=None):
+                  w_hr=None, precision="float32"):
     """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved.
-    w_hr (P, H): an LSTM's projection (see projected_forward)."""
+    w_hr (P, H): an LSTM's projection (see projected_forward). precision='bfloat16'
+    (inference): x, h and the weights rounded to bfloat16 in the products (fastrnn/bf16.py)."""
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr)
+    bf16 = check_precision(precision, x.dtype) == "bfloat16"
+    if bf16:
+        check_bf16_call(train, x.dtype, w_hr)
     if w_hr is not None:
         return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
+    # the products' operands: as given, or rounded to bfloat16 (products exact, float32 sums)
+    operand = round_bf16 if bf16 else (lambda a: a)
+    w_ih_p, w_hh_p = operand(w_ih), operand(w_hh)
     b_ih = np.zeros(w_ih.shape[0], x.dtype) if b_ih is None else b_ih
     b_hh = np.zeros(w_hh.shape[0], x.dtype) if b_hh is None else b_hh
     h = h0.copy()
@@ -60,8 +73,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
 
     for t in _time_order(T, reverse):
         valid = _step_mask(lengths, t, B)
-        gi = x[t] @ w_ih.T + b_ih      # input part of the pre-activations (B, G*H)
-        gh = h @ w_hh.T + b_hh         # recurrent part
+        gi = operand(x[t]) @ w_ih_p.T + b_ih   # input part of the pre-activations (B, G*H)
+        gh = operand(h) @ w_hh_p.T + b_hh      # recurrent part
         if train:
             keep["h_in"][t] = h
         if spec.name in ("rnn_tanh", "rnn_relu"):

@@ -1,0 +1,248 @@
+"""precision='bfloat16': the reference's rounding, the cpu kernels against it, and the
+errors that name what to change."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import backends
+from fastrnn.backends import reference
+from fastrnn.bf16 import round_bf16
+from fastrnn.lookup import Lookup
+from helpers import CELLS, layer_inputs, make_module, random_lengths, rel_err
+
+
+def _cpu_bf16():
+    """The cpu backend when its bfloat16 kernels run here, else a skip with the reason."""
+    if "cpu" not in backends.available():
+        pytest.skip(f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+    cpu = backends.get("cpu")
+    reason = cpu.bf16_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return cpu
+
+
+@pytest.fixture
+def num_threads():
+    saved = fastrnn.get_num_threads()
+    yield fastrnn.set_num_threads
+    fastrnn.set_num_threads(saved)
+
+
+def _bits(a):
+    return np.asarray(a, np.float32).view(np.uint32)
+
+
+def test_round_bf16_ties_to_even_denormals_and_specials():
+    one = np.float32(1.0)
+    ulp = np.float32(2.0 ** -7)   # bfloat16's spacing at 1
+    x = np.array([1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2.0 ** -20, -(1 + ulp / 2),
+                  1e-40, -1e-40, np.inf, -np.inf, 3.4e38, 0.0, -0.0], np.float32)
+    want = np.array([one, 1 + 2 * ulp, 1 + ulp, -one, 0.0, -0.0, np.inf, -np.inf, np.inf, 0.0, -0.0], np.float32)
+    np.testing.assert_array_equal(_bits(round_bf16(x)), _bits(want))
+    nan = round_bf16(np.array([np.nan, -np.nan], np.float32))
+    assert np.isnan(nan).all() and (_bits(nan) & 0xFFFF == 0).all()
+    r = round_bf16(np.random.default_rng(0).standard_normal(1000).astype(np.float32))
+    assert (_bits(r) & 0xFFFF == 0).all()   # 8 significant bits left
+    assert round_bf16(np.ones((2, 3), np.float32)).shape == (2, 3)
+
+
+def test_kernel_rounding_is_round_bf16():
+    """A relu RNN with one input, weight +-1 and nothing else gives y = relu(+-round(x)):
+    the kernels' rounding of x, value by value (ties, denormals, large values)."""
+    cpu = _cpu_bf16()
+    rng = np.random.default_rng(1)
+    ulp = 2.0 ** -7
+    x = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500),
+                        [1 + ulp / 2, 1 + 3 * ulp / 2, 2 ** -126 * 0.5, 3.39e38, 1e-45]])
+    x = np.concatenate([x, -x]).astype(np.float32)
+    B = x.size
+    for sign in (1.0, -1.0):
+        w_ih = np.full((1, 1), sign, np.float32)
+        w_hh = np.zeros((1, 1), np.float32)
+        y, _, _, _ = cpu.forward_layer("rnn_relu", x.reshape(1, B, 1), np.zeros((B, 1), np.float32), None,
+                                       w_ih, w_hh, None, None, train=False, precision="bfloat16")
+        np.testing.assert_array_equal(_bits(y.ravel()), _bits(np.maximum(sign * round_bf16(x), 0)))
+
+
+def test_reference_rounds_every_product_operand():
+    """Reference bf16 = the float32 reference run on rounded weights, with the input and the
+    state rounded too: one step from h0 = 0 equals float32 on rounded x and weights."""
+    rng = np.random.default_rng(2)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 1, 3, 5, 7, np.float32)
+    h0[:] = 0
+    got = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False, precision="bfloat16")
+    want = reference.forward_layer("lstm", round_bf16(x), h0, c0, round_bf16(w_ih), round_bf16(w_hh),
+                                   b_ih, b_hh, train=False)
+    for a, b in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(a, b)
+    f32 = reference.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)
+    assert 1e-4 < rel_err(got[0], f32[0]) < 3e-2   # rounded, but near
+
+
+# odd sizes: H and I not multiples of the pair, the vector or the thread split
+SHAPES = [(1, 1, 3, 5), (1, 7, 33, 17), (1, 40, 511, 129), (1, 13, 100, 300), (1, 32, 256, 256)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse,ragged", [(False, False), (True, True)])
+def test_one_step_matches_reference_bf16_closely(cell, reverse, ragged, num_threads):
+    """One step: the same rounded operands and exact products, only the order of the float32
+    sums differs, so the outputs agree to float32 rounding (1, 2 and 3 threads)."""
+    cpu = _cpu_bf16()
+    for threads in (1, 2, 3):
+        num_threads(threads)
+        for k, (T, B, I, H) in enumerate(SHAPES):
+            rng = np.random.default_rng([k, threads, reverse])
+            args = layer_inputs(rng, cell, T, B, I, H, np.float32)
+            lengths = random_lengths(rng, T, B) if ragged else None
+            got = cpu.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False, precision="bfloat16")
+            want = reference.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False,
+                                           precision="bfloat16")
+            assert got[3] is None
+            for a, b in zip(got[:3], want[:3]):
+                if b is not None:
+                    np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6, err_msg=str((threads, T, B, I, H)))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sequences_match_reference_bf16(cell, num_threads):
+    """Many steps, ragged, both directions, split by units and by batch: where a state lies
+    on a rounding boundary the two sides may round it apart (2^-9 of it) and carry that on,
+    so nearly every value agrees to float32 rounding and the rest stays near."""
+    cpu = _cpu_bf16()
+    num_threads(2)
+    for k, (T, B, I, H) in enumerate([(9, 5, 6, 37), (20, 32, 64, 64), (6, 19, 5, 37), (12, 3, 130, 200)]):
+        for reverse in (False, True):
+            rng = np.random.default_rng([k, reverse, 7])
+            args = layer_inputs(rng, cell, T, B, I, H, np.float32)
+            lengths = random_lengths(rng, T, B)
+            got = cpu.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False, precision="bfloat16")
+            want = reference.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False,
+                                           precision="bfloat16")
+            f32 = reference.forward_layer(cell, *args, lengths=lengths, reverse=reverse, train=False)
+            for a, b, c in zip(got[:3], want[:3], f32[:3]):
+                if b is None:
+                    continue
+                d = np.abs(a - b)
+                assert np.median(d) <= 1e-6 and d.max() <= 2e-2, (k, reverse, np.median(d), d.max())
+                assert rel_err(a, c) <= 2e-2   # and bfloat16 stays near float32
+            # past a sequence's end y is exactly 0, as in float32
+            mask = np.arange(T)[:, None] >= lengths[None, :]
+            assert (got[0][mask] == 0).all()
+
+
+def test_thread_counts_and_splits_give_the_same_bits(num_threads):
+    """Every column sums its pairs in one order whichever thread computes it, split by units
+    or by batch rows: the outputs are bit-identical on 1, 2 and 3 threads."""
+    cpu = _cpu_bf16()
+    rng = np.random.default_rng(3)
+    for cell, B in (("lstm", 32), ("gru", 5), ("rnn_tanh", 12)):
+        args = layer_inputs(rng, cell, 10, B, 48, 64, np.float32)
+        outs = []
+        for threads in (1, 2, 3):
+            num_threads(threads)
+            outs.append(cpu.forward_layer(cell, *args, train=False, precision="bfloat16")[0])
+        assert all(np.array_equal(outs[0], o) for o in outs[1:]), cell
+
+
+def test_module_matches_reference_module_and_float32(num_threads):
+    """The module API: two layers, bidirectional, batch_first, ragged, hx, a Lookup input;
+    the cpu module agrees with the reference module in bfloat16 and stays near float32."""
+    _cpu_bf16()
+    rng = np.random.default_rng(4)
+    for cell in CELLS:
+        kw = dict(num_layers=2, bidirectional=True, batch_first=True, seed=5)
+        m = make_module(cell, 24, 40, backend="cpu", precision="bfloat16", **kw).eval()
+        r = make_module(cell, 24, 40, backend="reference", precision="bfloat16", **kw).eval()
+        f = make_module(cell, 24, 40, backend="cpu", **kw).eval()
+        x = rng.standard_normal((6, 11, 24)).astype(np.float32)
+        lengths = random_lengths(rng, 11, 6)
+        h0 = (0.5 * rng.standard_normal((4, 6, 40))).astype(np.float32)
+        hx = (h0, h0.copy()) if cell == "lstm" else h0
+        out, _ = m(x, hx, lengths)
+        out_r, _ = r(x, hx, lengths)
+        out_f, _ = f(x, hx, lengths)
+        d = np.abs(out - out_r)
+        assert np.median(d) <= 1e-6 and d.max() <= 2e-2, cell
+        assert rel_err(out, out_f) <= 2e-2, cell
+        table = rng.standard_normal((30, 24)).astype(np.float32)
+        ids = rng.integers(0, 30, size=(6, 11))
+        np.testing.assert_allclose(m(Lookup(table, ids))[0], m(table[ids])[0], rtol=0, atol=0)
+    assert "precision='bfloat16'" in repr(m)
+
+
+def test_weights_changed_in_place_are_repacked():
+    """The packed bfloat16 weights follow the live arrays (an edit by hand repacks)."""
+    _cpu_bf16()
+    m = fastrnn.GRU(8, 16, backend="cpu", precision="bfloat16", seed=0).eval()
+    x = np.random.default_rng(6).standard_normal((4, 2, 8)).astype(np.float32)
+    before = m(x)[0]
+    m.named_parameters()[1][1][:] *= -1   # weight_hh_l0
+    after = m(x)[0]
+    r = fastrnn.GRU(8, 16, backend="reference", precision="bfloat16", seed=0).eval()
+    r.load_state_dict(m.state_dict())
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, r(x)[0], rtol=0, atol=1e-5)
+
+
+def test_errors_name_what_to_change():
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        fastrnn.LSTM(4, 8, precision="bf16")
+    with pytest.raises(TypeError, match="float32 module"):
+        fastrnn.LSTM(4, 8, precision="bfloat16", dtype=np.float64)
+    with pytest.raises(ValueError, match="proj_size"):
+        fastrnn.LSTM(4, 8, proj_size=3, precision="bfloat16")
+    x = np.zeros((3, 2, 4), np.float32)
+    for backend in ("reference", "cpu"):
+        if backend not in backends.available():
+            continue
+        m = fastrnn.LSTM(4, 8, precision="bfloat16", backend=backend)
+        with pytest.raises(ValueError, match=r"inference only: call \.eval\(\)"):
+            m(x)   # modules start in training mode, as torch's
+        m.precision = "float16"
+        with pytest.raises(ValueError, match="precision: expected one of"):
+            m.eval()(x)
+        be = backends.get(backend)
+        args = layer_inputs(np.random.default_rng(0), "lstm", 3, 2, 4, 8, np.float32)
+        with pytest.raises(ValueError, match="inference only"):
+            be.forward_layer("lstm", *args, train=True, precision="bfloat16")
+        with pytest.raises(TypeError, match="float32"):
+            be.forward_layer("lstm", *[a.astype(np.float64) for a in args], train=False, precision="bfloat16")
+
+
+def test_backend_without_bfloat16_is_refused_by_name():
+    class NoBf16:
+        name = "cuda"
+    m = fastrnn.GRU(4, 8, precision="bfloat16").eval()
+    with pytest.raises(RuntimeError, match="backend 'cuda' has no bfloat16 path"):
+        m._precision_kwargs(NoBf16, train=False)
+
+
+def test_cpu_without_avx512_bf16_says_why():
+    """A forced lower instruction set has no bfloat16 kernels: the module says so by name,
+    and the float32 path and the reference's bfloat16 still run."""
+    if "cpu" not in backends.available():
+        pytest.skip("cpu backend unavailable")
+    code = (
+        "import numpy as np, fastrnn\n"
+        "from fastrnn.backends import cpu\n"
+        "assert cpu.bf16_unavailable_reason() and 'AVX512_BF16' in cpu.bf16_unavailable_reason()\n"
+        "m = fastrnn.LSTM(4, 8, backend='cpu', precision='bfloat16').eval()\n"
+        "x = np.ones((2, 1, 4), np.float32)\n"
+        "try:\n"
+        "    m(x)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'AVX512_BF16' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "m.precision = 'float32'; m(x)\n"
+        "fastrnn.LSTM(4, 8, backend='reference', precision='bfloat16').eval()(x)\n"
+        "print('ok')\n")
+    env = dict(os.environ, FASTRNN_ISA="avx2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
