@@ -85,8 +85,11 @@ static size_t l2_bytes(void)
 #undef REAL
 #undef FR_DOUBLE
 
-/* ---- float with bfloat16 products: forward only (precision "bfloat16") ---- */
-#if defined(__x86_64__) && defined(__GNUC__)
+/* ---- float with bfloat16 products: forward only (precision "bfloat16") ----
+ * Compilers that know the avx512bf16 target only (gcc 10, clang 9 on): an older one
+ * still builds the rest, and fastrnn_has_bf16() says 0. */
+#if defined(__x86_64__) && defined(__GNUC__) && \
+    ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
 #define FASTRNN_BF16_BUILT 1
 #undef FR_BF16
 #define FR_BF16 1
