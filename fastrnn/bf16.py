@@ -24,15 +24,16 @@ def check_precision(precision, dtype=np.float32):
     return precision
 
 
-def check_bf16_call(train, dtype, w_hr=None):
-    """The limits of a bfloat16 layer call, as errors naming what to change."""
+def check_bf16_call(train, dtype, projection=False):
+    """The limits of a bfloat16 call (a module's or one layer's), as errors naming what to
+    change. projection: an LSTM with proj_size (a layer's w_hr)."""
     check_precision("bfloat16", dtype)
-    if train:
-        raise ValueError("precision='bfloat16' runs inference only: call the module's .eval() "
-                         "(backends: train=False); training runs in float32")
-    if w_hr is not None:
+    if projection:
         raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path; "
                          "use precision='float32'")
+    if train:
+        raise ValueError("precision='bfloat16' runs inference only: call .eval() first "
+                         "(forward_layer: train=False); training runs in float32 (precision='float32')")
 
 
 def round_bf16(a):

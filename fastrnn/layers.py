@@ -11,7 +11,7 @@ import numpy as np
 
 from . import backends
 from .backends.checks import overlapping
-from .bf16 import check_precision
+from .bf16 import check_bf16_call, check_precision
 from .cells import get_cell
 from .lookup import Lookup
 
@@ -83,9 +83,8 @@ class RNNBase:
         backends.resolve(backend)  # reject unknown names now, not at the first call
         self.backend = backend
         self.precision = check_precision(precision, self.dtype)
-        if precision == "bfloat16" and self.proj_size:
-            raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path; "
-                             "use precision='float32'")
+        if precision == "bfloat16":
+            check_bf16_call(False, self.dtype, bool(self.proj_size))
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params = OrderedDict()
@@ -295,11 +294,7 @@ class RNNBase:
         precision = check_precision(self.precision, self.dtype)   # the attribute may be set by hand
         if precision == "float32":
             return {}
-        if train:
-            raise ValueError("precision='bfloat16' runs inference only: call .eval() first "
-                             "(training runs in float32: set .precision = 'float32')")
-        if self.proj_size:
-            raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path")
+        check_bf16_call(train, self.dtype, bool(self.proj_size))
         reason_of = getattr(be, "bf16_unavailable_reason", None)
         reason = f"backend {be.name!r} has no bfloat16 path" if reason_of is None else reason_of()
         if reason:

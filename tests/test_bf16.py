@@ -117,6 +117,7 @@ def test_sequences_match_reference_bf16(cell, num_threads):
     cpu = _cpu_bf16()
     num_threads(2)
     for k, (T, B, I, H) in enumerate([(9, 5, 6, 37), (20, 32, 64, 64), (6, 19, 5, 37), (12, 3, 130, 200)]):
+        assert cpu.splits_by_batch(cell, B, H, precision="bfloat16") == (k in (1, 2)), (cell, B, H)
         for reverse in (False, True):
             rng = np.random.default_rng([k, reverse, 7])
             args = layer_inputs(rng, cell, T, B, I, H, np.float32)

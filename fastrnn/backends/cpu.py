@@ -135,10 +135,11 @@ def isa():
     return ffi.string(lib.fastrnn_isa()).decode()
 
 
-def splits_by_batch(cell, B, H, dtype=np.float32, threads=None):
+def splits_by_batch(cell, B, H, dtype=np.float32, threads=None, precision="float32"):
     """True when the kernels split a layer's recurrence by batch rows for these sizes (each
     thread runs all units of its rows, no barrier per step), False when by hidden units."""
-    fn, _ = _native("by_batch", np.dtype(dtype))
+    bf16 = check_precision(precision, dtype) == "bfloat16"
+    fn = lib.fastrnn_by_batch_bf16 if bf16 else _native("by_batch", np.dtype(dtype))[0]
     return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads())))
 
 
@@ -225,12 +226,12 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                   w_hr=None, precision="float32"):
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr)
-    if check_precision(precision, x.dtype) == "bfloat16":
-        check_bf16_call(train, x.dtype, w_hr)
+    bf16 = check_precision(precision, x.dtype) == "bfloat16"
+    if bf16:   # inference on the packed kernels only: their panels hold the rounded weights
+        check_bf16_call(train, x.dtype, w_hr is not None)
         reason = bf16_unavailable_reason()
         if reason:
             raise RuntimeError(f"precision='bfloat16' on the cpu backend: {reason}")
-        return _forward_bf16(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, I, H, lengths, reverse)
     if w_hr is not None:   # an LSTM with a projection (proj_size)
         return cpu_projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
@@ -243,7 +244,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
     # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
     # backward then packs its threads' W_hh slices itself instead of comparing them
-    direct = _direct_pays(T, B)
+    direct = not bf16 and _direct_pays(T, B)
     if direct and isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
         x, tokens, V, expanded = x.dense(), None, 0, x
     else:
@@ -274,6 +275,14 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
                     p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
         _check_status(status, "forward_direct")
+    elif bf16:   # csrc/gemm_bf16.inc: no training workspace
+        p = lambda a: _ptr(a, "float *")
+        packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
+        status = lib.fastrnn_forward_bf16(
+            spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
+            p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
+            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+        _check_status(status, "forward_bf16")
     else:
         fn, ctype = _native("forward", dt)
         p = lambda a: _ptr(a, ctype)
@@ -288,31 +297,6 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                      w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
                      padded_input=padded, packed=not direct)
     return y, h_T, c_T, saved
-
-
-def _forward_bf16(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, I, H, lengths, reverse):
-    """forward_layer's inference with bfloat16 products (csrc/gemm_bf16.inc): always the
-    packed kernels (their panels hold the rounded weights), never the direct ones."""
-    if H == 0:
-        return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, False)
-    if I == 0:   # as forward_layer: one zero feature
-        x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
-    x, tokens, V, _ = _lookup_input(x, T, B)
-    given = (w_ih, w_hh)
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(_contig, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
-    callers = w_ih is given[0] and w_hh is given[1]
-    y = aligned_empty((T, B, H), np.float32)
-    h_T = aligned_empty((B, H), np.float32)
-    c_T = aligned_empty((B, H), np.float32) if spec.has_cell_state else None
-    nth = get_num_threads()
-    packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
-    p = lambda a: _ptr(a, "float *")
-    status = lib.fastrnn_forward_bf16(
-        spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, spec.gates * H, 4, nth),
-        p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
-        p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
-    _check_status(status, "forward_bf16")
-    return y, h_T, c_T, None
 
 
 def _direct_pays(T, B):

@@ -51,7 +51,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                                                    w_hr=w_hr)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:
-        check_bf16_call(train, x.dtype, w_hr)
+        check_bf16_call(train, x.dtype, w_hr is not None)
     if w_hr is not None:
         return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     # the products' operands: as given, or rounded to bfloat16 (products exact, float32 sums)
