@@ -17,7 +17,8 @@
  *   c_in and c_out may be the two overlapping (T,B,H) views of one (T+1,B,H) array, as
  *   c_in[t] is c_out of the step before: c_out = c_in + B*H (reverse: c_in = c_out + B*H).
  *   The forward then writes c_in at its first step only.
- * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL (FASTRNN_ENOTSUP below).
+ * Functions return 0 on success, FASTRNN_ENOMEM or FASTRNN_EINVAL (FASTRNN_ENOTSUP and
+ * FASTRNN_ETEAM below).
  */
 #ifndef FASTRNN_H
 #define FASTRNN_H
@@ -31,6 +32,7 @@
 #define FASTRNN_ENOMEM 1
 #define FASTRNN_EINVAL 2
 #define FASTRNN_ENOTSUP 3
+#define FASTRNN_ETEAM 4   /* packed weights without w_ih, w_hh and the runtime gave fewer threads */
 
 int fastrnn_forward_f32(int cell, int T, int B, int I, int H, int reverse, int chunk,
                         const float *x, int V, const int32_t *tokens,
@@ -50,7 +52,10 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
 /* Precision "bfloat16" (inference): as fastrnn_forward_f32 without the training
  * workspace, the matrix products on bfloat16 operands (x, h and the weights rounded to
  * nearest-even, denormals to zero) with float32 sums; the rest is float32. packed: from
- * fastrnn_pack_bf16 (its own layout: pairs of bfloat16 per 32-bit slot) or NULL.
+ * fastrnn_pack_bf16 (its own layout: pairs of bfloat16 per 32-bit slot) or NULL. With
+ * packed given, w_ih and w_hh may be NULL (weights held as bfloat16, packed from a float
+ * copy): where the runtime then grants fewer than nthreads threads, the call returns
+ * FASTRNN_ETEAM, and the caller calls again with float weights.
  * FASTRNN_ENOTSUP where fastrnn_has_bf16() is 0 (no AVX512_BF16, or a forced lower ISA). */
 int fastrnn_has_bf16(void);
 int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int chunk,
@@ -62,6 +67,14 @@ size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads);
 int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
                       int nthreads);
 int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads);
+/* The same products from the row-major weights themselves (as fastrnn_forward_direct_f32
+ * below, inference only), for small calls: nothing packed or compared. weights_bf16 0:
+ * w_ih and w_hh are float, rounded as they are read; 1: they are bfloat16 already, uint16
+ * values (the upper halves of the floats; a torch bfloat16 tensor's storage). */
+int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int reverse,
+                                const float *x, const void *w_ih, const void *w_hh, int weights_bf16,
+                                const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                                const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
 
 /* From the row-major weights themselves (nothing packed): for small batches and short
  * calls, where a step reads each weight about once whatever its layout. Same arguments and

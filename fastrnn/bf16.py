@@ -36,6 +36,37 @@ def check_bf16_call(train, dtype, projection=False):
                          "(forward_layer: train=False); training runs in float32 (precision='float32')")
 
 
+def bf16_bits(a):
+    """`a` when it holds bfloat16 weights, else None: a uint16 array of the bits (the upper
+    halves of the float32 values; a torch bfloat16 tensor's storage, which fastrnn.torch
+    passes)."""
+    return a if getattr(a, "dtype", None) == np.uint16 else None
+
+
+def bits_to_float32(bits):
+    """bfloat16 bits (uint16) as the float32 values they are (exact: the low halves zero)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def weights_format(w_ih, w_hh, precision, w_hr=None):
+    """(w_ih, w_hh, held): the weights, bfloat16 ones as uint16 bits with held True. Held
+    weights are taken with precision='bfloat16' only (their products are bfloat16 anyway),
+    both of them, and not with a projection."""
+    a, b = bf16_bits(w_ih), bf16_bits(w_hh)
+    if a is None and b is None:
+        return w_ih, w_hh, False
+    if a is None or b is None:
+        raise TypeError(f"w_ih, w_hh: expected both bfloat16 (uint16 bits) or both float, got dtypes "
+                        f"{getattr(w_ih, 'dtype', type(w_ih).__name__)} and "
+                        f"{getattr(w_hh, 'dtype', type(w_hh).__name__)}")
+    if precision != "bfloat16":
+        raise TypeError("w_ih, w_hh: bfloat16 weights (uint16 bits) need precision='bfloat16', "
+                        f"got precision={precision!r}")
+    if w_hr is not None:
+        check_bf16_call(False, np.float32, projection=True)
+    return a, b, True
+
+
 def round_bf16(a):
     """float32 values rounded to the nearest bfloat16 (ties to even) and returned as
     float32, as vcvtne2ps2bf16 rounds: denormals become zeros of the same sign, NaN stays

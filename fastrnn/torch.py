@@ -10,7 +10,9 @@ layer-direction runs as one torch.autograd.Function over a fastrnn backend. CPU 
 reach the kernels without copies (numpy views), and so do CUDA tensors (the cuda backend
 reads them through __cuda_array_interface__; backend='auto' picks it for them). Supported
 inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or without hx;
-float32 and float64, and float16/bfloat16 computed in float32 (results in their dtypes).
+float32 and float64, and float16/bfloat16 computed in float32 (results in their dtypes),
+except a bfloat16 module's inference where the backend has bfloat16 products: those, as
+torch's own bfloat16 kernels compute, on the module's bfloat16 weights as they are.
 """
 try:
     import torch
@@ -30,12 +32,17 @@ __all__ = ["RNN", "LSTM", "GRU"]
 
 
 def _arr(t):
-    """What a backend takes for tensor t, without a copy: a numpy view of a CPU tensor, a
-    CUDA tensor itself (read through __cuda_array_interface__); None stays None."""
+    """What a backend takes for tensor t, without a copy: a numpy view of a CPU tensor
+    (of a bfloat16 one, its bits as uint16: numpy has no bfloat16), a CUDA tensor itself
+    (read through __cuda_array_interface__); None stays None."""
     if t is None:
         return None
     t = t.detach()
-    return t if t.is_cuda else t.numpy()
+    if t.is_cuda:
+        return t
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 def _tensor(a, device):
@@ -83,10 +90,13 @@ class _Recycler:
             pass
 
 
-def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, train):
+def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, train, bf16=False):
     """One layer-direction's forward on backend `be`: y, h_T and c_T as tensors on x's
-    device (c_T empty for cells without a cell state), and the backend's `saved`."""
+    device (c_T empty for cells without a cell state), and the backend's `saved`.
+    bf16: inference with bfloat16 products (precision='bfloat16')."""
     proj = {} if w_hr is None else {"w_hr": _arr(w_hr)}
+    if bf16:
+        proj["precision"] = "bfloat16"
     with _backend_stream(x.device):
         y, h_T, c_T, saved = be.forward_layer(
             cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
@@ -95,13 +105,13 @@ def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, r
     return _tensor(y, x.device), _tensor(h_T, x.device), out_c, saved
 
 
-def _run_layer(args, lengths, cell, reverse, backend_name, train):
+def _run_layer(args, lengths, cell, reverse, backend_name, train, bf16):
     """y, h_T, c_T of one layer-direction: through autograd when it records this call, else
     straight from the backend (autograd.Function.apply cost ~20 us a call: a decoding
     step's two layers spent more there than in the kernels)."""
     if train:
         return _LayerFunction.apply(*args, lengths, cell, reverse, backend_name, train)
-    return _forward_layer(backends.get(backend_name), *args, lengths, cell, reverse, False)[:3]
+    return _forward_layer(backends.get(backend_name), *args, lengths, cell, reverse, False, bf16)[:3]
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -141,6 +151,13 @@ class _LayerFunction(torch.autograd.Function):
         bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
         return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
                 *bias, t(dw_hr), None, None, None, None, None)
+
+
+def _bf16_products(backend_name):
+    """Whether backend `backend_name` computes precision='bfloat16' here (the cpu backend
+    where the CPU has AVX512_BF16, and the reference backend)."""
+    reason_of = getattr(backends.get(backend_name), "bf16_unavailable_reason", None)
+    return reason_of is not None and reason_of() is None
 
 
 def _compute_dtype(dtype):
@@ -209,8 +226,9 @@ class _FastRNNMixin:
     def _dropout_between(self, layer):
         return self.dropout and self.training and layer < self.num_layers - 1
 
-    def _forward_layers(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D):
-        """(out, h_n, c_n) as tensors, layer by layer through autograd where it records."""
+    def _forward_layers(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D, bf16):
+        """(out, h_n, c_n) as tensors, layer by layer through autograd where it records.
+        bf16: nothing records, bfloat16 products."""
         grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
         layer_in = x
@@ -220,7 +238,7 @@ class _FastRNNMixin:
                 idx = layer * D + d
                 args = (layer_in, h0[idx], c0[idx] if lstm else None, *self._layer_args(weights, idx, per, proj))
                 train = grad_on and any(a is not None and a.requires_grad for a in args)
-                y, hT, cT = _run_layer(args, lengths, cell, d == 1, backend, train)
+                y, hT, cT = _run_layer(args, lengths, cell, d == 1, backend, train, bf16)
                 outs.append(y)
                 h_n.append(hT)
                 c_n.append(cT)
@@ -230,11 +248,12 @@ class _FastRNNMixin:
             layer_in = out
         return out, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
 
-    def _forward_on_host(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D):
+    def _forward_on_host(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D, bf16):
         """_forward_layers for CPU tensors when autograd records nothing: the backend runs
         on numpy views of them, with no tensor made per layer (a decoding step's two
         layers spent more in those conversions than in the kernels)."""
         be = backends.get(backend)
+        kw = {"precision": "bfloat16"} if bf16 else {}
         w = [_arr(t) for t in weights]
         h0, c0 = _arr(h0), _arr(c0)
         h_n, c_n = [], []
@@ -246,7 +265,7 @@ class _FastRNNMixin:
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_args(w, idx, per, proj)
                 y, hT, cT, _ = be.forward_layer(cell, layer_in, h0[idx], c0[idx] if lstm else None,
                                                 w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=d == 1,
-                                                train=False, **({} if w_hr is None else {"w_hr": w_hr}))
+                                                train=False, **({} if w_hr is None else {"w_hr": w_hr}), **kw)
                 outs.append(y)
                 h_n.append(hT)
                 c_n.append(cT)
@@ -301,18 +320,25 @@ class _FastRNNMixin:
         cell = self._cell()
         weights = self._weights()
         self._check_devices(x, [("hx", h0), ("hx", c0), *zip(self._flat_weights_names, weights)])
+        # a bfloat16 module's inference (autograd records nothing) computes what torch's
+        # does: bfloat16 products summed in float32, where the backend has them
+        records = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                  for t in (x, h0, c0, *weights))
+        bf16 = (out_dtype == torch.bfloat16 and not records and not proj
+                and all(w.dtype == torch.bfloat16 for w in weights) and _bf16_products(backend))
         # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
-        # so autograd returns each gradient in its tensor's own dtype
+        # so autograd returns each gradient in its tensor's own dtype. bfloat16 products
+        # read bfloat16 weight matrices as they are (no float copy of them per call)
         to = lambda t: t if t is None or t.dtype == compute else t.to(compute)
         x, h0, c0 = to(x), to(h0), to(c0)
-        weights = [to(w) for w in weights]
+        weights = [w if bf16 and w.dim() == 2 else to(w) for w in weights]
         per = (4 if self.bias else 2) + (1 if proj else 0)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
         if torch.is_grad_enabled() or x.is_cuda:
             out, h_n, c_n = self._forward_layers(x.contiguous(), h0, c0, weights, lengths, cell, backend,
-                                                 per, proj, lstm, D)
+                                                 per, proj, lstm, D, bf16)
         else:   # nothing recorded, CPU tensors: the whole stack on numpy views
             out, h_n, c_n = self._forward_on_host(x, h0, c0, weights, lengths, cell, backend,
-                                                  per, proj, lstm, D)
+                                                  per, proj, lstm, D, bf16)
         out, h_n = out.to(out_dtype), h_n.to(out_dtype)
         c_n = c_n.to(out_dtype) if lstm else None
 

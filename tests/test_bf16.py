@@ -1,5 +1,6 @@
 """precision='bfloat16': the reference's rounding, the cpu kernels against it, and the
 errors that name what to change."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -107,6 +108,123 @@ def test_one_step_matches_reference_bf16_closely(cell, reverse, ragged, num_thre
             for a, b in zip(got[:3], want[:3]):
                 if b is not None:
                     np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6, err_msg=str((threads, T, B, I, H)))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_step_direct_and_packed_paths(cell, num_threads):
+    """A step of at most DIRECT_MAX_BATCH_BF16 rows reads the float weights directly
+    (csrc/direct.inc rounds them as it loads), a larger one or one inside frozen_weights()
+    the packed panels; both match the reference's bfloat16 with K (I and H) on every side
+    of the kernels' 16- and 32-value loads, ragged and reversed, on 1 and 3 threads."""
+    from fastrnn.backends import cpu as cpu_mod
+    cpu = _cpu_bf16()
+    for threads in (1, 3):
+        num_threads(threads)
+        for k, (I, H) in enumerate([(1, 1), (15, 16), (17, 31), (32, 33), (47, 64), (100, 200)]):
+            for B, direct in ((1, True), (cpu_mod.DIRECT_MAX_BATCH_BF16, True),
+                              (cpu_mod.DIRECT_MAX_BATCH_BF16 + 1, False)):
+                rng = np.random.default_rng([k, B, threads])
+                args = layer_inputs(rng, cell, 1, B, I, H, np.float32)
+                lengths = random_lengths(rng, 1, B)
+                want = reference.forward_layer(cell, *args, lengths=lengths, reverse=True, train=False,
+                                               precision="bfloat16")
+                for frozen in (False, True):
+                    cpu_mod.packed_cache_bf16.clear()
+                    with fastrnn.frozen_weights() if frozen else contextlib.nullcontext():
+                        got = cpu.forward_layer(cell, *args, lengths=lengths, reverse=True, train=False,
+                                                precision="bfloat16")
+                    # the direct path packs nothing
+                    assert (len(cpu_mod.packed_cache_bf16) == 0) == (direct and not frozen), (I, H, B, frozen)
+                    for a, b in zip(got[:3], want[:3]):
+                        if b is not None:
+                            np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6,
+                                                       err_msg=str((threads, I, H, B, frozen)))
+
+
+def _held(w):
+    """bfloat16 weights as the uint16 bits a torch bfloat16 tensor holds (values rounded)."""
+    return (round_bf16(w).view(np.uint32) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weights_held_as_bfloat16_bits(cell, num_threads):
+    """w_ih and w_hh given as bfloat16 (uint16 bits) give the same bits as float weights of
+    the same values, on the direct and the packed paths, a Lookup input and I = 0; the
+    reference reads them too."""
+    from fastrnn.backends import cpu as cpu_mod
+    cpu = _cpu_bf16()
+    num_threads(2)
+    for k, (T, B, I, H) in enumerate([(1, 1, 5, 7), (1, 8, 33, 65), (1, 9, 100, 130), (7, 3, 40, 50),
+                                      (12, 32, 64, 64), (3, 4, 0, 20)]):
+        rng = np.random.default_rng([k, 11])
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, cell, T, B, I, H, np.float32)
+        w_ih, w_hh = round_bf16(w_ih), round_bf16(w_hh)
+        held = _held(w_ih), _held(w_hh)   # one pair of arrays: the cache knows them by address
+        packs = cpu_mod.packed_cache_bf16.packs
+        for reverse in (False, True):
+            kw = dict(lengths=random_lengths(rng, T, B), reverse=reverse, train=False, precision="bfloat16")
+            want = cpu.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, **kw)
+            got = cpu.forward_layer(cell, x, h0, c0, *held, b_ih, b_hh, **kw)
+            ref = reference.forward_layer(cell, x, h0, c0, *held, b_ih, b_hh, **kw)
+            for a, b, r in zip(got[:3], want[:3], ref[:3]):
+                if b is not None:
+                    np.testing.assert_array_equal(a, b, err_msg=str((T, B, I, H, reverse)))
+                    np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+        direct = T == 1 and B <= cpu_mod.DIRECT_MAX_BATCH_BF16
+        # each version packed once, from the bits as from the floats
+        assert cpu_mod.packed_cache_bf16.packs - packs == (0 if direct else 2), (T, B, I, H)
+    if I:
+        table = rng.standard_normal((6, I)).astype(np.float32)
+        ids = rng.integers(0, 6, size=(T, B))
+        got = cpu.forward_layer(cell, Lookup(table, ids), h0, c0, _held(w_ih), _held(w_hh), b_ih, b_hh,
+                                train=False, precision="bfloat16")
+        want = cpu.forward_layer(cell, table[ids], h0, c0, w_ih, w_hh, b_ih, b_hh, train=False,
+                                 precision="bfloat16")
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_held_weights_when_the_runtime_grants_fewer_threads():
+    """Packed for 2 threads, run by 1 (OMP_THREAD_LIMIT=1): with bfloat16 weights held as
+    bits the kernel cannot pack its own slices (FASTRNN_ETEAM) and the backend runs it
+    again on float copies; the result is the reference's."""
+    _cpu_bf16()
+    code = """if 1:
+        import numpy as np, fastrnn
+        from fastrnn.backends import get
+        from fastrnn.bf16 import round_bf16
+        fastrnn.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((6, 16, 24)).astype(np.float32)
+        h0 = np.zeros((16, 32), np.float32)
+        w_ih = round_bf16(0.2 * rng.standard_normal((96, 24)).astype(np.float32))
+        w_hh = round_bf16(0.2 * rng.standard_normal((96, 32)).astype(np.float32))
+        bits = lambda w: (w.view(np.uint32) >> 16).astype(np.uint16)
+        kw = dict(train=False, precision="bfloat16")
+        got = get("cpu").forward_layer("gru", x, h0, None, bits(w_ih), bits(w_hh), None, None, **kw)[0]
+        want = get("reference").forward_layer("gru", x, h0, None, w_ih, w_hh, None, None, **kw)[0]
+        print(float(np.abs(got - want).max()))
+    """
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1e-4
+
+
+def test_held_weights_errors_name_what_to_change():
+    cpu = _cpu_bf16()
+    rng = np.random.default_rng(12)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 2, 3, 4, 5, np.float32)
+    for be in (cpu, reference):
+        with pytest.raises(TypeError, match="need precision='bfloat16'"):
+            be.forward_layer("lstm", x, h0, c0, _held(w_ih), _held(w_hh), b_ih, b_hh, train=False)
+        with pytest.raises(TypeError, match="w_ih, w_hh: expected both bfloat16"):
+            be.forward_layer("lstm", x, h0, c0, _held(w_ih), w_hh, b_ih, b_hh, train=False, precision="bfloat16")
+        with pytest.raises(ValueError, match="w_ih: expected shape"):
+            be.forward_layer("lstm", x, h0, c0, _held(w_ih)[:, :3], _held(w_hh), b_ih, b_hh, train=False,
+                             precision="bfloat16")
+        with pytest.raises(ValueError, match="proj_size"):
+            be.forward_layer("lstm", x, h0[:, :2], c0, _held(w_ih), _held(w_hh[:, :2]), b_ih, b_hh,
+                             w_hr=w_hh[:2, :5].copy(), train=False, precision="bfloat16")
 
 
 @pytest.mark.parametrize("cell", CELLS)

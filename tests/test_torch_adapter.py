@@ -328,6 +328,70 @@ def test_half_precision_runs_in_float32(i, dtype):
         assert torch.allclose(ours.float(), theirs.float(), rtol=8 * tol, atol=8 * tol)
 
 
+def _spy_precisions(monkeypatch):
+    """The (precision, w_ih dtype) of every cpu forward_layer call from here on."""
+    from fastrnn.backends import cpu
+    seen, real = [], cpu.forward_layer
+
+    def spy(*args, **kw):
+        seen.append((kw.get("precision", "float32"), args[4].dtype))
+        return real(*args, **kw)
+    monkeypatch.setattr(cpu, "forward_layer", spy)
+    return seen
+
+
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+def test_bfloat16_inference_runs_bfloat16_products(i, monkeypatch):
+    """A bfloat16 module's inference (nothing recorded) computes what torch's own does,
+    bfloat16 products summed in float32, reading its bfloat16 weight matrices as they are
+    (no float copy a call): the reference backend's bfloat16 run of the same values, near
+    float32. A recorded (training) call still computes in float32."""
+    if fastrnn.backends.get("cpu").bf16_unavailable_reason():
+        pytest.skip(fastrnn.backends.get("cpu").bf16_unavailable_reason())
+    torch.manual_seed(30 + i)
+    m, _ = _pair(i, 6, 20, dtype=torch.bfloat16, num_layers=2, bidirectional=True, backend="cpu")
+    r, _ = _pair(i, 6, 20, dtype=torch.bfloat16, num_layers=2, bidirectional=True, backend="reference")
+    r.load_state_dict(m.state_dict())
+    m32, _ = _pair(i, 6, 20, dtype=torch.float32, num_layers=2, bidirectional=True)
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    seen = _spy_precisions(monkeypatch)
+    for T, B in ((1, 1), (1, 3), (9, 12)):   # the direct and the packed kernels
+        x = torch.randn(T, B, 6).to(torch.bfloat16)
+        hx = torch.randn(4, B, 20).to(torch.bfloat16)
+        hx = (hx, torch.randn(4, B, 20).to(torch.bfloat16)) if i == 2 else hx
+        for ctx in (torch.no_grad, torch.inference_mode):
+            seen.clear()
+            with ctx():
+                out, hn = m(x, hx)
+                calls = list(seen)
+                out_r, hn_r = r(x, hx)
+                out_32, _ = m32(x.float(), tuple(h.float() for h in hx) if i == 2 else hx.float())
+            assert calls == [("bfloat16", np.uint16)] * 4, calls
+            assert out.dtype == torch.bfloat16
+            # bfloat16 outputs: one bfloat16 step apart where the float sums' order differs
+            assert torch.allclose(out.float(), out_r.float(), rtol=8e-3, atol=1e-3), (out.float() - out_r.float()).abs().max()
+            for a, b in zip(hn if i == 2 else (hn,), hn_r if i == 2 else (hn_r,)):
+                assert torch.allclose(a.float(), b.float(), rtol=8e-3, atol=1e-3)
+            assert torch.allclose(out.float(), out_32, rtol=3e-2, atol=3e-2)
+    seen.clear()
+    m(x, hx)[0].float().sum().backward()   # recorded: float32
+    assert seen == [("float32", np.float32)] * 4, seen
+
+
+def test_bfloat16_products_only_for_bfloat16_weights_without_a_projection(monkeypatch):
+    """Under autocast (float32 weights, bfloat16 input) and with proj_size the layers
+    compute in float32 as before."""
+    seen = _spy_precisions(monkeypatch)
+    m, _ = _pair(2, 4, 6, dtype=torch.float32, backend="cpu")
+    x = torch.randn(5, 2, 4).to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    mp = ft.LSTM(4, 6, proj_size=3, backend="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        mp(x)
+    assert [p for p, _ in seen] == ["float32", "float32"], seen
+
+
 def test_autocast_mixed_dtypes_compute_in_float32():
     """Under autocast torch lets the input's dtype differ from the weights'; the layers
     compute in float32 and return the input's dtype."""

@@ -168,10 +168,19 @@ static void bf16_near_f32(int cell, int reverse)
     int32_t lengths[B6] = {11, 3, 0, 11, 6, 1, 10};
     int rc = fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, NULL, b, b, h0, c0,
                                   lengths, y1, hT, cT, 1);
+    /* the direct kernel (float weights rounded as read): the same operands, other sum order */
+    int rc_direct = fastrnn_forward_direct_bf16(cell, T6, B6, I6, H6, reverse, x, wi, wh, 0, b, b, h0, c0, lengths,
+                                                yf, hT3, cT3, 2);
     if (!fastrnn_has_bf16()) {
         CHECK(rc == FASTRNN_ENOTSUP, "bf16 without AVX512_BF16: rc %d", rc);
+        CHECK(rc_direct == FASTRNN_ENOTSUP, "bf16 direct without AVX512_BF16: rc %d", rc_direct);
         CHECK(fastrnn_packed_size_bf16(cell, I6, H6, 2) == 0, "bf16 packed size without AVX512_BF16");
     } else {
+        CHECK(rc_direct == 0, "bf16 direct rc %d", rc_direct);
+        double dn = 0, dd = 0;
+        for (size_t i = 0; i < ny; i++) { dn += (y1[i] - yf[i]) * (y1[i] - yf[i]); dd += y1[i] * y1[i]; }
+        CHECK(sqrt(dn / (dd > 0 ? dd : 1)) < 1e-3, "cell %d rev %d: bf16 direct vs packed rel err %g", cell, reverse,
+              sqrt(dn / (dd > 0 ? dd : 1)));
         CHECK(rc == 0, "bf16 forward rc %d", rc);
         CHECK(fastrnn_forward_f32(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, NULL, b, b, h0, c0, lengths,
                                   yf, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 2) == 0, "f32 forward");

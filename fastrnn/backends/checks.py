@@ -50,11 +50,13 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False, w_hr=None):
+def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_ok=False, w_hr=None,
+                       weight_dtype=None):
     """Validate one layer-direction's forward inputs; return (spec, T, B, I, H, lengths).
     x may be a Lookup (validated when made) with (T, B) ids, for backends that take one.
     w_hr (P, H): an LSTM's projection (PyTorch's proj_size = P); w_hh is then (4H, P) and h0
-    (B, P), while c0 stays (B, H)."""
+    (B, P), while c0 stays (B, H). weight_dtype: w_ih's and w_hh's when not x's (bfloat16
+    weights held as uint16 bits, fastrnn.bf16)."""
     spec = get_cell(cell)
     if isinstance(x, Lookup):
         if x.ids.ndim != 2:
@@ -71,12 +73,12 @@ def check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, device_
         H, P = _check_projection(spec, x, w_hr, w_hh, dt, device_ok)
         GH = spec.gates * H
     else:
-        check_array("w_hh", w_hh, (None, None), dt, device_ok)
+        check_array("w_hh", w_hh, (None, None), weight_dtype or dt, device_ok)
         GH, H = w_hh.shape
         P = H
         if GH != spec.gates * H:
             raise ValueError(f"w_hh: expected shape ({spec.gates}*H, H) for cell {cell!r}, got {w_hh.shape}")
-    check_array("w_ih", w_ih, (GH, I), dt, device_ok)
+    check_array("w_ih", w_ih, (GH, I), weight_dtype or dt, device_ok)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):

@@ -9,7 +9,7 @@ The C code never sees an unchecked array: checks.py validates, this file makes c
 """
 import numpy as np
 
-from ..bf16 import check_bf16_call, check_precision
+from ..bf16 import bits_to_float32, check_bf16_call, check_precision, weights_format
 from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
@@ -58,6 +58,13 @@ DIRECT_MAX_STEPS = 8
 # Inside frozen_weights() the packed path skips that compare: there the direct kernel won
 # only at T = 1 with B <= 4 (1.0-1.5x; at B = 8, 16 the packed panels were up to 1.7x faster).
 DIRECT_MAX_FROZEN_BATCH = 4
+# bfloat16 (precision="bfloat16", inference): the packed products run at twice float's rate
+# on half the bytes, so the direct kernel (which rounds the float weights as it reads them)
+# pays for less. Zen 4, 2 threads, I = H in {256, 512, 1024}, LSTM and GRU: at T = 1 and
+# B <= 8 1.2-3.3x faster than the packed path with its compare; at B = 16, or from T = 2 on,
+# 0.47-0.96x. Inside frozen_weights() the packed panels won (LSTM H = 512, B = 1: 66 against
+# 108 us), so there bfloat16 never goes direct.
+DIRECT_MAX_BATCH_BF16 = 8
 
 # Training workspace and backward scratch are recycled: backward_layer consumes its
 # `saved` and returns the buffers here for the next forward_layer.
@@ -98,7 +105,10 @@ packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits, copy=_copy)
 
 
 def _pack_bf16(code, I, H, w_ih, w_hh, nthreads):
-    """W_ih and W_hh rounded to bfloat16 pairs in the bf16 kernels' panels (csrc/gemm_bf16.inc)."""
+    """W_ih and W_hh rounded to bfloat16 pairs in the bf16 kernels' panels (csrc/gemm_bf16.inc);
+    bfloat16 weights (uint16 bits) through a float copy, which rounds to the same values."""
+    if w_ih.dtype == np.uint16:
+        w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
     size = lib.fastrnn_packed_size_bf16(code, I, H, nthreads)
     if size == 0:
         raise RuntimeError(f"fastrnn cpu pack_bf16: kernel rejected its arguments (I={I}, H={H})")
@@ -197,6 +207,9 @@ def _check_status(status, what):
         raise MemoryError(f"fastrnn cpu {what}: out of memory for kernel buffers")
     if status == 3:
         raise RuntimeError(f"fastrnn cpu {what}: {bf16_unavailable_reason()}")
+    if status == 4:
+        raise RuntimeError(f"fastrnn cpu {what}: fewer threads than the packed weights were made for, "
+                           "and no float weights to pack from")
     if status != 0:
         raise RuntimeError(f"fastrnn cpu {what}: kernel rejected its arguments (status {status})")
 
@@ -224,8 +237,10 @@ def _lookup_input(x, T, B):
 
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
                   w_hr=None, precision="float32"):
+    # bfloat16 weights (uint16 bits; precision='bfloat16' only) are read as they are
+    w_ih, w_hh, held = weights_format(w_ih, w_hh, precision, w_hr)
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                                   w_hr=w_hr)
+                                                   w_hr=w_hr, weight_dtype=np.uint16 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:   # inference on the packed kernels only: their panels hold the rounded weights
         check_bf16_call(train, x.dtype, w_hr is not None)
@@ -241,10 +256,10 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     padded = None
     if I == 0:
         padded = _dx_shape(x)
-        x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, x.dtype), 1
+        x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, w_ih.dtype), 1
     # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
     # backward then packs its threads' W_hh slices itself instead of comparing them
-    direct = not bf16 and _direct_pays(T, B)
+    direct = _direct_pays(T, B, bf16)
     if direct and isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
         x, tokens, V, expanded = x.dense(), None, 0, x
     else:
@@ -269,7 +284,14 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
             ws["c_in"], ws["c_out"] = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
     nth = get_num_threads()
     workspace = [ws.get(n) for n in ("h_in", "gates", "c_in", "c_out", "hh_n")] if train else (None,) * 5
-    if direct:
+    if direct and bf16:   # inference: no workspace
+        p = lambda a: _ptr(a, "float *")
+        wp = lambda a: _ptr(a, "uint16_t *" if held else "float *")
+        status = lib.fastrnn_forward_direct_bf16(
+            spec.code, T, B, I, H, int(bool(reverse)), p(x), wp(w_ih), wp(w_hh), int(held), p(b_ih), p(b_hh),
+            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+        _check_status(status, "forward_direct_bf16")
+    elif direct:
         fn, ctype = _native("forward_direct", dt)
         p = lambda a: _ptr(a, ctype)
         status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
@@ -278,10 +300,15 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     elif bf16:   # csrc/gemm_bf16.inc: no training workspace
         p = lambda a: _ptr(a, "float *")
         packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
-        status = lib.fastrnn_forward_bf16(
+        run = lambda wi, wh: lib.fastrnn_forward_bf16(
             spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
-            p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
+            p(x), V, _ptr(tokens, "int32_t *"), p(wi), p(wh), p(packed), p(b_ih), p(b_hh),
             p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+        # held weights are not float: the kernel reads only the panels, unless the runtime
+        # grants fewer threads than they were packed for (FASTRNN_ETEAM), and then float copies
+        status = run(None, None) if held else run(w_ih, w_hh)
+        if status == lib.FASTRNN_ETEAM and held:
+            status = run(bits_to_float32(w_ih), bits_to_float32(w_hh))
         _check_status(status, "forward_bf16")
     else:
         fn, ctype = _native("forward", dt)
@@ -299,8 +326,11 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     return y, h_T, c_T, saved
 
 
-def _direct_pays(T, B):
-    """Whether a call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS)."""
+def _direct_pays(T, B, bf16=False):
+    """Whether a call is small enough for the unpacked kernel (see DIRECT_MAX_ROWS and
+    DIRECT_MAX_BATCH_BF16)."""
+    if bf16:
+        return T == 1 and B <= DIRECT_MAX_BATCH_BF16 and not frozen_block_active()
     if frozen_block_active():
         return T == 1 and B <= DIRECT_MAX_FROZEN_BATCH
     rows = T * B

@@ -9,7 +9,7 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
-from ..bf16 import check_bf16_call, check_precision, round_bf16
+from ..bf16 import bits_to_float32, check_bf16_call, check_precision, round_bf16, weights_format
 from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
 
@@ -46,9 +46,13 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                   w_hr=None, precision="float32"):
     """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved.
     w_hr (P, H): an LSTM's projection (see projected_forward). precision='bfloat16'
-    (inference): x, h and the weights rounded to bfloat16 in the products (fastrnn/bf16.py)."""
+    (inference): x, h and the weights rounded to bfloat16 in the products (fastrnn/bf16.py);
+    then w_ih and w_hh may be bfloat16 already, as uint16 bits (bf16.weights_format)."""
+    w_ih, w_hh, held = weights_format(w_ih, w_hh, precision, w_hr)
+    if held:   # the values they hold, exactly
+        w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                                   w_hr=w_hr)
+                                                   w_hr=w_hr, weight_dtype=np.float32 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:
         check_bf16_call(train, x.dtype, w_hr is not None)
