@@ -11,7 +11,6 @@ one-token decoding through a 2-layer LSTM (B = 1, hx carried), as generation cal
 On a CPU without AVX512_BF16 fastrnn.torch computes bfloat16 modules in float32 (the
 table says which).
 """
-import argparse
 import json
 import os
 import statistics
@@ -21,6 +20,7 @@ import torch
 import fastrnn.torch as ft
 from fastrnn import backends, bench, report
 from fastrnn.threads import get_num_threads
+from torch_dropin import parse_args   # benchmarks/ is this script's folder
 
 CELLS = {"LSTM": (torch.nn.LSTM, ft.LSTM), "GRU": (torch.nn.GRU, ft.GRU)}
 VARIANTS = ("torch f32", "torch bf16", "fastrnn f32", "fastrnn bf16")
@@ -91,15 +91,7 @@ def _cells(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "torch-bf16.json"))
-    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated, of " + ",".join(CELLS))
-    args = p.parse_args(argv)
-    cells = args.cells.split(",")
-    unknown = [c for c in cells if c not in CELLS]
-    if unknown:
-        p.error(f"--cells: unknown {unknown}, expected some of {list(CELLS)}")
-    torch.set_num_threads(get_num_threads())
+    out, cells = parse_args(argv, "torch-bf16.json", CELLS)
     why_not = backends.get("cpu").bf16_unavailable_reason() if "cpu" in backends.available() else "no cpu backend"
     print("fastrnn bf16: " + ("bfloat16 products" if not why_not else f"float32 ({why_not})"))
     heads = list(VARIANTS) + ["bf16/f32", "vs torch bf16"]
@@ -110,11 +102,11 @@ def main(argv=None):
     decode = decode_rows()
     print(f"\none-token decoding, 2-layer LSTM, B = 1, {DECODE_STEPS} steps, tokens/s")
     print(report.render_table(["H"] + heads, [[str(r["hidden"])] + _cells(r) for r in decode]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(dict(machine=bench.machine_info(), threads=get_num_threads(), fastrnn_bf16_products=not why_not,
                        results=rows, decode=decode), f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -116,16 +116,23 @@ def decode_rows():
     return rows
 
 
-def main(argv=None):
+def parse_args(argv, out_name, cells):
+    """(--out path, --cells list) of a torch comparison script; `cells` the names it knows.
+    Also gives torch fastrnn's thread count."""
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "torch-dropin.json"))
-    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated, of " + ",".join(CELLS))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", out_name))
+    p.add_argument("--cells", default=",".join(cells), help="comma-separated, of " + ",".join(cells))
     args = p.parse_args(argv)
-    cells = args.cells.split(",")
-    unknown = [c for c in cells if c not in CELLS]
+    chosen = args.cells.split(",")
+    unknown = [c for c in chosen if c not in cells]
     if unknown:
-        p.error(f"--cells: unknown {unknown}, expected some of {list(CELLS)}")
+        p.error(f"--cells: unknown {unknown}, expected some of {list(cells)}")
     torch.set_num_threads(get_num_threads())
+    return args.out, chosen
+
+
+def main(argv=None):
+    out, cells = parse_args(argv, "torch-dropin.json", CELLS)
     rows = []
     for cell in cells:
         theirs, ours = CELLS[cell]
@@ -157,11 +164,11 @@ def main(argv=None):
         ["H"] + names,
         [[str(r["hidden"])] + [f"{r['tokens_per_s'][n]:,.0f} ({r['tokens_per_s'][n] / r['tokens_per_s'][names[0]]:.2f})"
                                for n in names] for r in decode]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(dict(machine=bench.machine_info(), results=rows, geometric_mean_ratio=gm,
                        projection=proj, decode=decode), f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
