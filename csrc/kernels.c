@@ -54,11 +54,7 @@ static size_t l2_bytes(void)
  * roof with everything in L1, 6 x 4 87%; the LM train step ran 2.3% faster. */
 #define MR 6
 #define NV 4
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -66,22 +62,14 @@ static size_t l2_bytes(void)
 #define VBYTES 32
 #define MR 3
 #define NV 3
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #pragma GCC pop_options
 #endif
 #define FN(name) CAT(name, f32_generic)
 #define VBYTES 16
 #define MR 3
 #define NV 3
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #undef REAL
 #undef FR_DOUBLE
 
@@ -101,11 +89,7 @@ static size_t l2_bytes(void)
 #define VBYTES 64
 #define MR 6
 #define NV 4
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #pragma GCC pop_options
 #undef REAL
 #undef FR_DOUBLE
@@ -125,11 +109,7 @@ static size_t l2_bytes(void)
 #define VBYTES 64
 #define MR 6   /* as float: an LSTM layer's forward + backward (H = 256, B = 32) 2% faster than 4 */
 #define NV 4
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -137,22 +117,14 @@ static size_t l2_bytes(void)
 #define VBYTES 32
 #define MR 3
 #define NV 3
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #pragma GCC pop_options
 #endif
 #define FN(name) CAT(name, f64_generic)
 #define VBYTES 16
 #define MR 3
 #define NV 3
-#include "recurrence.inc"
-#undef FN
-#undef VBYTES
-#undef MR
-#undef NV
+#include "recurrence.inc"   /* #undefs FN, VBYTES, MR, NV */
 #undef REAL
 #undef FR_DOUBLE
 

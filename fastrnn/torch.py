@@ -94,13 +94,13 @@ def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, r
     """One layer-direction's forward on backend `be`: y, h_T and c_T as tensors on x's
     device (c_T empty for cells without a cell state), and the backend's `saved`.
     bf16: inference with bfloat16 products (precision='bfloat16')."""
-    proj = {} if w_hr is None else {"w_hr": _arr(w_hr)}
+    kw = {} if w_hr is None else {"w_hr": _arr(w_hr)}
     if bf16:
-        proj["precision"] = "bfloat16"
+        kw["precision"] = "bfloat16"
     with _backend_stream(x.device):
         y, h_T, c_T, saved = be.forward_layer(
             cell, _arr(x), _arr(h0), _arr(c0), _arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh),
-            lengths=lengths, reverse=reverse, train=train, **proj)
+            lengths=lengths, reverse=reverse, train=train, **kw)
     out_c = _tensor(c_T, x.device) if c_T is not None else x.new_zeros(0)
     return _tensor(y, x.device), _tensor(h_T, x.device), out_c, saved
 

@@ -242,7 +242,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr, weight_dtype=np.uint16 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
-    if bf16:   # inference on the packed kernels only: their panels hold the rounded weights
+    if bf16:   # inference only, no projection, and a CPU with AVX512_BF16
         check_bf16_call(train, x.dtype, w_hr is not None)
         reason = bf16_unavailable_reason()
         if reason:
