@@ -1,6 +1,6 @@
 """The CPU-backend issue's benchmark: fastrnn cpu against torch CPU in one run.
 
-    python benchmarks/cpu_vs_torch.py [--threads N] [--out benchmarks/results/cpu-vs-torch.json]
+    python benchmarks/cpu_vs_torch.py [--threads N] [--out benchmarks/results/cpu-vs-torch.json] [--smoke]
 
 Grid: cell {rnn_tanh, lstm, gru} x H {128, 512} x B {1, 32} x T {32, 256} x
 {inference, training}; torch gets torch.set_num_threads equal to fastrnn's. Prints the
@@ -21,16 +21,20 @@ def main(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu-vs-torch.json"))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one timed call a point: runs end to "
+                   "end in seconds, measures nothing (CI)")
     args = p.parse_args(argv)
     if args.threads:
         set_num_threads(args.threads)
-    cases = bench.grid_cases(("rnn_tanh", "lstm", "gru"), (128, 512), (1, 32), (32, 256),
-                             bench.MODES, ("cpu", "torch-cpu"))
+    if args.smoke:
+        args.repeats = 1
+    sizes = ((8,), (1, 3), (1, 4)) if args.smoke else ((128, 512), (1, 32), (32, 256))
+    cases = bench.grid_cases(("rnn_tanh", "lstm", "gru"), *sizes, bench.MODES, ("cpu", "torch-cpu"))
     peak = bench.matmul_peak_gflops()
     progress = Progress(len(cases) // 2)
     # the two backends of a point take turns call by call: this shared 2-core machine drifts
     # by up to 2x over minutes, so a ratio is fair only between interleaved measurements
-    rows = bench.run_paired(cases, peak, repeats=args.repeats, max_seconds=4.0,
+    rows = bench.run_paired(cases, peak, repeats=args.repeats, max_seconds=0.0 if args.smoke else 4.0,
                             on_step=lambda c: progress.step(f"{c.cell} {c.mode} H={c.hidden} B={c.batch} T={c.seq_len}"))
     progress.close()
     bench.add_ratios(rows, peers=("torch-cpu",))
@@ -53,7 +57,8 @@ def main(argv=None):
         print(f"B=32 H=512 training {r['cell']} T={r['seq_len']}: {r['gflops']:.0f} GFLOP/s = "
               f"{100 * r['peak_fraction']:.0f}% of numpy's matmul (target >= 85%)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    report.write_json(args.out, bench.machine_info(), dict(grid="cpu-vs-torch", repeats=args.repeats), peak, rows)
+    report.write_json(args.out, bench.machine_info(), dict(grid="cpu-vs-torch", repeats=args.repeats, smoke=args.smoke),
+                      peak, rows)
     print(f"wrote {args.out}")
 
 

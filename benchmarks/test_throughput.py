@@ -17,17 +17,16 @@ from fastrnn import bench
 
 TARGETS = [t for t in bench.available_targets()[0]
            if t != "reference" or os.environ.get("FASTRNN_BENCH_REFERENCE") == "1"]
-POINTS = [(c, m, h, b, t) for c in ("rnn_tanh", "lstm", "gru") for m in bench.MODES
-          for h in (128, 512) for b in (1, 32) for t in (32, 256)]
-POINTS += [(c, "inference", h, b, 1) for c in ("rnn_tanh", "lstm", "gru") for h in (128, 512) for b in (1, 4)]
+CELLS = ("rnn_tanh", "lstm", "gru")
+# grid_cases leaves out what a target cannot run (the bfloat16 ones train nothing)
+CASES = bench.grid_cases(CELLS, (128, 512), (1, 32), (32, 256), bench.MODES, TARGETS)
+CASES += bench.grid_cases(CELLS, (128, 512), (1, 4), (1,), ("inference",), TARGETS)
 
 
-@pytest.mark.parametrize("backend", TARGETS)
-@pytest.mark.parametrize("cell, mode, hidden, batch, seq_len", POINTS,
-                         ids=[f"{c}-{m}-H{h}-B{b}-T{t}" for c, m, h, b, t in POINTS])
-def test_throughput(benchmark, cell, mode, hidden, batch, seq_len, backend):
-    case = bench.Case(cell, hidden, batch, seq_len, mode, backend)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.cell}-{c.mode}-H{c.hidden}-B{c.batch}-T{c.seq_len}-{c.backend}"
+                                             for c in CASES])
+def test_throughput(benchmark, case):
     run = bench.make_runner(case)
-    benchmark.group = f"{cell} {mode} H={hidden} B={batch} T={seq_len}"
-    benchmark.extra_info.update(tokens=seq_len * batch, flops=case.flops(), backend=backend)
+    benchmark.group = f"{case.cell} {case.mode} H={case.hidden} B={case.batch} T={case.seq_len}"
+    benchmark.extra_info.update(tokens=case.seq_len * case.batch, flops=case.flops(), backend=case.backend)
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)

@@ -1,6 +1,6 @@
 """bfloat16 modules' inference: fastrnn.torch against torch.nn, same run (needs PyTorch).
 
-    python benchmarks/torch_bf16.py [--out benchmarks/results/torch-bf16.json]
+    python benchmarks/torch_bf16.py [--out benchmarks/results/torch-bf16.json] [--cells LSTM,GRU] [--smoke]
 
 A torch module cast to bfloat16 and called without autograd recording: torch.nn runs its
 bfloat16 kernels (oneDNN, bfloat16 products), fastrnn.torch its precision='bfloat16' ones
@@ -13,18 +13,22 @@ table says which).
 """
 import json
 import os
-import statistics
 
 import torch
 
 import fastrnn.torch as ft
 from fastrnn import backends, bench, report
 from fastrnn.threads import get_num_threads
-from torch_dropin import parse_args   # benchmarks/ is this script's folder
+from torch_dropin import F32_TOL, check_agree, parse_args, tokens_per_s   # benchmarks/ is this script's folder
 
 CELLS = {"LSTM": (torch.nn.LSTM, ft.LSTM), "GRU": (torch.nn.GRU, ft.GRU)}
 VARIANTS = ("torch f32", "torch bf16", "fastrnn f32", "fastrnn bf16")
-DECODE_STEPS = 64
+BF16_TOL = 0.05   # bfloat16 variants against torch f32 (measured at most 1.3e-2 on this grid)
+# --smoke swaps in SMOKE: tiny sizes, one timed call a point (CI runs the script end to end)
+FULL = dict(hs=(256, 512), bs=(1, 32), ts=(1, 64, 256), decode_steps=64,
+            timing=dict(repeats=41, max_seconds=3.0, warmup=2))
+SMOKE = dict(hs=(8,), bs=(1, 3), ts=(1, 4), decode_steps=2,
+             timing=dict(repeats=1, min_repeats=1, max_seconds=0.0, warmup=1))
 
 
 def _modules(cell, H, layers):
@@ -39,18 +43,23 @@ def _modules(cell, H, layers):
     return mods
 
 
-def _tokens_per_s(runs, tokens):
-    times = bench.take_turns(runs, repeats=41, max_seconds=3.0, warmup=2)
-    return [tokens / statistics.median(ts) for ts in times]
+def check_variants(results, what):
+    """Each variant's (output, state) of one call against torch f32's: the float32 ones to
+    F32_TOL, the bfloat16 ones to BF16_TOL."""
+    flat = [(out, *hx) if isinstance(hx, tuple) else (out, hx) for out, hx in results]
+    f32, bf16 = ([flat[VARIANTS.index(v)] for v in names] for names in
+                 (("torch f32", "fastrnn f32"), ("torch f32", "torch bf16", "fastrnn bf16")))
+    check_agree(f32, F32_TOL, what + ", float32")
+    check_agree(bf16, BF16_TOL, what + ", bfloat16")
 
 
-def sequence_rows(cells):
+def sequence_rows(cells, grid):
     rows = []
     for cell in cells:
-        for H in (256, 512):
+        for H in grid["hs"]:
             mods = _modules(cell, H, 1)
-            for B in (1, 32):
-                for T in (1, 64, 256):
+            for B in grid["bs"]:
+                for T in grid["ts"]:
                     x = torch.randn(T, B, H)
                     runs = []
                     for m in mods:
@@ -58,18 +67,20 @@ def sequence_rows(cells):
 
                         def run(m=m, xm=xm):
                             with torch.inference_mode():
-                                m(xm)
+                                return m(xm)
                         runs.append(run)
-                    res = dict(zip(VARIANTS, _tokens_per_s(runs, T * B)))
+                    check_variants([run() for run in runs], f"{cell} H={H} B={B} T={T}")
+                    res = dict(zip(VARIANTS, tokens_per_s(runs, T * B, grid["timing"])))
                     rows.append(dict(cell=cell, hidden=H, batch=B, seq_len=T, tokens_per_s=res))
     return rows
 
 
-def decode_rows():
+def decode_rows(grid):
     rows = []
-    for H in (256, 512):
+    steps = grid["decode_steps"]
+    for H in grid["hs"]:
         mods = _modules("LSTM", H, 2)
-        xs = torch.randn(DECODE_STEPS, 1, 1, H)
+        xs = torch.randn(steps, 1, 1, H)
         runs = []
         for m in mods:
             xm = xs.to(next(m.parameters()).dtype)
@@ -78,9 +89,12 @@ def decode_rows():
                 hx = None
                 with torch.inference_mode():
                     for x in xm:
-                        _, hx = m(x, hx)
+                        out, hx = m(x, hx)
+                return out, hx
             runs.append(run)
-        rows.append(dict(hidden=H, layers=2, tokens_per_s=dict(zip(VARIANTS, _tokens_per_s(runs, DECODE_STEPS)))))
+        check_variants([run() for run in runs], f"decoding H={H}")
+        rows.append(dict(hidden=H, layers=2, decode_steps=steps,
+                         tokens_per_s=dict(zip(VARIANTS, tokens_per_s(runs, steps, grid["timing"])))))
     return rows
 
 
@@ -91,20 +105,21 @@ def _cells(r):
 
 
 def main(argv=None):
-    out, cells = parse_args(argv, "torch-bf16.json", CELLS)
+    out, cells, smoke = parse_args(argv, "torch-bf16.json", CELLS)
+    grid = SMOKE if smoke else FULL
     why_not = backends.get("cpu").bf16_unavailable_reason() if "cpu" in backends.available() else "no cpu backend"
     print("fastrnn bf16: " + ("bfloat16 products" if not why_not else f"float32 ({why_not})"))
     heads = list(VARIANTS) + ["bf16/f32", "vs torch bf16"]
-    rows = sequence_rows(cells)
+    rows = sequence_rows(cells, grid)
     print(report.render_table(["cell", "H", "B", "T"] + heads,
                               [[r["cell"], str(r["hidden"]), str(r["batch"]), str(r["seq_len"])] + _cells(r)
                                for r in rows]))
-    decode = decode_rows()
-    print(f"\none-token decoding, 2-layer LSTM, B = 1, {DECODE_STEPS} steps, tokens/s")
+    decode = decode_rows(grid)
+    print(f"\none-token decoding, 2-layer LSTM, B = 1, {grid['decode_steps']} steps, tokens/s")
     print(report.render_table(["H"] + heads, [[str(r["hidden"])] + _cells(r) for r in decode]))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(dict(machine=bench.machine_info(), threads=get_num_threads(), fastrnn_bf16_products=not why_not,
+        json.dump(dict(machine=bench.machine_info(), smoke=smoke, threads=get_num_threads(), fastrnn_bf16_products=not why_not,
                        results=rows, decode=decode), f, indent=1)
     print(f"wrote {out}")
 
