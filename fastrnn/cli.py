@@ -6,7 +6,7 @@ import time
 
 from . import __version__, backends, bench, report
 from .progress import Progress
-from .threads import get_num_threads, set_num_threads
+from .threads import get_num_threads, max_threads, set_num_threads
 
 
 def _int_list(text):
@@ -36,6 +36,13 @@ def _positive_int(text):
     return v[0]
 
 
+def _threads(text):
+    n = _positive_int(text)
+    if n > max_threads():
+        raise argparse.ArgumentTypeError(f"expected at most {max_threads()} (8 threads a CPU, at least 64), got {n}")
+    return n
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="fastrnn", description="Fused-kernel RNN, LSTM and GRU.")
     p.add_argument("--version", action="version", version=f"fastrnn {__version__}")
@@ -52,7 +59,7 @@ def build_parser():
     b.add_argument("--backends", type=_name_list(bench.FASTRNN_BACKENDS + bench.PEERS + bench.BF16_TARGETS),
                    help="default: every available backend and peer but the bfloat16 ones "
                         "(cpu-bf16, torch-cpu-bf16: inference, asked for by name)")
-    b.add_argument("--threads", type=_positive_int, help="threads for fastrnn and torch")
+    b.add_argument("--threads", type=_threads, help="threads for fastrnn and torch")
     b.add_argument("--repeats", type=_positive_int, default=5)
     b.add_argument("--max-seconds", type=float, default=1.0, help="time budget per point (default 1)")
     b.add_argument("--out", default="bench-out", help="folder for the JSON, CSV and PNG (default bench-out)")
@@ -89,7 +96,7 @@ def build_parser():
     t.add_argument("--patience", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--backend", choices=("auto",) + bench.FASTRNN_BACKENDS)
-    t.add_argument("--threads", type=_positive_int)
+    t.add_argument("--threads", type=_threads)
     t.add_argument("--out", default="lm-out", help="folder for checkpoint.npz and log.csv (default lm-out)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.npz")
     t.add_argument("--overwrite", action="store_true",

@@ -161,3 +161,10 @@ def test_bench_runs_the_bfloat16_targets(tmp_path):
     assert {(row["backend"], row["mode"]) for row in rows} == \
         {(t, "inference") for t in ("cpu-bf16" + peers).split(",")}
     assert all(row["tokens_per_s"] > 0 for row in rows)
+
+
+def test_threads_past_the_cap_are_a_usage_error():
+    from fastrnn.threads import max_threads
+    for cmd in ("bench", "train"):
+        r = run_cli([cmd, "--threads", str(max_threads() + 1)])
+        assert r.returncode == 2 and f"argument --threads: expected at most {max_threads()}" in r.stderr

@@ -330,6 +330,31 @@ def test_default_threads_ignore_torch_set_num_threads():
     assert out[0] == out[1], out
 
 
+def test_thread_counts_past_the_cap_are_refused_or_clamped(num_threads):
+    """GNU OpenMP asked for 100,000 threads crashed the interpreter (SIGSEGV in
+    GOMP_parallel, packing an LSTM's weights): set_num_threads refuses counts past
+    max_threads() naming n, and OMP_NUM_THREADS past it is clamped with a warning."""
+    from fastrnn.threads import max_threads
+    cap = max_threads()
+    assert cap >= 64
+    with pytest.raises(ValueError, match=f"n: expected at most {cap} threads .* got 100000"):
+        num_threads(100000)
+    num_threads(cap)   # the cap itself is allowed
+    assert fastrnn.get_num_threads() == cap
+    code = ("import warnings, numpy as np, fastrnn; from fastrnn.threads import max_threads\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); n = fastrnn.get_num_threads()\n"
+            "m = fastrnn.LSTM(256, 256, backend='cpu'); x = np.ones((16, 32, 256), np.float32)\n"
+            "y = m(x)[0]; r = fastrnn.LSTM(256, 256, backend='reference'); r.load_state_dict(m.state_dict())\n"
+            "print(n == max_threads(), str(w[0].message), float(abs(y - r(x)[0]).max()))")
+    env = dict(os.environ, OMP_NUM_THREADS="100000")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ok, rest = r.stdout.split(" ", 1)
+    assert ok == "True" and f"OMP_NUM_THREADS=100000 is more than fastrnn's {cap}" in rest
+    assert float(rest.rsplit(" ", 1)[1]) < 1e-5
+
+
 def _gru_forward_sum(seed=0):
     """A small GRU forward on the cpu backend (module level: a forked worker runs it)."""
     rng = np.random.default_rng(seed)
