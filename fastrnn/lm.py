@@ -253,9 +253,13 @@ class RNNLM:
         beam = positive_int("beam", beam, minimum=0)
         if not isinstance(temperature, numbers.Real) or not temperature > 0:
             raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
-        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        prompt = np.asarray(prompt_ids)
         if prompt.size == 0:
             prompt = np.zeros(1, np.int64)  # start from <unk>
+        elif prompt.ndim != 1 or prompt.dtype.kind not in "iu":
+            raise ValueError(f"prompt_ids: expected a 1-D sequence of integer token ids, "
+                             f"got {prompt.dtype} {prompt.shape}")
+        prompt = self._ids("prompt_ids", prompt[:, None])[:, 0].astype(np.int64)
         # one step a call: the weights' version check would cost more than the step
         with frozen_weights():
             if beam and beam > 1:

@@ -16,13 +16,13 @@ torch's own bfloat16 kernels compute, on the module's bfloat16 weights as they a
 """
 try:
     import torch
-    from torch.autograd.function import once_differentiable
     from torch.nn.utils.rnn import PackedSequence
 except ImportError as exc:  # keep torch optional for the rest of fastrnn
     raise ImportError("fastrnn.torch needs PyTorch: pip install 'fastrnn[torch]' "
                       "(or pip install torch)") from exc
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -114,6 +114,22 @@ def _run_layer(args, lengths, cell, reverse, backend_name, train, bf16):
     return _forward_layer(backends.get(backend_name), *args, lengths, cell, reverse, False, bf16)[:3]
 
 
+def _first_order_only(backward):
+    """Runs `backward` (whose gradients are the kernels', not themselves differentiable)
+    only when autograd records no graph of it. torch's once_differentiable refuses only
+    when a gradient flowing in requires grad; autograd.grad(loss, x, create_graph=True)
+    passes ones that do not, and got first-order gradients that silently carried no graph
+    (a gradient penalty made of them added nothing to the parameters' gradients)."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():   # the engine sets grad mode to create_graph
+            raise RuntimeError(
+                "fastrnn.torch: double backward (create_graph=True, e.g. a gradient penalty) is not "
+                "supported: the kernels' gradients are not differentiable. Use torch.nn's module for it")
+        return backward(ctx, *grads)
+    return wrapper
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer in one direction; forward and backward through a fastrnn backend."""
 
@@ -135,7 +151,7 @@ class _LayerFunction(torch.autograd.Function):
         return y, h_T, c_T
 
     @staticmethod
-    @once_differentiable   # the kernels' gradients are not themselves differentiable
+    @_first_order_only
     def backward(ctx, dy, dh_T, dc_T):
         if ctx.saved_ws is None:
             raise RuntimeError("fastrnn.torch: the forward ran without a workspace (no grad)")

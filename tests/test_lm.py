@@ -481,6 +481,14 @@ def test_bad_model_and_generation_arguments_name_the_argument():
                      (dict(length=3, temperature=0), "temperature")]:
         with pytest.raises(ValueError, match=name):
             m.generate([1], **kw)
+    # a prompt of floats was truncated to ids, and a 2-D one flattened, without a word
+    for prompt, msg in [([1.7], "a 1-D sequence of integer token ids, got float64"),
+                        ([[1, 2]], "a 1-D sequence of integer token ids, got int64 .1, 2."),
+                        ("ab", "a 1-D sequence of integer token ids"), ([True], "a 1-D .*, got bool"),
+                        ([7], r"ids in \[0, 7\)"), ([-1], r"ids in \[0, 7\)")]:
+        with pytest.raises(ValueError, match="prompt_ids: expected " + msg):
+            m.generate(prompt, 3)
+    assert len(m.generate([], 3)) == len(m.generate(np.array([2], np.int32), 3)) == 3
 
 
 def test_lm_load_state_dict_is_all_or_nothing():

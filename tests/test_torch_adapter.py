@@ -265,6 +265,27 @@ def test_gradcheck_float64(i):
     assert torch.autograd.gradcheck(f, (x, *hx_list, *params), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("i", range(4), ids=IDS)
+def test_double_backward_is_refused_not_silently_first_order(i):
+    """autograd.grad(..., create_graph=True) through the layer (a gradient penalty) needs
+    second derivatives the kernels do not give. torch's once_differentiable let it through
+    when the gradient flowing in needs none (here: the ones of a sum), and the penalty then
+    silently added nothing to the parameters' gradients; it must raise instead. First-order
+    backward, retain_graph and autograd.grad without create_graph still work."""
+    m, t = _pair(i, 3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x)[0].sum(), x)
+    assert torch.allclose(g, torch.autograd.grad(t(x)[0].sum(), x)[0])
+    out = m(x)[0].sum()
+    out.backward(retain_graph=True)
+    out.backward()
+    for grad_out in (None, torch.ones(5, 2, 4, dtype=torch.float64, requires_grad=True)):
+        out = m(x)[0]
+        with pytest.raises(RuntimeError, match="double backward .create_graph=True.* not supported"):
+            torch.autograd.grad(out, x, grad_out if grad_out is not None else torch.ones_like(out),
+                                create_graph=True)
+
+
 def test_training_loop_matches_torch_loss_curve():
     """Embedding + LSTM + Linear, SGD, 50 steps: the same loss curve within 1e-4."""
     def model(lstm_cls):
