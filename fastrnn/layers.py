@@ -10,10 +10,16 @@ import numbers
 import numpy as np
 
 from . import backends
-from .backends.checks import overlapping
+from .backends.checks import is_device_array, overlapping
 from .bf16 import check_bf16_call, check_precision
 from .cells import get_cell
 from .lookup import Lookup
+
+# The modules take and return numpy arrays (backend='cuda' copies them to the GPU and back);
+# the ways in for arrays already on a GPU, which use them in place:
+DEVICE_ARRAY_HINT = (" (a CUDA device array: the modules take numpy arrays. Arrays on the GPU are used in "
+                     "place by fastrnn.torch's modules on CUDA tensors, and by "
+                     "fastrnn.backends.get('cuda').forward_layer / backward_layer)")
 
 
 def positive_int(name, v, minimum=1):
@@ -190,7 +196,8 @@ class RNNBase:
         L, H = self.num_layers * self.num_directions, H or self.hidden_size
         want = (L, H) if unbatched else (L, B, H)
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}"
+                            + DEVICE_ARRAY_HINT * is_device_array(a))
         if a.shape != want:
             width = "proj_size" if H != self.hidden_size else "hidden_size"
             raise ValueError(f"{name}: expected shape {want} (num_layers*num_directions, "
@@ -217,7 +224,8 @@ class RNNBase:
         """x as a time-major (T, B, I) array (or Lookup), and whether it was unbatched."""
         lookup = isinstance(x, Lookup)
         if not (lookup or isinstance(x, np.ndarray)):
-            raise TypeError(f"x: expected a numpy.ndarray or a fastrnn.Lookup, got {type(x).__name__}")
+            raise TypeError(f"x: expected a numpy.ndarray or a fastrnn.Lookup, got {type(x).__name__}"
+                            + DEVICE_ARRAY_HINT * is_device_array(x))
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the module's dtype), got {x.dtype}")
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
@@ -383,7 +391,8 @@ class RNNBase:
         if g is None:
             return None
         if not isinstance(g, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(g).__name__}")
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(g).__name__}"
+                            + DEVICE_ARRAY_HINT * is_device_array(g))
         if g.shape != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {g.shape}")
         if g.dtype != self.dtype:

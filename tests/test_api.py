@@ -155,6 +155,29 @@ def test_forward_errors_name_the_argument():
             call()
 
 
+class _DeviceArrayStandIn:
+    """What the modules see of a CuPy array or torch CUDA tensor: the interface, no numpy."""
+    __cuda_array_interface__ = dict(shape=(5, 2, 3), typestr="<f4", data=(0, False), version=3)
+    shape, dtype = (5, 2, 3), np.dtype(np.float32)
+
+
+def test_device_arrays_are_refused_with_the_ways_in():
+    """The modules take numpy arrays; a device array gets an error that says where device
+    arrays are used in place (fastrnn.torch, the cuda backend's layer calls)."""
+    m = fastrnn.GRU(3, 4, backend="reference")
+    d = _DeviceArrayStandIn()
+    hint = "a CUDA device array: the modules take numpy arrays.*fastrnn.torch.*forward_layer"
+    with pytest.raises(TypeError, match="x: expected a numpy.ndarray or a fastrnn.Lookup, got _DeviceArrayStandIn " + f"[(]{hint}"):
+        m(d)
+    with pytest.raises(TypeError, match=f"hx: expected a numpy.ndarray, got _DeviceArrayStandIn [(]{hint}"):
+        m(np.zeros((5, 2, 3), np.float32), d)
+    m(np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(TypeError, match=f"grad_out: expected a numpy.ndarray, got _DeviceArrayStandIn [(]{hint}"):
+        m.backward(d)
+    with pytest.raises(TypeError, match=r"x: expected a numpy.ndarray or a fastrnn.Lookup, got list$"):
+        m([[1.0]])   # no hint for what is not a device array
+
+
 def test_backward_errors_name_the_argument():
     m = fastrnn.GRU(3, 4, backend="reference")
     out, hn = m(np.zeros((5, 2, 3), np.float32))

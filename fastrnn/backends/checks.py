@@ -12,8 +12,13 @@ from ..lookup import FLOAT_DTYPES, Lookup
 def _is_array(a, device_ok):
     # Numba device arrays (and the simulator's, which lack the interface) have copy_to_host;
     # it is asked first: numba builds the interface's dict on every access (~1.5 us)
-    return isinstance(a, np.ndarray) or (device_ok and (
-        hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__")))
+    return isinstance(a, np.ndarray) or (device_ok and is_device_array(a))
+
+
+def is_device_array(a):
+    """A CUDA device array: a Numba one (the simulator's lack the interface), a CuPy array,
+    a torch CUDA tensor."""
+    return hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__")
 
 
 def _want(device_ok):
