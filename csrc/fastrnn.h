@@ -75,6 +75,16 @@ int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int revers
                                 const float *x, const void *w_ih, const void *w_hh, int weights_bf16,
                                 const float *b_ih, const float *b_hh, const float *h0, const float *c0,
                                 const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+/* A dense layer's rows in bfloat16 products against nv vectors: out[v * ldo + r] = bias[r]
+ * + sum_k w[r * K + k] x[v * ldx + k] for r < nr (w: nr x K, bfloat16 bits with
+ * weights_bf16 1, else float rounded as read; x rounded as read; bias may be NULL). For a
+ * few vectors (a language model's logits as it generates), where the weights' bytes set
+ * the time. */
+int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, const float *x, size_t ldx,
+                       const float *bias, float *out, size_t ldo, int nthreads);
+/* dst[i] = src[i] rounded to bfloat16 (to nearest even; its upper 16 bits), i < n:
+ * weights to hold as bfloat16 (for fastrnn_dense_bf16, fastrnn_forward_direct_bf16). */
+int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads);
 
 /* From the row-major weights themselves (nothing packed): for small batches and short
  * calls, where a step reads each weight about once whatever its layout. Same arguments and

@@ -329,6 +329,34 @@ int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int revers
 #endif
 }
 
+int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, const float *x, size_t ldx,
+                       const float *bias, float *out, size_t ldo, int nthreads)
+{
+    if (nr < 0 || K < 0 || nv < 0 || nthreads < 1 || (weights_bf16 != 0 && weights_bf16 != 1) ||
+        (nv > 1 && (ldx < (size_t)K || ldo < (size_t)nr)) || (nr > 0 && nv > 0 && !out) ||
+        (nr > 0 && K > 0 && nv > 0 && !(w && x)))
+        return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    const wref_f32_bf16 wr = {w, weights_bf16};
+    return dense_rows_f32_bf16(nr, K, nv, wr, x, ldx, bias, out, ldo, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads)
+{
+    if (nthreads < 1 || (n > 0 && !(src && dst))) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    to_bf16_f32_bf16(n, src, dst, nthreads);
+    return 0;
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
 size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads)
 {
     if (bad_args(cell, 0, 0, I, H, nthreads) || !fastrnn_has_bf16()) return 0;

@@ -80,3 +80,29 @@ def round_bf16(a):
     if nan.any():
         out = np.where(nan, (bits | np.uint32(0x00400000)) & np.uint32(0xFFFF0000), out)
     return out.astype(np.uint32).view(np.float32).reshape(a.shape)
+
+
+def to_bf16_bits(a):
+    """float32 values rounded to bfloat16 (as round_bf16) and held as uint16 bits: weights
+    a bfloat16 product reads at half the bytes."""
+    return (round_bf16(a).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+
+
+def check_dense_args(x, w, bias):
+    """(x, w, bias, held) of a bfloat16 dense layer, x @ w.T + bias: x (n, K) float32; w
+    (V, K) float32, or uint16 bfloat16 bits (held True); bias (V,) float32 or None.
+    Errors name the argument; x and w come back C-contiguous."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != np.float32:
+        raise TypeError(f"x: expected a 2-D float32 numpy.ndarray (n, K), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    held = bf16_bits(w) is not None
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or not (held or w.dtype == np.float32):
+        raise TypeError(f"w: expected a 2-D float32 or uint16 (bfloat16 bits) numpy.ndarray (V, K), got "
+                        f"{getattr(w, 'dtype', type(w).__name__)} {getattr(w, 'shape', '')}")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w: expected shape (V, {x.shape[1]}) (x's K columns), got {w.shape}")
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
+                             or bias.shape != (w.shape[0],)):
+        raise ValueError(f"bias: expected a float32 numpy.ndarray of shape ({w.shape[0]},), got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), bias, held

@@ -5,6 +5,7 @@ the fastrnn C kernels, the reference backend with NumPy. An LSTM stack may proje
 state to proj_size (PyTorch's LSTM proj_size): the outputs, and so the decoder's rows, are
 then proj_size wide, which makes the softmax layer hidden_size / proj_size times smaller."""
 from collections import OrderedDict
+import contextlib
 import math
 import numbers
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from . import backends
 from .backends.packed_weights import frozen_weights
+from .bf16 import check_bf16_call, check_precision
 from .backends.pool import aligned_empty
 from .layers import GRU, LSTM, RNN, load_parameters, positive_int
 from .lookup import Lookup
@@ -68,6 +70,7 @@ class RNNLM:
         self.training = True
         self._cache = None
         self._logits = None   # forward's scratch for the logits and their gradient
+        self._decoder_bits = None   # the decoder's weights as bfloat16 bits, inside _bf16_inference
 
     def __getstate__(self):
         # pickle and copy.deepcopy carry the parameters, not a pending backward
@@ -135,9 +138,14 @@ class RNNLM:
         self.eval()
         try:
             out, hidden, _ = self._features(tokens, hidden)
-            matmul = _dense_ops(self.backend).matmul
-            flat = matmul(out.reshape(-1, out.shape[-1]), self.decoder_weight.T)
-            flat += self.decoder_bias
+            ops = _dense_ops(self.backend)
+            x2 = out.reshape(-1, out.shape[-1])
+            bits = getattr(self, "_decoder_bits", None)   # set inside _bf16_inference
+            if bits is not None:
+                flat = ops.dense_bf16(np.ascontiguousarray(x2), bits, self.decoder_bias)
+            else:
+                flat = ops.matmul(x2, self.decoder_weight.T)
+                flat += self.decoder_bias
             return flat.reshape(out.shape[0], out.shape[1], self.config["vocab_size"]), hidden
         finally:
             self.train(was)
@@ -245,9 +253,40 @@ class RNNLM:
             self.train(was)
         return total / max(count, 1)
 
-    def generate(self, prompt_ids, length, *, temperature=1.0, top_k=0, greedy=False, beam=0, seed=None):
+    def check_precision(self, precision):
+        """Raise unless generate() can run at `precision` here, naming what to change
+        (bfloat16: a float32 model without proj_size, on a backend with bfloat16 products)."""
+        if check_precision(precision, self.dtype) == "bfloat16":
+            check_bf16_call(False, self.dtype, bool(self.config["proj_size"]))
+            for be in sorted({backends.resolve(self.backend), _dense_ops(self.backend).name}):
+                reason_of = getattr(backends.get(be), "bf16_unavailable_reason", None)
+                why = f"backend {be!r} has no bfloat16 path" if reason_of is None else reason_of()
+                if why:
+                    raise RuntimeError(f"precision='bfloat16': {why}")
+        return precision
+
+    @contextlib.contextmanager
+    def _bf16_inference(self, precision):
+        """precision='bfloat16' for what runs inside (weights frozen there): the RNN stack's
+        products in bfloat16 (packed bfloat16 panels), and the logits' from a bfloat16 copy
+        of the decoder's weights (half the bytes a token: at V = 10,000 they are most of
+        it)."""
+        if self.check_precision(precision) == "float32":
+            yield
+            return
+        saved = self.rnn.precision
+        self.rnn.precision, self._decoder_bits = "bfloat16", _dense_ops(self.backend).to_bf16_bits(self.decoder_weight)
+        try:
+            yield
+        finally:
+            self.rnn.precision, self._decoder_bits = saved, None
+
+    def generate(self, prompt_ids, length, *, temperature=1.0, top_k=0, greedy=False, beam=0, seed=None,
+                 precision="float32"):
         """Token ids continuing prompt_ids: sampling (temperature, top-k), greedy, or beam
-        search (beam > 1: the most likely continuation of the given length)."""
+        search (beam > 1: the most likely continuation of the given length).
+        precision='bfloat16': every product in bfloat16 (fastrnn/bf16.py; float32 models,
+        no proj_size; the cpu backend on a CPU with AVX512_BF16, or the reference)."""
         length = positive_int("length", length, minimum=0)
         top_k = positive_int("top_k", top_k, minimum=0)
         beam = positive_int("beam", beam, minimum=0)
@@ -261,7 +300,7 @@ class RNNLM:
                              f"got {prompt.dtype} {prompt.shape}")
         prompt = self._ids("prompt_ids", prompt[:, None])[:, 0].astype(np.int64)
         # one step a call: the weights' version check would cost more than the step
-        with frozen_weights():
+        with frozen_weights(), self._bf16_inference(precision):
             if beam and beam > 1:
                 return self._beam_search(prompt, length, beam)
             return self._sample(prompt, length, temperature, top_k, greedy, seed)

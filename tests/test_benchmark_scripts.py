@@ -84,6 +84,20 @@ def test_torch_bf16_smoke(tmp_path):
             _rate(v)
 
 
+def test_lm_generate_smoke(tmp_path):
+    d = _run_script("lm_generate", tmp_path)
+    assert d["smoke"] is True and [r["model"] for r in d["results"]] == ["tiny LSTM", "tiny GRU"]
+    bf16 = backends.get("cpu").bf16_unavailable_reason() is None
+    for r in d["results"]:
+        ms = r["ms_per_token"]
+        assert sorted(ms) == sorted(["fastrnn f32", "fastrnn bf16", "torch f32", "torch bf16"])
+        for v, t in ms.items():
+            if v == "fastrnn bf16" and not bf16:
+                assert t is None
+            else:
+                _rate(t)
+
+
 def test_a_script_rejects_an_unknown_cell(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(BENCH, "torch_bf16.py"), "--smoke", "--cells", "RNN",
                         "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120, env=_env())

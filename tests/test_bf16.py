@@ -360,8 +360,92 @@ def test_cpu_without_avx512_bf16_says_why():
         "else:\n"
         "    raise SystemExit('no error')\n"
         "m.precision = 'float32'; m(x)\n"
+        "try:\n"
+        "    cpu.dense_bf16(np.ones((1, 4), np.float32), np.ones((3, 4), np.float32))\n"
+        "except RuntimeError as e:\n"
+        "    assert 'dense_bf16' in str(e) and 'AVX512_BF16' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('dense_bf16: no error')\n"
+        "try:\n"
+        "    cpu.to_bf16_bits(np.ones(3, np.float32))\n"
+        "except RuntimeError as e:\n"
+        "    assert 'AVX512_BF16' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('to_bf16_bits: no error')\n"
+        "from fastrnn.lm import RNNLM\n"
+        "lm = RNNLM(5, 8, 1, backend='cpu')\n"
+        "try:\n"
+        "    lm.generate([1], 2, precision='bfloat16')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'AVX512_BF16' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('generate: no error')\n"
+        "assert lm.rnn.precision == 'float32'\n"
         "fastrnn.LSTM(4, 8, backend='reference', precision='bfloat16').eval()(x)\n"
         "print('ok')\n")
     env = dict(os.environ, FASTRNN_ISA="avx2")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("V, K, n", [(45, 71, 1), (8, 32, 3), (9, 33, 5), (1, 1, 1), (300, 16, 2), (7, 0, 2),
+                                     (0, 5, 1), (5, 4, 0)])
+def test_dense_bf16_matches_reference(V, K, n, num_threads):
+    """A dense layer in bfloat16 products (RNNLM.generate's logits): float and held
+    weights, with and without bias, on 1 and 3 threads, against the reference's rounded
+    NumPy product; K on each side of the 16- and 32-value loads, rows around the eights."""
+    from fastrnn.bf16 import to_bf16_bits
+    cpu = _cpu_bf16()
+    rng = np.random.default_rng(V * 100 + K)
+    x = rng.standard_normal((n, K)).astype(np.float32)
+    w = rng.standard_normal((V, K)).astype(np.float32)
+    b = rng.standard_normal(V).astype(np.float32)
+    bits = to_bf16_bits(w)
+    np.testing.assert_array_equal(bits.astype(np.uint32) << 16, round_bf16(w).view(np.uint32))
+    want = reference.dense_bf16(x, w, b)
+    np.testing.assert_array_equal(want, reference.dense_bf16(x, bits, b))   # the same values
+    exact = round_bf16(x).astype(np.float64) @ round_bf16(w).astype(np.float64).T + b
+    assert np.abs(want - exact).max(initial=0) < 1e-5 * (K + 1)
+    for threads in (1, 3):
+        num_threads(threads)
+        for ww in (w, bits):
+            got = cpu.dense_bf16(x, ww, b)
+            assert got.shape == (n, V) and got.dtype == np.float32
+            assert np.abs(got - exact).max(initial=0) < 1e-5 * (K + 1)
+        np.testing.assert_array_equal(cpu.dense_bf16(x, bits), cpu.dense_bf16(x, w))
+        assert np.abs(cpu.dense_bf16(x, w) + b - got).max(initial=0) < 1e-6 * (K + 1) + 1e-6
+
+
+def test_cpu_to_bf16_bits_gives_the_reference_bits(num_threads):
+    """The C rounding (held weights for dense_bf16) against bf16.to_bf16_bits: every tail
+    length, ties, denormals, infinities, NaN, on 1 and 3 threads; 2-D shapes kept."""
+    from fastrnn.bf16 import to_bf16_bits
+    cpu = _cpu_bf16()
+    rng = np.random.default_rng(5)
+    specials = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 1e-40, -1e-40, np.inf, -np.inf, 3.4e38, np.nan,
+                         -np.nan, 0.0, -0.0], np.float32)
+    for threads in (1, 3):
+        num_threads(threads)
+        for n in list(range(0, 34)) + [70000]:
+            a = rng.standard_normal(n).astype(np.float32)
+            a[:len(specials)] = specials[:n]
+            np.testing.assert_array_equal(cpu.to_bf16_bits(a), to_bf16_bits(a))
+        w = rng.standard_normal((300, 17)).astype(np.float32)
+        got = cpu.to_bf16_bits(w[:, ::2])   # a strided view: made contiguous first
+        assert got.shape == (300, 9) and got.dtype == np.uint16
+        np.testing.assert_array_equal(got, to_bf16_bits(w[:, ::2]))
+    with pytest.raises(TypeError, match="a: expected a float32 numpy.ndarray, got float64"):
+        cpu.to_bf16_bits(np.ones(3))
+
+
+def test_dense_bf16_errors_name_the_argument():
+    x, w = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)
+    for be in [reference] + ([backends.get("cpu")] if "cpu" in backends.available() else []):
+        with pytest.raises(TypeError, match="x: expected a 2-D float32"):
+            be.dense_bf16(x.astype(np.float64), w)
+        with pytest.raises(TypeError, match="w: expected a 2-D float32 or uint16"):
+            be.dense_bf16(x, w.astype(np.float64))
+        with pytest.raises(ValueError, match=r"w: expected shape \(V, 4\)"):
+            be.dense_bf16(x, w[:, :3])
+        with pytest.raises(ValueError, match=r"bias: expected a float32 numpy.ndarray of shape \(3,\)"):
+            be.dense_bf16(x, w, np.ones(4, np.float32))

@@ -460,6 +460,55 @@ def test_generation_is_deterministic_with_a_seed():
     assert m.generate([3], 6, greedy=True) == m.generate([3], 6, greedy=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_generation_matches_the_reference(cell):
+    """generate(precision='bfloat16'): the stack's products and the logits' in bfloat16
+    (the decoder's weights held as bfloat16 for the call). The cpu kernels give the
+    reference's tokens (greedy and beam) and logits within float32 sums' rounding; they
+    differ from float32's; the model is float32 again afterwards, and tied weights work."""
+    if "cpu" not in backends.available() or backends.get("cpu").bf16_unavailable_reason():
+        pytest.skip("no bfloat16 kernels here")
+    for tie in (False, True):
+        kw = dict(vocab_size=300, hidden_size=40, num_layers=2, cell=cell, tie_weights=tie, seed=3)
+        m, r = RNNLM(**kw, backend="cpu").eval(), RNNLM(**kw, backend="reference").eval()
+        for model in (m, r):   # larger weights: the logits' differences show in the tokens
+            for name, p in model.named_parameters():
+                p *= 8
+        prompt = [5, 7, 11]
+        for gen in (dict(greedy=True), dict(beam=3), dict(seed=4, temperature=0.9, top_k=20)):
+            ours = m.generate(prompt, 25, precision="bfloat16", **gen)
+            assert ours == r.generate(prompt, 25, precision="bfloat16", **gen), gen
+        assert m.generate(prompt, 25, greedy=True, precision="float32") == r.generate(prompt, 25, greedy=True)
+        assert m.generate(prompt, 25, greedy=True, precision="bfloat16") != m.generate(prompt, 25, greedy=True)
+        with m._bf16_inference("bfloat16"), r._bf16_inference("bfloat16"):
+            assert m.rnn.precision == "bfloat16" and m._decoder_bits.dtype == np.uint16
+            z, _ = m.logits(np.array([prompt]).T)
+            zr, _ = r.logits(np.array([prompt]).T)
+        assert np.abs(z - zr).max() < 1e-4 * np.abs(zr).max()
+        assert m.rnn.precision == "float32" and m._decoder_bits is None
+        z32, _ = m.logits(np.array([prompt]).T)
+        assert 1e-4 * np.abs(z32).max() < np.abs(z - z32).max() < 0.1 * np.abs(z32).max()
+
+
+def test_bfloat16_generation_refusals_name_what_to_change(monkeypatch):
+    m64 = RNNLM(7, 8, 1, backend="reference", dtype=np.float64)
+    with pytest.raises(TypeError, match="precision='bfloat16': expected a float32 module"):
+        m64.generate([1], 2, precision="bfloat16")
+    with pytest.raises(ValueError, match="an LSTM with proj_size has no bfloat16 path"):
+        RNNLM(7, 8, 1, backend="reference", proj_size=4).generate([1], 2, precision="bfloat16")
+    m = RNNLM(7, 8, 1, backend="reference")
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        m.generate([1], 2, precision="float16")
+    def fail(*args):
+        assert m.rnn.precision == "bfloat16"
+        raise KeyboardInterrupt
+    monkeypatch.setattr(m, "_sample", fail)
+    with pytest.raises(KeyboardInterrupt):   # stopped inside: the model is float32 again
+        m.generate([1], 2, precision="bfloat16")
+    assert m.rnn.precision == "float32" and m._decoder_bits is None
+    assert m.check_precision("bfloat16") == "bfloat16"
+
+
 def test_bad_model_and_generation_arguments_name_the_argument():
     for kw, name in [(dict(vocab_size=0), "vocab_size"), (dict(vocab_size=5, hidden_size=2.5), "hidden_size"),
                      (dict(vocab_size=5, num_layers=0), "num_layers"), (dict(vocab_size=5, emb_size=-1), "emb_size"),
@@ -533,6 +582,15 @@ def test_train_and_generate_commands(corpus, tmp_path):
     g1 = subprocess.run(gen, capture_output=True, text=True)
     g2 = subprocess.run(gen, capture_output=True, text=True)
     assert g1.returncode == 0 and g1.stdout == g2.stdout and g1.stdout.startswith("def ")
+    # bfloat16: the same text as the reference backend's bfloat16 (or a usage error that
+    # says why not, on a CPU without AVX512_BF16)
+    gb = [subprocess.run(gen + ["--precision", "bfloat16", "--backend", be], capture_output=True, text=True)
+          for be in ("auto", "reference")]
+    assert gb[1].returncode == 0 and gb[1].stdout.startswith("def "), gb[1].stderr
+    if FAST and backends.get("cpu").bf16_unavailable_reason() is None:
+        assert gb[0].returncode == 0 and gb[0].stdout == gb[1].stdout, gb[0].stderr
+    else:
+        assert gb[0].returncode in (0, 2) and (gb[0].returncode == 0 or "--precision" in gb[0].stderr)
     bad = subprocess.run(cmd[:4] + ["--dropout", "1.5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "dropout" in bad.stderr
 

@@ -496,6 +496,91 @@ static void rejects_bad_arguments(void)
           "direct training without h_in accepted");
 }
 
+/* bfloat16 rounding (to nearest, ties to even) of a normal float, as vcvtne2ps2bf16 */
+static float bf16_round(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* fastrnn_dense_bf16 against sums of the rounded operands in double (products of two
+ * bfloat16 values are exact in float: only the float sums' order differs), float and held
+ * weights, every row count around the thread split's eights, K around the 16/32-value
+ * loads; bad arguments refused. */
+static void dense_bf16_matches_rounded_sums(void)
+{
+    enum { NR = 45, K7 = 71, NV7 = 5 };
+    unsigned s = 99u;
+    float w[NR * K7], x[NV7 * K7], bias[NR], out[NV7 * NR + 1];
+    uint16_t bits[NR * K7];
+    for (int i = 0; i < NR * K7; i++) {
+        w[i] = (float)urand(&s);
+        float r = bf16_round(w[i]);
+        uint32_t u;
+        memcpy(&u, &r, 4);
+        bits[i] = (uint16_t)(u >> 16);
+    }
+    for (int i = 0; i < NV7 * K7; i++) x[i] = (float)urand(&s);
+    for (int i = 0; i < NR; i++) bias[i] = (float)urand(&s);
+    const int ks[] = {0, 1, 15, 16, 17, 31, 32, 33, 64, 71}, nrs[] = {1, 7, 8, 9, 45}, nvs[] = {1, 2, 5};
+    if (!fastrnn_has_bf16()) {
+        CHECK(fastrnn_dense_bf16(NR, K7, 1, w, 0, x, K7, bias, out, NR, 1) == FASTRNN_ENOTSUP, "dense bf16 ENOTSUP");
+        CHECK(fastrnn_to_bf16(4, w, bits, 1) == FASTRNN_ENOTSUP, "to_bf16 ENOTSUP");
+        return;
+    }
+    for (int ki = 0; ki < 10; ki++)
+        for (int ri = 0; ri < 5; ri++)
+            for (int vi = 0; vi < 3; vi++)
+                for (int held = 0; held <= 1; held++) {
+                    const int K = ks[ki], nr = nrs[ri], nv = nvs[vi];
+                    out[nv * NR] = 12345.f;   /* a sentinel past the last row written */
+                    /* w rows K apart (ldx K7 for x, ldo NR for out: strided rows) */
+                    float wk[NR * K7];
+                    uint16_t bk[NR * K7];
+                    for (int r = 0; r < nr; r++)
+                        for (int k = 0; k < K; k++) { wk[r * K + k] = w[r * K7 + k]; bk[r * K + k] = bits[r * K7 + k]; }
+                    int rc = fastrnn_dense_bf16(nr, K, nv, held ? (const void *)bk : (const void *)wk, held, x, K7,
+                                                (ri & 1) ? bias : NULL, out, NR, 1 + (ki % 3));
+                    CHECK(rc == 0, "dense bf16 rc %d", rc);
+                    double worst = 0;
+                    for (int v = 0; v < nv; v++)
+                        for (int r = 0; r < nr; r++) {
+                            double want = (ri & 1) ? bias[r] : 0;
+                            for (int k = 0; k < K; k++)
+                                want += (double)bf16_round(w[r * K7 + k]) * bf16_round(x[v * K7 + k]);
+                            double d = fabs(out[v * NR + r] - want);
+                            worst = d > worst ? d : worst;
+                        }
+                    CHECK(worst < 1e-5 * (K + 1), "dense bf16 K %d nr %d nv %d held %d: error %g", K, nr, nv, held,
+                          worst);
+                    CHECK(out[nv * NR] == 12345.f, "dense bf16 wrote past its rows");
+                }
+    /* fastrnn_to_bf16: the same bits as bf16_round, every tail length, 1 and 3 threads */
+    for (int n = 0; n <= 40; n++) {
+        uint16_t got[41];
+        got[n] = 0xABCD;   /* a sentinel past the end */
+        CHECK(fastrnn_to_bf16((size_t)n, w, got, 1 + n % 3) == 0, "to_bf16 rc, n %d", n);
+        for (int i = 0; i < n; i++) {
+            float r = bf16_round(w[i]);
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            CHECK(got[i] == (uint16_t)(u >> 16), "to_bf16 n %d value %d: %04x, want %04x", n, i, got[i],
+                  (unsigned)(u >> 16));
+        }
+        CHECK(got[n] == 0xABCD, "to_bf16 n %d wrote past the end", n);
+    }
+    CHECK(fastrnn_to_bf16(4, NULL, bits, 1) == FASTRNN_EINVAL, "to_bf16 src NULL");
+    CHECK(fastrnn_dense_bf16(-1, K7, 1, w, 0, x, K7, bias, out, NR, 1) == FASTRNN_EINVAL, "dense bf16 nr < 0");
+    CHECK(fastrnn_dense_bf16(NR, K7, 2, w, 0, x, K7 - 1, bias, out, NR, 1) == FASTRNN_EINVAL, "dense bf16 ldx < K");
+    CHECK(fastrnn_dense_bf16(NR, K7, 2, w, 0, x, K7, bias, out, NR - 1, 1) == FASTRNN_EINVAL, "dense bf16 ldo < nr");
+    CHECK(fastrnn_dense_bf16(NR, K7, 1, w, 2, x, K7, bias, out, NR, 1) == FASTRNN_EINVAL, "dense bf16 weights_bf16 2");
+    CHECK(fastrnn_dense_bf16(NR, K7, 1, NULL, 0, x, K7, bias, out, NR, 1) == FASTRNN_EINVAL, "dense bf16 w NULL");
+    CHECK(fastrnn_dense_bf16(NR, K7, 1, w, 0, x, K7, bias, out, NR, 0) == FASTRNN_EINVAL, "dense bf16 0 threads");
+}
+
 int main(void)
 {
     printf("isa: %s, bfloat16 kernels: %s, omp processors: %d\n", fastrnn_isa(),
@@ -516,6 +601,7 @@ int main(void)
     lstmp_direct_matches_packed(0);
     lstmp_direct_matches_packed(1);
     rejects_bad_arguments();
+    dense_bf16_matches_rounded_sums();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

@@ -9,7 +9,8 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
-from ..bf16 import bits_to_float32, check_bf16_call, check_precision, round_bf16, weights_format
+from ..bf16 import (bits_to_float32, check_bf16_call, check_dense_args, check_precision, round_bf16,  # noqa: F401
+                    to_bf16_bits, weights_format)
 from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
 
@@ -256,6 +257,14 @@ def _check_saved(cell, saved):
 
 
 # ----- language-model helpers (the cpu backend has fused C versions) -----------------
+def dense_bf16(x, w, bias=None):
+    """x (n, K) @ w (V, K).T + bias in bfloat16 products: operands rounded to bfloat16,
+    float32 sums. w float32 or bfloat16 bits (uint16)."""
+    x, w, bias, held = check_dense_args(x, w, bias)
+    out = round_bf16(x) @ (bits_to_float32(w) if held else round_bf16(w)).T
+    return out if bias is None else out + bias
+
+
 def matmul(a, b, out=None, accumulate=False):
     """a (M, K) @ b (K, N), written to / added into `out` when given."""
     r = a @ b
