@@ -119,8 +119,8 @@ def main(argv=None):
     print(report.render_table(["H"] + heads, [[str(r["hidden"])] + _cells(r) for r in decode]))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(dict(machine=bench.machine_info(), smoke=smoke, threads=get_num_threads(), fastrnn_bf16_products=not why_not,
-                       results=rows, decode=decode), f, indent=1)
+        json.dump(dict(machine=bench.machine_info(), smoke=smoke, threads=get_num_threads(),
+                       fastrnn_bf16_products=not why_not, results=rows, decode=decode), f, indent=1)
     print(f"wrote {out}")
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import backends
 from .backends.packed_weights import frozen_weights
-from .bf16 import check_bf16_call, check_precision
 from .backends.pool import aligned_empty
+from .bf16 import check_bf16_call, check_precision
 from .layers import GRU, LSTM, RNN, load_parameters, positive_int
 from .lookup import Lookup
 
@@ -275,7 +275,8 @@ class RNNLM:
             yield
             return
         saved = self.rnn.precision
-        self.rnn.precision, self._decoder_bits = "bfloat16", _dense_ops(self.backend).to_bf16_bits(self.decoder_weight)
+        self._decoder_bits = _dense_ops(self.backend).to_bf16_bits(self.decoder_weight)
+        self.rnn.precision = "bfloat16"
         try:
             yield
         finally:
