@@ -303,8 +303,7 @@ class RNNBase:
         if precision == "float32":
             return {}
         check_bf16_call(train, self.dtype, bool(self.proj_size))
-        reason_of = getattr(be, "bf16_unavailable_reason", None)
-        reason = f"backend {be.name!r} has no bfloat16 path" if reason_of is None else reason_of()
+        reason = backends.why_no_bf16(be)
         if reason:
             raise RuntimeError(f"precision='bfloat16': {reason}")
         return {"precision": precision}

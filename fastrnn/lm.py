@@ -259,8 +259,7 @@ class RNNLM:
         if check_precision(precision, self.dtype) == "bfloat16":
             check_bf16_call(False, self.dtype, bool(self.config["proj_size"]))
             for be in sorted({backends.resolve(self.backend), _dense_ops(self.backend).name}):
-                reason_of = getattr(backends.get(be), "bf16_unavailable_reason", None)
-                why = f"backend {be!r} has no bfloat16 path" if reason_of is None else reason_of()
+                why = backends.why_no_bf16(backends.get(be))
                 if why:
                     raise RuntimeError(f"precision='bfloat16': {why}")
         return precision

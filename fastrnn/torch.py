@@ -172,8 +172,7 @@ class _LayerFunction(torch.autograd.Function):
 def _bf16_products(backend_name):
     """Whether backend `backend_name` computes precision='bfloat16' here (the cpu backend
     where the CPU has AVX512_BF16, and the reference backend)."""
-    reason_of = getattr(backends.get(backend_name), "bf16_unavailable_reason", None)
-    return reason_of is not None and reason_of() is None
+    return backends.why_no_bf16(backends.get(backend_name)) is None
 
 
 def _compute_dtype(dtype):

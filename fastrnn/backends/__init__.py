@@ -54,6 +54,13 @@ def get(name):
     return mod
 
 
+def why_no_bf16(mod):
+    """None when backend module `mod` computes precision='bfloat16' here, else why not (a
+    backend without bf16_unavailable_reason has no bfloat16 path at all)."""
+    reason_of = getattr(mod, "bf16_unavailable_reason", None)
+    return f"backend {mod.name!r} has no bfloat16 path" if reason_of is None else reason_of()
+
+
 def zero_fill(arrays):
     """Set every numpy array in `arrays` to 0 in place (a model's zero_grad): with the cpu
     backend built, big ones in C (cpu.zero_fill), whatever backend the model runs on."""

@@ -484,12 +484,9 @@ def _strides(a):
 def to_bf16_bits(a):
     """float32 values rounded to bfloat16 and held as uint16 bits (bf16.to_bf16_bits, the
     same bits) in one threaded C pass: the NumPy version took 32 ms for a 10,000 x 512
-    decoder, this about 1 ms."""
+    decoder, this 0.7 ms. Without AVX512_BF16 the kernel's ENOTSUP says why."""
     if not isinstance(a, np.ndarray) or a.dtype != np.float32:
         raise TypeError(f"a: expected a float32 numpy.ndarray, got {getattr(a, 'dtype', type(a).__name__)}")
-    why = bf16_unavailable_reason()
-    if why:
-        raise RuntimeError(f"fastrnn cpu to_bf16_bits: {why}")
     a = np.ascontiguousarray(a)
     out = aligned_empty(a.shape, np.uint16)
     _check_status(lib.fastrnn_to_bf16(a.size, _ptr(a, "float *"), _ptr(out, "uint16_t *"), get_num_threads()),
@@ -501,11 +498,8 @@ def dense_bf16(x, w, bias=None):
     """x (n, K) @ w (V, K).T + bias in bfloat16 products (the reference's dense_bf16): w's
     rows split over the threads, each read once for all n rows of x (for a few rows: a
     language model's logits as it generates). w float32, or bfloat16 bits (uint16: half
-    the bytes)."""
+    the bytes). Without AVX512_BF16 the kernel's ENOTSUP says why."""
     x, w, bias, held = check_dense_args(x, w, bias)
-    why = bf16_unavailable_reason()
-    if why:
-        raise RuntimeError(f"fastrnn cpu dense_bf16: {why}")
     (n, K), V = x.shape, w.shape[0]
     out = aligned_empty((n, V), np.float32)
     status = lib.fastrnn_dense_bf16(V, K, n, _ptr(w, "uint16_t *" if held else "float *"), int(held),

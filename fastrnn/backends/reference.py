@@ -9,8 +9,8 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
-from ..bf16 import (bits_to_float32, check_bf16_call, check_dense_args, check_precision, round_bf16,  # noqa: F401
-                    to_bf16_bits, weights_format)
+from ..bf16 import (bits_to_float32, check_bf16_call, check_dense_args, check_precision, round_bf16,
+                    to_bf16_bits as _to_bf16_bits, weights_format)
 from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
 
@@ -257,6 +257,10 @@ def _check_saved(cell, saved):
 
 
 # ----- language-model helpers (the cpu backend has fused C versions) -----------------
+# the same entry as the cpu backend's (RNNLM's bfloat16 copy of its decoder), in NumPy
+to_bf16_bits = _to_bf16_bits
+
+
 def dense_bf16(x, w, bias=None):
     """x (n, K) @ w (V, K).T + bias in bfloat16 products: operands rounded to bfloat16,
     float32 sums. w float32 or bfloat16 bits (uint16)."""
