@@ -49,20 +49,32 @@ int fastrnn_forward_f64(int cell, int T, int B, int I, int H, int reverse, int c
                         double *y, double *h_T, double *c_T,
                         double *h_in, double *gates, double *c_in, double *c_out, double *hh_n, int nthreads);
 
-/* Precision "bfloat16" (inference): as fastrnn_forward_f32 without the training
- * workspace, the matrix products on bfloat16 operands (x, h and the weights rounded to
- * nearest-even, denormals to zero) with float32 sums; the rest is float32. packed: from
- * fastrnn_pack_bf16 (its own layout: pairs of bfloat16 per 32-bit slot) or NULL. With
- * packed given, w_ih and w_hh may be NULL (weights held as bfloat16, packed from a float
- * copy): where the runtime then grants fewer than nthreads threads, the call returns
- * FASTRNN_ETEAM, and the caller calls again with float weights.
- * FASTRNN_ENOTSUP where fastrnn_has_bf16() is 0 (no AVX512_BF16, or a forced lower ISA). */
+/* Precision "bfloat16": as fastrnn_forward_f32 and fastrnn_backward_f32, with the matrix
+ * products on bfloat16 operands (rounded to nearest-even, denormals to zero) summed in
+ * float32; everything else is float32, the training workspace included. Forward: x, h and
+ * the weights rounded. Backward: the gate gradients and W_hh in BPTT's per-step product,
+ * the gate gradients and h_in / x in the weight gradients, the gate gradients and W_ih in
+ * dx (bias gradients are float sums). packed: from fastrnn_pack_bf16 (its own layout:
+ * pairs of bfloat16 per 32-bit slot) or NULL. With packed given, the forward's w_ih and
+ * w_hh may be NULL (weights held as bfloat16, packed from a float copy): where the runtime
+ * then grants fewer than nthreads threads, the call returns FASTRNN_ETEAM, and the caller
+ * calls again with float weights. The backward reads float w_ih (dx) and w_hh (where it
+ * packs its own slices). FASTRNN_ENOTSUP where fastrnn_has_bf16() is 0 (no AVX512_BF16, or
+ * a forced lower ISA). */
 int fastrnn_has_bf16(void);
 int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int chunk,
                          const float *x, int V, const int32_t *tokens,
                          const float *w_ih, const float *w_hh, const float *packed,
                          const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                         const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+                         const int32_t *lengths, float *y, float *h_T, float *c_T,
+                         float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
+int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
+                          const float *x, int V, const int32_t *tokens,
+                          const float *w_ih, const float *w_hh, const float *packed,
+                          const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
+                          const float *h_in, const float *gates, const float *c_in, const float *c_out,
+                          const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
+                          float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int accumulate, int nthreads);
 size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads);
 int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
                       int nthreads);

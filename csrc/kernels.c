@@ -73,7 +73,7 @@ static size_t l2_bytes(void)
 #undef REAL
 #undef FR_DOUBLE
 
-/* ---- float with bfloat16 products: forward only (precision "bfloat16") ----
+/* ---- float with bfloat16 products (precision "bfloat16") ----
  * Compilers that know the avx512bf16 target only (gcc 10, clang 9 on): an older one
  * still builds the rest, and fastrnn_has_bf16() says 0. */
 #if defined(__x86_64__) && defined(__GNUC__) && \
@@ -298,14 +298,34 @@ int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int 
                          const float *x, int V, const int32_t *tokens,
                          const float *w_ih, const float *w_hh, const float *packed,
                          const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                         const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads)
+                         const int32_t *lengths, float *y, float *h_T, float *c_T,
+                         float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads)
 {
     if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;
     if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
 #if FASTRNN_BF16_BUILT
     return forward_f32_bf16(cell, T, B, I, H, reverse, chunk, x, V, tokens, w_ih, w_hh, packed,
-                            b_ih, b_hh, h0, c0, lengths, y, h_T, c_T, NULL, NULL, NULL, NULL, NULL,
+                            b_ih, b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n,
                             nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
+                          const float *x, int V, const int32_t *tokens,
+                          const float *w_ih, const float *w_hh, const float *packed,
+                          const float *dy, const float *dh_T, const float *dc_T, const int32_t *lengths,
+                          const float *h_in, const float *gates, const float *c_in, const float *c_out,
+                          const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
+                          float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int accumulate, int nthreads)
+{
+    if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return backward_f32_bf16(cell, T, B, I, H, reverse, x, V, tokens, w_ih, w_hh, packed, dy, dh_T, dc_T,
+                             lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0, dc_0, dw_ih,
+                             dw_hh, db_ih, db_hh, accumulate, nthreads);
 #else
     return FASTRNN_ENOTSUP;
 #endif

@@ -46,7 +46,7 @@ ffibuilder.set_source(
     include_dirs=[CSRC],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
-    depends=[os.path.join(CSRC, f) for f in ("fastrnn.h", "recurrence.inc", "direct.inc", "gemm_tile.inc", "gemm_bf16.inc", "cell_rows.inc", "vecmath.inc", "dense.inc", "projection.inc", "optim.inc")],
+    depends=[os.path.join(CSRC, f) for f in ("fastrnn.h", "recurrence.inc", "direct.inc", "gemm_tile.inc", "gemm_bf16.inc", "weight_grads.inc", "cell_rows.inc", "vecmath.inc", "dense.inc", "projection.inc", "optim.inc")],
     optional=True,  # no compiler / no OpenMP: install anyway, backend 'cpu' says why it is missing
 )
 

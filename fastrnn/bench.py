@@ -20,8 +20,8 @@ from .threads import get_num_threads
 FASTRNN_BACKENDS = ("reference", "cpu", "cuda")
 PEERS = ("torch-cpu", "torch-cudnn")
 MODES = ("inference", "training")
-# precision='bfloat16' (inference only): fastrnn's cpu kernels and torch's CPU modules in
-# bfloat16. Asked for by name (--backends), not in the default set.
+# precision='bfloat16': fastrnn's cpu kernels and torch's CPU modules in bfloat16, inference
+# and training. Asked for by name (--backends), not in the default set.
 BF16_TARGETS = ("cpu-bf16", "torch-cpu-bf16")
 
 # T = 1 is a decoding step (inference of one token a call), where the per-call costs show
@@ -339,8 +339,7 @@ def grid_cases(cells, hidden, batch, seq_len, modes, targets):
     """Points grouped by backend inside each (cell, mode), so the pause that lets another
     library's thread pool go idle (see SETTLE_SECONDS) is paid only when the backend changes."""
     return [Case(c, h, b, t, m, be) for c in cells for m in modes for be in targets
-            for h in hidden for b in batch for t in seq_len
-            if not (m == "training" and be in BF16_TARGETS)]   # bfloat16: inference only
+            for h in hidden for b in batch for t in seq_len]
 
 
 # numpy's OpenBLAS (used by the reference backend and matmul_peak_gflops) and torch keep

@@ -1,10 +1,12 @@
-"""Precision "bfloat16": inference whose matrix products read bfloat16 operands.
+"""Precision "bfloat16": matrix products that read bfloat16 operands.
 
 x, h and the weights are rounded to bfloat16 (8 significant bits) where they enter a
 matrix product; the products of two bfloat16 values are exact in float32 and are summed
 in float32, and everything else (biases, gates, nonlinearities, the cell state, the
 outputs) stays float32. This is what vdpbf16ps computes, and what torch's CPU kernels do
 for a bfloat16 LSTM, at twice float32's multiply-add rate on CPUs with AVX512_BF16.
+Training rounds the same way in backprop: the gate gradients and the other operand (W_hh,
+h, x or W_ih) of each of BPTT's products; the workspace and the sums stay float32.
 
 The reference backend runs the same arithmetic in NumPy (operands rounded by
 ``round_bf16``), so the cpu kernels are checked against it like every fast path.
@@ -24,16 +26,13 @@ def check_precision(precision, dtype=np.float32):
     return precision
 
 
-def check_bf16_call(train, dtype, projection=False):
+def check_bf16_call(dtype, projection=False):
     """The limits of a bfloat16 call (a module's or one layer's), as errors naming what to
     change. projection: an LSTM with proj_size (a layer's w_hr)."""
     check_precision("bfloat16", dtype)
     if projection:
         raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path; "
                          "use precision='float32'")
-    if train:
-        raise ValueError("precision='bfloat16' runs inference only: call .eval() first "
-                         "(forward_layer: train=False); training runs in float32 (precision='float32')")
 
 
 def bf16_bits(a):
@@ -63,7 +62,7 @@ def weights_format(w_ih, w_hh, precision, w_hr=None):
         raise TypeError("w_ih, w_hh: bfloat16 weights (uint16 bits) need precision='bfloat16', "
                         f"got precision={precision!r}")
     if w_hr is not None:
-        check_bf16_call(False, np.float32, projection=True)
+        check_bf16_call(np.float32, projection=True)
     return a, b, True
 
 

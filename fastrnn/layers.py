@@ -90,7 +90,7 @@ class RNNBase:
         self.backend = backend
         self.precision = check_precision(precision, self.dtype)
         if precision == "bfloat16":
-            check_bf16_call(False, self.dtype, bool(self.proj_size))
+            check_bf16_call(self.dtype, bool(self.proj_size))
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params = OrderedDict()
@@ -257,7 +257,7 @@ class RNNBase:
         if table_input and (self.proj_size or not getattr(be, "accepts_lookup", False)):
             xt, scatter = xt.dense(), xt
         train = self.training
-        layer_kw = self._precision_kwargs(be, train)
+        layer_kw = self._precision_kwargs(be)
         D = self.num_directions
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if c0 is not None else None
@@ -296,13 +296,13 @@ class RNNBase:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         return (out, (h_n, c_n)) if self.cell.has_cell_state else (out, h_n)
 
-    def _precision_kwargs(self, be, train):
+    def _precision_kwargs(self, be):
         """forward_layer's precision keyword: none for float32 (every backend's default),
         else checked here first, with errors that name what to change."""
         precision = check_precision(self.precision, self.dtype)   # the attribute may be set by hand
         if precision == "float32":
             return {}
-        check_bf16_call(train, self.dtype, bool(self.proj_size))
+        check_bf16_call(self.dtype, bool(self.proj_size))
         reason = backends.why_no_bf16(be)
         if reason:
             raise RuntimeError(f"precision='bfloat16': {reason}")

@@ -11,8 +11,8 @@ reach the kernels without copies (numpy views), and so do CUDA tensors (the cuda
 reads them through __cuda_array_interface__; backend='auto' picks it for them). Supported
 inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or without hx;
 float32 and float64, and float16/bfloat16 computed in float32 (results in their dtypes),
-except a bfloat16 module's inference where the backend has bfloat16 products: those, as
-torch's own bfloat16 kernels compute, on the module's bfloat16 weights as they are.
+except a bfloat16 module where the backend has bfloat16 products: its forward and backward
+run those, as torch's own bfloat16 kernels compute, on its bfloat16 weights as they are.
 """
 try:
     import torch
@@ -93,7 +93,7 @@ class _Recycler:
 def _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, train, bf16=False):
     """One layer-direction's forward on backend `be`: y, h_T and c_T as tensors on x's
     device (c_T empty for cells without a cell state), and the backend's `saved`.
-    bf16: inference with bfloat16 products (precision='bfloat16')."""
+    bf16: bfloat16 products (precision='bfloat16'), in the backward too."""
     kw = {} if w_hr is None else {"w_hr": _arr(w_hr)}
     if bf16:
         kw["precision"] = "bfloat16"
@@ -110,7 +110,7 @@ def _run_layer(args, lengths, cell, reverse, backend_name, train, bf16):
     straight from the backend (autograd.Function.apply cost ~20 us a call: a decoding
     step's two layers spent more there than in the kernels)."""
     if train:
-        return _LayerFunction.apply(*args, lengths, cell, reverse, backend_name, train)
+        return _LayerFunction.apply(*args, lengths, cell, reverse, backend_name, train, bf16)
     return _forward_layer(backends.get(backend_name), *args, lengths, cell, reverse, False, bf16)[:3]
 
 
@@ -134,14 +134,15 @@ class _LayerFunction(torch.autograd.Function):
     """One layer in one direction; forward and backward through a fastrnn backend."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, backend_name, train):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell, reverse, backend_name, train,
+                bf16):
         """train: autograd records this call (the caller's grad mode, as torch decides it:
         inside forward grad mode is off, and needs_input_grad stays True for parameters
         even under no_grad). Without it no workspace is kept. w_hr: an LSTM's projection
-        (proj_size > 0), else None."""
+        (proj_size > 0), else None. bf16: bfloat16 products (bfloat16 weights, held as they are)."""
         be = backends.get(backend_name)
         y, h_T, c_T, saved = _forward_layer(be, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, cell,
-                                            reverse, train)
+                                            reverse, train, bf16)
         ctx.backend, ctx.cell, ctx.saved_ws, ctx.device = be, cell, saved, x.device
         if saved is not None and hasattr(be, "release_workspace"):
             ctx.recycler = _Recycler(be, saved)
@@ -166,7 +167,7 @@ class _LayerFunction(torch.autograd.Function):
         t = lambda a: _tensor(a, ctx.device)
         bias = (t(db_ih), t(db_hh)) if ctx.has_bias else (None, None)
         return (t(dx), t(dh0), t(dc0) if ctx.cell == "lstm" else None, t(dw_ih), t(dw_hh),
-                *bias, t(dw_hr), None, None, None, None, None)
+                *bias, t(dw_hr), None, None, None, None, None, None)
 
 
 def _bf16_products(backend_name):
@@ -243,7 +244,7 @@ class _FastRNNMixin:
 
     def _forward_layers(self, x, h0, c0, weights, lengths, cell, backend, per, proj, lstm, D, bf16):
         """(out, h_n, c_n) as tensors, layer by layer through autograd where it records.
-        bf16: nothing records, bfloat16 products."""
+        bf16: bfloat16 products."""
         grad_on = torch.is_grad_enabled()
         h_n, c_n = [], []
         layer_in = x
@@ -335,11 +336,9 @@ class _FastRNNMixin:
         cell = self._cell()
         weights = self._weights()
         self._check_devices(x, [("hx", h0), ("hx", c0), *zip(self._flat_weights_names, weights)])
-        # a bfloat16 module's inference (autograd records nothing) computes what torch's
-        # does: bfloat16 products summed in float32, where the backend has them
-        records = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                  for t in (x, h0, c0, *weights))
-        bf16 = (out_dtype == torch.bfloat16 and not records and not proj
+        # a bfloat16 module computes what torch's does: bfloat16 products summed in float32,
+        # where the backend has them (training too: its gradients come back in bfloat16)
+        bf16 = (out_dtype == torch.bfloat16 and not proj
                 and all(w.dtype == torch.bfloat16 for w in weights) and _bf16_products(backend))
         # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
         # so autograd returns each gradient in its tensor's own dtype. bfloat16 products

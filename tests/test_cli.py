@@ -133,13 +133,12 @@ def test_run_paired_interleaves_backends_per_point():
     assert all(r["repeats"] == 4 and r["tokens_per_s"] > 0 for r in rows)
 
 
-def test_bfloat16_targets_are_opt_in_inference_and_paired_with_torch_bf16():
+def test_bfloat16_targets_are_opt_in_and_paired_with_torch_bf16():
     from fastrnn import bench
     targets = ["cpu", "cpu-bf16", "torch-cpu", "torch-cpu-bf16"]
     assert bench.default_targets(targets) == ["cpu", "torch-cpu"]
     cases = bench.grid_cases(("lstm",), (8,), (2,), (3,), bench.MODES, targets)
-    assert {(c.mode, c.backend) for c in cases} == {
-        ("inference", t) for t in targets} | {("training", "cpu"), ("training", "torch-cpu")}
+    assert {(c.mode, c.backend) for c in cases} == {(m, t) for m in bench.MODES for t in targets}
     rows = [dict(cell="lstm", mode="inference", hidden=8, batch=2, seq_len=3, backend=t, tokens_per_s=v)
             for t, v in zip(targets, (10.0, 30.0, 20.0, 15.0))]
     bench.add_ratios(rows)
@@ -159,7 +158,7 @@ def test_bench_runs_the_bfloat16_targets(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "fastrnn-bench.json"))["results"]
     assert {(row["backend"], row["mode"]) for row in rows} == \
-        {(t, "inference") for t in ("cpu-bf16" + peers).split(",")}
+        {(t, m) for t in ("cpu-bf16" + peers).split(",") for m in bench.MODES}
     assert all(row["tokens_per_s"] > 0 for row in rows)
 
 

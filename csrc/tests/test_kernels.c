@@ -167,7 +167,7 @@ static void bf16_near_f32(int cell, int reverse)
     for (int i = 0; i < B6 * H6; i++) { h0[i] = (float)urand(&s); c0[i] = (float)urand(&s); }
     int32_t lengths[B6] = {11, 3, 0, 11, 6, 1, 10};
     int rc = fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, NULL, b, b, h0, c0,
-                                  lengths, y1, hT, cT, 1);
+                                  lengths, y1, hT, cT, NULL, NULL, NULL, NULL, NULL, 1);
     /* the direct kernel (float weights rounded as read): the same operands, other sum order */
     int rc_direct = fastrnn_forward_direct_bf16(cell, T6, B6, I6, H6, reverse, x, wi, wh, 0, b, b, h0, c0, lengths,
                                                 yf, hT3, cT3, 2);
@@ -192,7 +192,8 @@ static void bf16_near_f32(int cell, int reverse)
         float *packed = malloc(np * sizeof(float));
         CHECK(np > 0 && packed && fastrnn_pack_bf16(cell, I6, H6, wi, wh, packed, 3) == 0, "bf16 pack");
         CHECK(fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, packed, b, b, h0, c0,
-                                   lengths, y3, hT3, cT3, 3) == 0, "bf16 forward packed, 3 threads");
+                                   lengths, y3, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0,
+              "bf16 forward packed, 3 threads");
         CHECK(memcmp(y1, y3, ny * 4) == 0 && memcmp(hT, hT3, sizeof hT) == 0, "cell %d rev %d: bf16 1 vs 3 threads differ",
               cell, reverse);
         free(packed);
@@ -202,6 +203,78 @@ static void bf16_near_f32(int cell, int reverse)
 
 /* Lookup input: forward and backward with x = table[tokens] given as a table and tokens
  * match the same inputs given densely; the table's gradient is dx summed per token. */
+/* Precision bfloat16 training: the forward writes the float workspace, and BPTT's products
+ * round their operands, so every gradient lies near float32's (not equal to it), on 1 and 3
+ * threads, split by units (B = 3) and by batch rows (B = 32 where W_hh fits L2); ENOTSUP
+ * where the CPU has no AVX512_BF16. Odd I and H: zero-padded pairs in every product. */
+static void bf16_backward_near_f32(int cell, int B)
+{
+    enum { T = 9, I = 13, H = 45 };
+    const int G = gates_of(cell), GH = G * H;
+    unsigned s = 17u + (unsigned)(cell + B);
+    const size_t nx = (size_t)T * B * I, nwi = (size_t)GH * I, nwh = (size_t)GH * H, ny = (size_t)T * B * H;
+    const size_t ng = (size_t)T * B * GH, nbh = (size_t)B * H;
+    float *x = malloc(nx * 4), *wi = malloc(nwi * 4), *wh = malloc(nwh * 4), *bias = malloc(GH * 4);
+    float *h0 = malloc(nbh * 4), *c0 = malloc(nbh * 4), *dy = malloc(ny * 4), *y = malloc(ny * 4);
+    float *hT = malloc(nbh * 4), *cT = malloc(nbh * 4), *h_in = malloc(ny * 4), *gates = malloc(ng * 4);
+    float *cs = malloc((ny + nbh) * 4), *hh_n = malloc(ny * 4), *dgi = malloc(ng * 4), *dgh_n = malloc(ny * 4);
+    float *out[3][7];   /* f32, bf16 on 1 thread, bf16 on 3: dx dh0 dc0 dw_ih dw_hh db_ih db_hh */
+    const size_t sizes[7] = {nx, nbh, nbh, nwi, nwh, (size_t)GH, (size_t)GH};
+    for (size_t i = 0; i < nx; i++) x[i] = (float)urand(&s);
+    for (size_t i = 0; i < nwi; i++) wi[i] = (float)(0.3 * urand(&s));
+    for (size_t i = 0; i < nwh; i++) wh[i] = (float)(0.3 * urand(&s));
+    for (int i = 0; i < GH; i++) bias[i] = (float)urand(&s);
+    for (size_t i = 0; i < nbh; i++) { h0[i] = (float)urand(&s); c0[i] = (float)urand(&s); }
+    for (size_t i = 0; i < ny; i++) dy[i] = (float)urand(&s);
+    int32_t *lengths = malloc((size_t)B * sizeof(int32_t));
+    for (int b = 0; b < B; b++) lengths[b] = b == 0 ? T : (int32_t)(b * 5 % (T + 1));
+    const int lstm = cell == FASTRNN_LSTM, gru = cell == FASTRNN_GRU;
+    for (int v = 0; v < 3; v++) {
+        for (int k = 0; k < 7; k++) out[v][k] = malloc(sizes[k] * 4);
+        const int nth = v == 2 ? 3 : 1, bf = v > 0;
+        int rc = bf ? fastrnn_forward_bf16(cell, T, B, I, H, 0, 4, x, 0, NULL, wi, wh, NULL, bias, bias, h0, c0,
+                                           lengths, y, hT, cT, h_in, gates, lstm ? cs : NULL, lstm ? cs + nbh : NULL,
+                                           gru ? hh_n : NULL, nth)
+                    : fastrnn_forward_f32(cell, T, B, I, H, 0, 4, x, 0, NULL, wi, wh, NULL, bias, bias, h0, c0,
+                                          lengths, y, hT, cT, h_in, gates, lstm ? cs : NULL, lstm ? cs + nbh : NULL,
+                                          gru ? hh_n : NULL, nth);
+        if (bf && !fastrnn_has_bf16()) {
+            CHECK(rc == FASTRNN_ENOTSUP, "bf16 training forward without AVX512_BF16: rc %d", rc);
+            rc = fastrnn_backward_bf16(cell, T, B, I, H, 0, x, 0, NULL, wi, wh, NULL, dy, NULL, NULL, lengths, h_in,
+                                       gates, NULL, NULL, NULL, dgi, dgh_n, out[v][0], out[v][1], out[v][2],
+                                       out[v][3], out[v][4], out[v][5], out[v][6], 0, nth);
+            CHECK(rc == FASTRNN_ENOTSUP, "bf16 backward without AVX512_BF16: rc %d", rc);
+            continue;
+        }
+        CHECK(rc == 0, "cell %d B %d: training forward (bf16 %d) rc %d", cell, B, bf, rc);
+        rc = (bf ? fastrnn_backward_bf16 : fastrnn_backward_f32)(
+            cell, T, B, I, H, 0, x, 0, NULL, wi, wh, NULL, dy, NULL, NULL, lengths, h_in, gates,
+            lstm ? cs : NULL, lstm ? cs + nbh : NULL, gru ? hh_n : NULL, dgi, dgh_n, out[v][0], out[v][1],
+            lstm ? out[v][2] : NULL, out[v][3], out[v][4], out[v][5], out[v][6], 0, nth);
+        CHECK(rc == 0, "cell %d B %d: backward (bf16 %d) rc %d", cell, B, bf, rc);
+    }
+    if (fastrnn_has_bf16()) {
+        for (int k = 0; k < 7; k++) {
+            if (k == 2 && !lstm) continue;
+            double d1 = 0, d3 = 0, den = 0;
+            for (size_t i = 0; i < sizes[k]; i++) {
+                d1 += (out[1][k][i] - out[0][k][i]) * (out[1][k][i] - out[0][k][i]);
+                d3 += (out[2][k][i] - out[1][k][i]) * (out[2][k][i] - out[1][k][i]);
+                den += out[0][k][i] * out[0][k][i];
+            }
+            const double rel = sqrt(d1 / (den > 0 ? den : 1)), rel3 = sqrt(d3 / (den > 0 ? den : 1));
+            /* relu: a pre-activation near 0 that rounding moves across it switches a unit off */
+            const double lim = cell == FASTRNN_RNN_RELU ? 0.1 : 3e-2;
+            CHECK(rel < lim && rel > 1e-5, "cell %d B %d grad %d: bf16 vs f32 rel err %g", cell, B, k, rel);
+            CHECK(rel3 < 3e-3, "cell %d B %d grad %d: bf16 1 vs 3 threads rel err %g", cell, B, k, rel3);
+        }
+    }
+    for (int v = 0; v < 3; v++)
+        for (int k = 0; k < 7; k++) free(out[v][k]);
+    free(x); free(wi); free(wh); free(bias); free(h0); free(c0); free(dy); free(y); free(hT); free(cT);
+    free(h_in); free(gates); free(cs); free(hh_n); free(dgi); free(dgh_n); free(lengths);
+}
+
 static void lookup_matches_dense(int cell, int reverse)
 {
     enum { T3 = 7, B3 = 5, V3 = 6, I3 = 9, H3 = 40, NTH = 3 };
@@ -595,6 +668,8 @@ int main(void)
         direct_matches_packed(cell, 1);
         bf16_near_f32(cell, 0);
         bf16_near_f32(cell, 1);
+        bf16_backward_near_f32(cell, 3);
+        bf16_backward_near_f32(cell, 32);
     }
     for (int reverse = 0; reverse <= 1; reverse++)
         for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);

@@ -242,8 +242,8 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr, weight_dtype=np.uint16 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
-    if bf16:   # inference only, no projection, and a CPU with AVX512_BF16
-        check_bf16_call(train, x.dtype, w_hr is not None)
+    if bf16:   # no projection, and a CPU with AVX512_BF16
+        check_bf16_call(x.dtype, w_hr is not None)
         reason = bf16_unavailable_reason()
         if reason:
             raise RuntimeError(f"precision='bfloat16' on the cpu backend: {reason}")
@@ -259,8 +259,12 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, w_ih.dtype), 1
     # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
     # backward then packs its threads' W_hh slices itself instead of comparing them
-    direct = _direct_pays(T, B, bf16)
-    if direct and isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
+    # bfloat16 training runs on the packed panels (the direct kernel is inference only)
+    direct = _direct_pays(T, B, bf16) and not (bf16 and train)
+    if (direct or (bf16 and train)) and isinstance(x, Lookup):
+        # small calls: at most DIRECT_MAX_ROWS rows, cheaper expanded. bfloat16 training:
+        # the table's gradient rounds each step's gate gradients, as a dense input's does
+        # (the folded kernel would round their sums per table row)
         x, tokens, V, expanded = x.dense(), None, 0, x
     else:
         x, tokens, V, expanded = _lookup_input(x, T, B)
@@ -297,13 +301,13 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         status = fn(spec.code, T, B, I, H, int(bool(reverse)), p(x), p(w_ih), p(w_hh), p(b_ih), p(b_hh),
                     p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
         _check_status(status, "forward_direct")
-    elif bf16:   # csrc/gemm_bf16.inc: no training workspace
+    elif bf16:   # csrc/gemm_bf16.inc's panels
         p = lambda a: _ptr(a, "float *")
         packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
         run = lambda wi, wh: lib.fastrnn_forward_bf16(
             spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
             p(x), V, _ptr(tokens, "int32_t *"), p(wi), p(wh), p(packed), p(b_ih), p(b_hh),
-            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
         # held weights are not float: the kernel reads only the panels, unless the runtime
         # grants fewer threads than they were packed for (FASTRNN_ETEAM), and then float copies
         status = run(None, None) if held else run(w_ih, w_hh)
@@ -322,7 +326,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     if train:
         saved = dict(ws, cell=spec.name, backend=name, x=x, tokens=tokens, expanded=expanded, T=T, B=B,
                      w_ih=w_ih, w_hh=w_hh, callers_weights=callers, lengths=lengths, reverse=bool(reverse),
-                     padded_input=padded, packed=not direct)
+                     padded_input=padded, packed=not direct, bf16=bf16, dtype=dt)
     return y, h_T, c_T, saved
 
 
@@ -345,7 +349,7 @@ def _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train):
     saved = None
     if train:
         saved = dict(cell=spec.name, backend=name, gates=None, no_units=_dx_shape(x), T=T, B=B, w_ih=w_ih,
-                     w_hh=w_hh, lengths=lengths, reverse=bool(reverse))
+                     w_hh=w_hh, lengths=lengths, reverse=bool(reverse), dtype=dt)
     return (np.empty((T, B, 0), dt), empty, empty.copy() if spec.has_cell_state else None, saved)
 
 
@@ -385,7 +389,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     if "w_hr" in saved:   # returns dw_hr last
         return cpu_projection.backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out)
     w_ih, w_hh, T, B = saved["w_ih"], saved["w_hh"], saved["T"], saved["B"]
-    H, dt, padded = w_hh.shape[1], w_hh.dtype, saved.get("padded_input")
+    # float32 for bfloat16 weights held as uint16 bits
+    H, dt, padded = w_hh.shape[1], saved.get("dtype", w_hh.dtype), saved.get("padded_input")
     GH = spec.gates * H
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt)
     # no input features (padded: dx's shape): the kernels ran one zero feature, whose
@@ -404,12 +409,13 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
         return (dx, np.empty((B, 0), dt), np.empty((B, 0), dt) if spec.has_cell_state else None,
                 dw_ih, dw_hh, db_ih, db_hh)
     # the kernels' dW_ih: the zero feature's column goes to a scratch array
-    kernel_dw_ih = np.zeros_like(w_ih) if padded is not None else dw_ih
+    kernel_dw_ih = np.zeros(w_ih.shape, dt) if padded is not None else dw_ih
     x, tokens = saved["x"], saved["tokens"]
     I = x.shape[-1]
     V = x.shape[0] if tokens is not None else 0
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
-    bwd, ctype = _native("backward", dt)
+    bf16 = saved.get("bf16", False)
+    bwd, ctype = (lib.fastrnn_backward_bf16, "float *") if bf16 else _native("backward", dt)
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
@@ -419,8 +425,11 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     # LSTM 500 -> 456, plain RNN 173 -> 164; GRU B = 32 3-8% faster.
     packed = None   # the forward read the weights unpacked: the kernel packs its own W_hh slices
     if saved["packed"]:
-        packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"],
-                                  recurrent_only=True)
+        cache = packed_cache_bf16 if bf16 else packed_cache
+        packed = cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=saved["callers_weights"],
+                           recurrent_only=True)
+    if bf16 and w_ih.dtype == np.uint16:   # held bfloat16 weights: dx reads W_ih as floats
+        w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
 
     dgi = workspace_pool.empty((T, B, GH), dt)  # scratch: gate gradients of every step
     dgh_n = workspace_pool.empty((T, B, H), dt) if spec.name == "gru" else None

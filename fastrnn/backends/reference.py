@@ -46,9 +46,10 @@ def bf16_unavailable_reason():
 def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reverse=False, train=True,
                   w_hr=None, precision="float32"):
     """Run one layer in one direction. Returns y (T,B,H), h_T (B,H), c_T or None, saved.
-    w_hr (P, H): an LSTM's projection (see projected_forward). precision='bfloat16'
-    (inference): x, h and the weights rounded to bfloat16 in the products (fastrnn/bf16.py);
-    then w_ih and w_hh may be bfloat16 already, as uint16 bits (bf16.weights_format)."""
+    w_hr (P, H): an LSTM's projection (see projected_forward). precision='bfloat16': x, h
+    and the weights rounded to bfloat16 in the products (fastrnn/bf16.py), and in backward
+    the operands of its products too; then w_ih and w_hh may be bfloat16 already, as uint16
+    bits (bf16.weights_format)."""
     w_ih, w_hh, held = weights_format(w_ih, w_hh, precision, w_hr)
     if held:   # the values they hold, exactly
         w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
@@ -56,7 +57,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                                                    w_hr=w_hr, weight_dtype=np.float32 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:
-        check_bf16_call(train, x.dtype, w_hr is not None)
+        check_bf16_call(x.dtype, w_hr is not None)
     if w_hr is not None:
         return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
     # the products' operands: as given, or rounded to bfloat16 (products exact, float32 sums)
@@ -114,7 +115,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     saved = None
     if train:
         saved = dict(keep, cell=spec.name, backend=name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths,
-                     reverse=reverse)
+                     reverse=reverse, bf16=bf16)
     return y, h, c, saved
 
 
@@ -122,7 +123,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
     """Backprop through time for one layer-direction (`saved` is never consumed here).
 
     Returns dx (T,B,I) or None, dh0 (B,H), dc0 (B,H) or None, dw_ih, dw_hh, db_ih, db_hh,
-    and dw_hr last when the forward had a projection (w_hr).
+    and dw_hr last when the forward had a projection (w_hr). After a bfloat16 forward the
+    products' operands are rounded to bfloat16: the gate gradients, and W_hh, h_in, x, W_ih.
     """
     if saved is None:
         raise ValueError("saved: no workspace; run forward_layer with train=True before backward_layer")
@@ -142,6 +144,8 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
     db_ih = np.zeros(w_ih.shape[0], x.dtype)
     db_hh = np.zeros(w_hh.shape[0], x.dtype)
     dx = np.zeros_like(x) if need_dx else None
+    op = round_bf16 if saved.get("bf16") else (lambda a: a)   # the products' operands
+    w_ih_p, w_hh_p = op(w_ih), op(w_hh)
 
     for t in reversed(_time_order(T, saved["reverse"])):
         valid = _step_mask(lengths, t, B)
@@ -173,13 +177,13 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
             dh_direct = dh_out * z
         dgi = np.where(valid, dgi, 0)
         dgh = np.where(valid, dgh, 0)
-        dw_ih += dgi.T @ x[t]
-        dw_hh += dgh.T @ h_in
+        dw_ih += op(dgi).T @ op(x[t])
+        dw_hh += op(dgh).T @ op(h_in)
         db_ih += dgi.sum(axis=0)
         db_hh += dgh.sum(axis=0)
         if need_dx:
-            dx[t] = dgi @ w_ih
-        dh = np.where(valid, dh_direct + dgh @ w_hh, dh)
+            dx[t] = op(dgi) @ w_ih_p
+        dh = np.where(valid, dh_direct + op(dgh) @ w_hh_p, dh)
 
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
 
