@@ -80,13 +80,15 @@ int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_
                       int nthreads);
 int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads);
 /* The same products from the row-major weights themselves (as fastrnn_forward_direct_f32
- * below, inference only), for small calls: nothing packed or compared. weights_bf16 0:
+ * below: gates NULL for inference, else the training workspace, which fastrnn_backward_bf16
+ * reads with packed = NULL), for small calls: nothing packed or compared. weights_bf16 0:
  * w_ih and w_hh are float, rounded as they are read; 1: they are bfloat16 already, uint16
  * values (the upper halves of the floats; a torch bfloat16 tensor's storage). */
 int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int reverse,
                                 const float *x, const void *w_ih, const void *w_hh, int weights_bf16,
                                 const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                                const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads);
+                                const int32_t *lengths, float *y, float *h_T, float *c_T,
+                                float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads);
 /* A dense layer's rows in bfloat16 products against nv vectors: out[v * ldo + r] = bias[r]
  * + sum_k w[r * K + k] x[v * ldx + k] for r < nr (w: nr x K, bfloat16 bits with
  * weights_bf16 1, else float rounded as read; x rounded as read; bias may be NULL). For a

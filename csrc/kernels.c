@@ -334,16 +334,18 @@ int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
 int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int reverse,
                                 const float *x, const void *w_ih, const void *w_hh, int weights_bf16,
                                 const float *b_ih, const float *b_hh, const float *h0, const float *c0,
-                                const int32_t *lengths, float *y, float *h_T, float *c_T, int nthreads)
+                                const int32_t *lengths, float *y, float *h_T, float *c_T,
+                                float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads)
 {
     if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)) ||
-        (weights_bf16 != 0 && weights_bf16 != 1))
+        (weights_bf16 != 0 && weights_bf16 != 1) ||
+        (gates && !(h_in && (cell != FASTRNN_LSTM || (c_in && c_out)) && (cell != FASTRNN_GRU || hh_n))))
         return FASTRNN_EINVAL;
     if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
 #if FASTRNN_BF16_BUILT
     const wref_f32_bf16 wi = {w_ih, weights_bf16}, wh = {w_hh, weights_bf16};
     return forward_direct_f32_bf16(cell, T, B, I, H, reverse, x, wi, wh, b_ih, b_hh, h0, c0, lengths,
-                                   y, h_T, c_T, NULL, NULL, NULL, NULL, NULL, nthreads);
+                                   y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads);
 #else
     return FASTRNN_ENOTSUP;
 #endif

@@ -58,7 +58,7 @@ def build_parser():
     b.add_argument("--modes", type=_name_list(bench.MODES))
     b.add_argument("--backends", type=_name_list(bench.FASTRNN_BACKENDS + bench.PEERS + bench.BF16_TARGETS),
                    help="default: every available backend and peer but the bfloat16 ones "
-                        "(cpu-bf16, torch-cpu-bf16: inference, asked for by name)")
+                        "(cpu-bf16, torch-cpu-bf16: asked for by name)")
     b.add_argument("--threads", type=_threads, help="threads for fastrnn and torch")
     b.add_argument("--repeats", type=_positive_int, default=5)
     b.add_argument("--max-seconds", type=float, default=1.0, help="time budget per point (default 1)")

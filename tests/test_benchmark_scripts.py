@@ -78,7 +78,8 @@ def test_torch_bf16_smoke(tmp_path):
     assert d["smoke"] is True
     assert d["fastrnn_bf16_products"] == (backends.get("cpu").bf16_unavailable_reason() is None)
     assert len(d["results"]) == 8 and len(d["decode"]) == 1   # 2 cells x B {1, 3} x T {1, 4}
-    for r in d["results"] + d["decode"]:
+    assert len(d["training"]) == 4   # 2 cells x B {1, 3} x T {4}
+    for r in d["results"] + d["decode"] + d["training"]:
         assert sorted(r["tokens_per_s"]) == sorted(["torch f32", "torch bf16", "fastrnn f32", "fastrnn bf16"])
         for v in r["tokens_per_s"].values():
             _rate(v)

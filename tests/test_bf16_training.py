@@ -49,8 +49,13 @@ def test_one_step_matches_reference_bf16(cell, num_threads):
     """One step: the gate gradients are the same floats on both sides up to summation order,
     so every gradient agrees to float32 rounding (a value on a rounding boundary may round
     apart: compared in relative norm). K on both sides of the 16- and 32-value loads, ragged,
-    reversed, split by units and by batch, 1-3 threads."""
+    reversed, the direct forward (small calls, unpacked) and the packed one, 1-3 threads."""
     cpu = _cpu_bf16()
+    from fastrnn.backends import cpu as cpu_mod
+    for B in (cpu_mod.DIRECT_MAX_BATCH_BF16, cpu_mod.DIRECT_MAX_BATCH_BF16 + 1):   # both kernels run below
+        args = layer_inputs(np.random.default_rng(B), cell, 1, B, 4, 8, np.float32)
+        saved = cpu.forward_layer(cell, *args, train=True, precision="bfloat16")[3]
+        assert saved["packed"] == (B > cpu_mod.DIRECT_MAX_BATCH_BF16), B
     for threads in (1, 2, 3):
         num_threads(threads)
         for k, (B, I, H) in enumerate([(1, 5, 7), (3, 33, 17), (12, 64, 64), (40, 50, 60), (7, 1, 100)]):

@@ -170,7 +170,7 @@ static void bf16_near_f32(int cell, int reverse)
                                   lengths, y1, hT, cT, NULL, NULL, NULL, NULL, NULL, 1);
     /* the direct kernel (float weights rounded as read): the same operands, other sum order */
     int rc_direct = fastrnn_forward_direct_bf16(cell, T6, B6, I6, H6, reverse, x, wi, wh, 0, b, b, h0, c0, lengths,
-                                                yf, hT3, cT3, 2);
+                                                yf, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 2);
     if (!fastrnn_has_bf16()) {
         CHECK(rc == FASTRNN_ENOTSUP, "bf16 without AVX512_BF16: rc %d", rc);
         CHECK(rc_direct == FASTRNN_ENOTSUP, "bf16 direct without AVX512_BF16: rc %d", rc_direct);

@@ -259,8 +259,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         x, w_ih, I = np.zeros((T, B, 1), x.dtype), _zero_column(spec.gates * H, w_ih.dtype), 1
     # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
     # backward then packs its threads' W_hh slices itself instead of comparing them
-    # bfloat16 training runs on the packed panels (the direct kernel is inference only)
-    direct = _direct_pays(T, B, bf16) and not (bf16 and train)
+    direct = _direct_pays(T, B, bf16)
     if (direct or (bf16 and train)) and isinstance(x, Lookup):
         # small calls: at most DIRECT_MAX_ROWS rows, cheaper expanded. bfloat16 training:
         # the table's gradient rounds each step's gate gradients, as a dense input's does
@@ -288,12 +287,12 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
             ws["c_in"], ws["c_out"] = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
     nth = get_num_threads()
     workspace = [ws.get(n) for n in ("h_in", "gates", "c_in", "c_out", "hh_n")] if train else (None,) * 5
-    if direct and bf16:   # inference: no workspace
+    if direct and bf16:
         p = lambda a: _ptr(a, "float *")
         wp = lambda a: _ptr(a, "uint16_t *" if held else "float *")
         status = lib.fastrnn_forward_direct_bf16(
             spec.code, T, B, I, H, int(bool(reverse)), p(x), wp(w_ih), wp(w_hh), int(held), p(b_ih), p(b_hh),
-            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), nth)
+            p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)
         _check_status(status, "forward_direct_bf16")
     elif direct:
         fn, ctype = _native("forward_direct", dt)
