@@ -113,13 +113,13 @@ def training_rows(cells, grid):
                     runs, results = [], []
                     for m in mods:
                         dt = next(m.parameters()).dtype
-                        xm, gm = x.to(dt).requires_grad_(), g.to(dt)
+                        xm, gm = x.to(dt).clone().requires_grad_(), g.to(dt)   # a leaf of its own
 
                         def run(m=m, xm=xm, gm=gm):
                             xm.grad = None
                             out, _ = m(xm)
                             out.backward(gm)
-                            return out.detach(), xm.grad
+                            return out.detach(), xm.grad.clone()
                         runs.append(run)
                         results.append(run())
                     # bfloat16 gradients summed over T steps: looser than one call's outputs

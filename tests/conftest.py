@@ -7,6 +7,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 
 
+@pytest.fixture
+def num_threads():
+    """fastrnn.set_num_threads for one test: the count it had comes back afterwards."""
+    import fastrnn
+    saved = fastrnn.get_num_threads()
+    yield fastrnn.set_num_threads
+    fastrnn.set_num_threads(saved)
+
+
 @pytest.fixture(params=["as chosen", "packed only"])
 def both_cpu_paths(request):
     """Run a test twice: with the cpu backend choosing its kernels by size, and with the

@@ -1,7 +1,9 @@
 """Small helpers shared by the tests."""
 import numpy as np
+import pytest
 
 import fastrnn
+from fastrnn import backends
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
@@ -58,3 +60,14 @@ def compare_layer(backend, cell, T, B, I, H, dtype, reverse, ragged, seed):
     out_err = max(rel_err(y, y_r), rel_err(h, h_r), 0.0 if c is None else rel_err(c, c_r))
     grad_err = max(rel_err(a, b) for a, b in zip(grads, grads_r) if b is not None)
     return out_err, grad_err
+
+
+def cpu_bf16():
+    """The cpu backend when its bfloat16 kernels run here, else a skip with the reason."""
+    if "cpu" not in backends.available():
+        pytest.skip(f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
+    cpu = backends.get("cpu")
+    reason = cpu.bf16_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return cpu

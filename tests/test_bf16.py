@@ -13,25 +13,7 @@ from fastrnn import backends
 from fastrnn.backends import reference
 from fastrnn.bf16 import round_bf16
 from fastrnn.lookup import Lookup
-from helpers import CELLS, layer_inputs, make_module, random_lengths, rel_err
-
-
-def _cpu_bf16():
-    """The cpu backend when its bfloat16 kernels run here, else a skip with the reason."""
-    if "cpu" not in backends.available():
-        pytest.skip(f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
-    cpu = backends.get("cpu")
-    reason = cpu.bf16_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return cpu
-
-
-@pytest.fixture
-def num_threads():
-    saved = fastrnn.get_num_threads()
-    yield fastrnn.set_num_threads
-    fastrnn.set_num_threads(saved)
+from helpers import CELLS, cpu_bf16, layer_inputs, make_module, random_lengths, rel_err
 
 
 def _bits(a):
@@ -55,7 +37,7 @@ def test_round_bf16_ties_to_even_denormals_and_specials():
 def test_kernel_rounding_is_round_bf16():
     """A relu RNN with one input, weight +-1 and nothing else gives y = relu(+-round(x)):
     the kernels' rounding of x, value by value (ties, denormals, large values)."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     rng = np.random.default_rng(1)
     ulp = 2.0 ** -7
     x = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500),
@@ -94,7 +76,7 @@ SHAPES = [(1, 1, 3, 5), (1, 7, 33, 17), (1, 40, 511, 129), (1, 13, 100, 300), (1
 def test_one_step_matches_reference_bf16_closely(cell, reverse, ragged, num_threads):
     """One step: the same rounded operands and exact products, only the order of the float32
     sums differs, so the outputs agree to float32 rounding (1, 2 and 3 threads)."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     for threads in (1, 2, 3):
         num_threads(threads)
         for k, (T, B, I, H) in enumerate(SHAPES):
@@ -117,7 +99,7 @@ def test_one_step_direct_and_packed_paths(cell, num_threads):
     the packed panels; both match the reference's bfloat16 with K (I and H) on every side
     of the kernels' 16- and 32-value loads, ragged and reversed, on 1 and 3 threads."""
     from fastrnn.backends import cpu as cpu_mod
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     for threads in (1, 3):
         num_threads(threads)
         for k, (I, H) in enumerate([(1, 1), (15, 16), (17, 31), (32, 33), (47, 64), (100, 200)]):
@@ -152,7 +134,7 @@ def test_weights_held_as_bfloat16_bits(cell, num_threads):
     the same values, on the direct and the packed paths, a Lookup input and I = 0; the
     reference reads them too."""
     from fastrnn.backends import cpu as cpu_mod
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     num_threads(2)
     for k, (T, B, I, H) in enumerate([(1, 1, 5, 7), (1, 8, 33, 65), (1, 9, 100, 130), (7, 3, 40, 50),
                                       (12, 32, 64, 64), (3, 4, 0, 20)]):
@@ -187,7 +169,7 @@ def test_held_weights_when_the_runtime_grants_fewer_threads():
     """Packed for 2 threads, run by 1 (OMP_THREAD_LIMIT=1): with bfloat16 weights held as
     bits the kernel cannot pack its own slices (FASTRNN_ETEAM) and the backend runs it
     again on float copies; the result is the reference's."""
-    _cpu_bf16()
+    cpu_bf16()
     code = """if 1:
         import numpy as np, fastrnn
         from fastrnn.backends import get
@@ -211,7 +193,7 @@ def test_held_weights_when_the_runtime_grants_fewer_threads():
 
 
 def test_held_weights_errors_name_what_to_change():
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     rng = np.random.default_rng(12)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, "lstm", 2, 3, 4, 5, np.float32)
     for be in (cpu, reference):
@@ -232,7 +214,7 @@ def test_sequences_match_reference_bf16(cell, num_threads):
     """Many steps, ragged, both directions, split by units and by batch: where a state lies
     on a rounding boundary the two sides may round it apart (2^-9 of it) and carry that on,
     so nearly every value agrees to float32 rounding and the rest stays near."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     num_threads(2)
     for k, (T, B, I, H) in enumerate([(9, 5, 6, 37), (20, 32, 64, 64), (6, 19, 5, 37), (12, 3, 130, 200)]):
         assert cpu.splits_by_batch(cell, B, H, precision="bfloat16") == (k in (1, 2)), (cell, B, H)
@@ -258,7 +240,7 @@ def test_sequences_match_reference_bf16(cell, num_threads):
 def test_thread_counts_and_splits_give_the_same_bits(num_threads):
     """Every column sums its pairs in one order whichever thread computes it, split by units
     or by batch rows: the outputs are bit-identical on 1, 2 and 3 threads."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     rng = np.random.default_rng(3)
     for cell, B in (("lstm", 32), ("gru", 5), ("rnn_tanh", 12)):
         args = layer_inputs(rng, cell, 10, B, 48, 64, np.float32)
@@ -272,7 +254,7 @@ def test_thread_counts_and_splits_give_the_same_bits(num_threads):
 def test_module_matches_reference_module_and_float32(num_threads):
     """The module API: two layers, bidirectional, batch_first, ragged, hx, a Lookup input;
     the cpu module agrees with the reference module in bfloat16 and stays near float32."""
-    _cpu_bf16()
+    cpu_bf16()
     rng = np.random.default_rng(4)
     for cell in CELLS:
         kw = dict(num_layers=2, bidirectional=True, batch_first=True, seed=5)
@@ -297,7 +279,7 @@ def test_module_matches_reference_module_and_float32(num_threads):
 
 def test_weights_changed_in_place_are_repacked():
     """The packed bfloat16 weights follow the live arrays (an edit by hand repacks)."""
-    _cpu_bf16()
+    cpu_bf16()
     m = fastrnn.GRU(8, 16, backend="cpu", precision="bfloat16", seed=0).eval()
     x = np.random.default_rng(6).standard_normal((4, 2, 8)).astype(np.float32)
     before = m(x)[0]
@@ -379,7 +361,7 @@ def test_dense_bf16_matches_reference(V, K, n, num_threads):
     weights, with and without bias, on 1 and 3 threads, against the reference's rounded
     NumPy product; K on each side of the 16- and 32-value loads, rows around the eights."""
     from fastrnn.bf16 import to_bf16_bits
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     rng = np.random.default_rng(V * 100 + K)
     x = rng.standard_normal((n, K)).astype(np.float32)
     w = rng.standard_normal((V, K)).astype(np.float32)
@@ -404,7 +386,7 @@ def test_cpu_to_bf16_bits_gives_the_reference_bits(num_threads):
     """The C rounding (held weights for dense_bf16) against bf16.to_bf16_bits: every tail
     length, ties, denormals, infinities, NaN, on 1 and 3 threads; 2-D shapes kept."""
     from fastrnn.bf16 import to_bf16_bits
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     rng = np.random.default_rng(5)
     specials = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 1e-40, -1e-40, np.inf, -np.inf, 3.4e38, np.nan,
                          -np.nan, 0.0, -0.0], np.float32)

@@ -4,30 +4,12 @@ backend's NumPy rounding of the same operands."""
 import numpy as np
 import pytest
 
-import fastrnn
-from fastrnn import backends
 from fastrnn.backends import reference
 from fastrnn.bf16 import round_bf16
 from fastrnn.lookup import Lookup
-from helpers import CELLS, layer_inputs, make_module, random_lengths, rel_err
+from helpers import CELLS, cpu_bf16, layer_inputs, make_module, random_lengths, rel_err
 
 GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
-
-
-def _cpu_bf16():
-    if "cpu" not in backends.available():
-        pytest.skip(f"cpu backend unavailable: {backends.why_unavailable('cpu')}")
-    cpu = backends.get("cpu")
-    if cpu.bf16_unavailable_reason():
-        pytest.skip(cpu.bf16_unavailable_reason())
-    return cpu
-
-
-@pytest.fixture
-def num_threads():
-    saved = fastrnn.get_num_threads()
-    yield fastrnn.set_num_threads
-    fastrnn.set_num_threads(saved)
 
 
 def _train(be, cell, args, grads_in, lengths, reverse, precision="bfloat16"):
@@ -50,7 +32,7 @@ def test_one_step_matches_reference_bf16(cell, num_threads):
     so every gradient agrees to float32 rounding (a value on a rounding boundary may round
     apart: compared in relative norm). K on both sides of the 16- and 32-value loads, ragged,
     reversed, the direct forward (small calls, unpacked) and the packed one, 1-3 threads."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     from fastrnn.backends import cpu as cpu_mod
     for B in (cpu_mod.DIRECT_MAX_BATCH_BF16, cpu_mod.DIRECT_MAX_BATCH_BF16 + 1):   # both kernels run below
         args = layer_inputs(np.random.default_rng(B), cell, 1, B, 4, 8, np.float32)
@@ -77,7 +59,7 @@ def test_sequences_round_like_the_reference(cell, num_threads):
     boundary rounds apart now and then, so the two drift by up to about 1e-3 in relative
     norm. Each gradient still lies far nearer the reference's bfloat16 run than its float32
     one (a backward with float32 products would be as far from both)."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     num_threads(2)
     for k, (T, B, I, H) in enumerate([(12, 33, 40, 70), (9, 64, 64, 96), (10, 8, 128, 128), (6, 3, 9, 13)]):
         for reverse in (False, True):
@@ -100,7 +82,7 @@ def test_sequences_round_like_the_reference(cell, num_threads):
 def test_held_weights_give_the_same_bits_as_float_weights(num_threads):
     """Weights held as bfloat16 bits (a torch bfloat16 module's) train to the same bits as
     float weights of the same values: the backward reads float copies of them."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     num_threads(2)
     for cell in CELLS:
         rng = np.random.default_rng(23)
@@ -121,7 +103,7 @@ def test_module_training_matches_reference_module(num_threads):
     outputs and every parameter gradient near the reference module's bfloat16 run, and the
     gradients accumulate over two backward calls as in float32. A Lookup input gives the
     table the gradient its dense rows get."""
-    _cpu_bf16()
+    cpu_bf16()
     num_threads(2)
     rng = np.random.default_rng(24)
     for cell in CELLS:
@@ -151,7 +133,7 @@ def test_module_training_matches_reference_module(num_threads):
 def test_training_is_faster_path_not_float32(monkeypatch):
     """A bfloat16 training call runs the bfloat16 kernels (forward and backward), not the
     float32 ones: spied on the cffi entry points."""
-    cpu = _cpu_bf16()
+    cpu = cpu_bf16()
     from fastrnn.backends import cpu as cpu_mod
     calls = []
     real = cpu_mod.lib

@@ -22,14 +22,6 @@ TOL = {np.float32: (1e-5, 1e-4), np.float64: (1e-10, 1e-10)}
 SHAPES = [(7, 5, 6, 37), (3, 1, 4, 130), (9, 4, 1, 16), (1, 3, 5, 9)]
 
 
-@pytest.fixture
-def num_threads():
-    """fastrnn.set_num_threads for one test: the count it had comes back afterwards."""
-    saved = fastrnn.get_num_threads()
-    yield fastrnn.set_num_threads
-    fastrnn.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])

@@ -8,7 +8,6 @@ c_in and c_out (T,B,H), m (T,B,H) = o * tanh(c'). Steps past a sequence's length
 zeros to m and leave their other rows unwritten (backward does not read them), so the
 arrays come from the pool unzeroed.
 """
-import numpy as np
 
 from ..threads import get_num_threads
 from .checks import check_backward_grads
