@@ -53,7 +53,7 @@ def check_logits(model, twin, twin_bf16, bf16):
     z32, _ = model.logits(np.array([PROMPT]).T)
     pairs = [("float32", z32[-1, 0], torch_greedy(twin, 0)[1], 1e-4)]
     if bf16:
-        with model._bf16_inference("bfloat16"):
+        with model._generation_precision("bfloat16"):
             zb, _ = model.logits(np.array([PROMPT]).T)
         pairs.append(("bfloat16", zb[-1, 0], torch_greedy(twin_bf16, 0)[1], 0.05))
     for what, ours, theirs, tol in pairs:

@@ -96,6 +96,8 @@ def build_parser():
     t.add_argument("--patience", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--backend", choices=("auto",) + bench.FASTRNN_BACKENDS)
+    t.add_argument("--precision", choices=("float32", "bfloat16"),
+                   help="the RNN stack's products (bfloat16: CPUs with AVX512_BF16; default float32)")
     t.add_argument("--threads", type=_threads)
     t.add_argument("--out", default="lm-out", help="folder for checkpoint.npz and log.csv (default lm-out)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.npz")
@@ -123,7 +125,8 @@ def build_parser():
 
 TRAIN_KEYS = ("data", "max_bytes", "tokenizer", "vocab_size_max", "cell", "hidden", "layers", "emb", "proj",
               "dropout", "tie", "batch", "bptt", "optimizer", "lr", "momentum", "weight_decay", "clip",
-              "epochs", "time_limit", "max_steps", "val_fraction", "lr_decay", "patience", "seed", "backend")
+              "epochs", "time_limit", "max_steps", "val_fraction", "lr_decay", "patience", "seed", "backend",
+              "precision")
 
 
 def cmd_train(args, parser):
@@ -149,7 +152,8 @@ def cmd_train(args, parser):
     proj = f" proj {c['proj']}" if c.get("proj") else ""
     print(f"fastrnn train: {c['cell']} H={c['hidden']}{proj} x {c['layers']} layers, vocab {len(trainer.vocab)} "
           f"({c['tokenizer']}), {len(trainer.train_ids):,} train / {len(trainer.val_ids):,} validation tokens, "
-          f"backend {backends.resolve(c['backend'])}, {get_num_threads()} threads", flush=True)
+          f"backend {backends.resolve(c['backend'])}, {get_num_threads()} threads"
+          + (f", {c['precision']} products" if c.get("precision", "float32") != "float32" else ""), flush=True)
     try:
         res = trainer.run()
     except KeyboardInterrupt:

@@ -30,7 +30,11 @@ def _dense_ops(backend_name):
 
 class RNNLM:
     def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
-                 dropout=0.0, tie_weights=False, *, proj_size=0, backend="auto", dtype=np.float32, seed=None):
+                 dropout=0.0, tie_weights=False, *, proj_size=0, backend="auto", dtype=np.float32, seed=None,
+                 precision="float32"):
+        """precision: the RNN stack's products in training and evaluation ('bfloat16': see
+        fastrnn/bf16.py; the embedding, decoder and loss stay in dtype). generate() takes
+        its own."""
         hidden_size = positive_int("hidden_size", hidden_size)
         proj_size = positive_int("proj_size", proj_size, minimum=0)
         if proj_size and cell != "lstm":
@@ -50,7 +54,7 @@ class RNNLM:
         self.backend = backend
         self._rng = np.random.default_rng(seed)
         kw = dict(num_layers=self.config["num_layers"], dropout=dropout, backend=backend, dtype=dtype,
-                  seed=int(self._rng.integers(2 ** 31)))
+                  seed=int(self._rng.integers(2 ** 31)), precision=precision)
         if cell in ("rnn_tanh", "rnn_relu"):
             self.rnn = RNN(E, H, nonlinearity=cell[4:], **kw)
         elif cell == "lstm":
@@ -59,6 +63,7 @@ class RNNLM:
             self.rnn = GRU(E, H, **kw)
         else:
             raise ValueError(f"cell: expected one of rnn_tanh, rnn_relu, lstm, gru, got {cell!r}")
+        self.precision = self.rnn.precision   # checked by the stack's constructor
         self.embedding = self._rng.uniform(-0.1, 0.1, (V, E)).astype(dtype)
         self.decoder_weight = self.embedding if tie_weights else \
             self._rng.uniform(-1 / math.sqrt(out_size), 1 / math.sqrt(out_size), (V, out_size)).astype(dtype)
@@ -70,7 +75,7 @@ class RNNLM:
         self.training = True
         self._cache = None
         self._logits = None   # forward's scratch for the logits and their gradient
-        self._decoder_bits = None   # the decoder's weights as bfloat16 bits, inside _bf16_inference
+        self._decoder_bits = None   # the decoder's weights as bfloat16 bits, inside _generation_precision
 
     def __getstate__(self):
         # pickle and copy.deepcopy carry the parameters, not a pending backward
@@ -140,7 +145,7 @@ class RNNLM:
             out, hidden, _ = self._features(tokens, hidden)
             ops = _dense_ops(self.backend)
             x2 = out.reshape(-1, out.shape[-1])
-            bits = getattr(self, "_decoder_bits", None)   # set inside _bf16_inference
+            bits = getattr(self, "_decoder_bits", None)   # set inside _generation_precision
             if bits is not None:
                 flat = ops.dense_bf16(np.ascontiguousarray(x2), bits, self.decoder_bias)
             else:
@@ -265,17 +270,16 @@ class RNNLM:
         return precision
 
     @contextlib.contextmanager
-    def _bf16_inference(self, precision):
-        """precision='bfloat16' for what runs inside (weights frozen there): the RNN stack's
-        products in bfloat16 (packed bfloat16 panels), and the logits' from a bfloat16 copy
-        of the decoder's weights (half the bytes a token: at V = 10,000 they are most of
-        it)."""
-        if self.check_precision(precision) == "float32":
-            yield
-            return
+    def _generation_precision(self, precision):
+        """`precision` for what runs inside (weights frozen there), whatever the model trains
+        at. bfloat16: the RNN stack's products in bfloat16 (packed bfloat16 panels), and the
+        logits' from a bfloat16 copy of the decoder's weights (half the bytes a token: at
+        V = 10,000 they are most of it)."""
+        self.check_precision(precision)
         saved = self.rnn.precision
-        self._decoder_bits = _dense_ops(self.backend).to_bf16_bits(self.decoder_weight)
-        self.rnn.precision = "bfloat16"
+        if precision == "bfloat16":
+            self._decoder_bits = _dense_ops(self.backend).to_bf16_bits(self.decoder_weight)
+        self.rnn.precision = precision
         try:
             yield
         finally:
@@ -300,7 +304,7 @@ class RNNLM:
                              f"got {prompt.dtype} {prompt.shape}")
         prompt = self._ids("prompt_ids", prompt[:, None])[:, 0].astype(np.int64)
         # one step a call: the weights' version check would cost more than the step
-        with frozen_weights(), self._bf16_inference(precision):
+        with frozen_weights(), self._generation_precision(precision):
             if beam and beam > 1:
                 return self._beam_search(prompt, length, beam)
             return self._sample(prompt, length, temperature, top_k, greedy, seed)

@@ -11,18 +11,20 @@ import zipfile
 import numpy as np
 
 from . import data as D
+from . import backends
 from .lm import RNNLM, bits_per_token, perplexity, unigram_baseline
 from .optim import SGD, Adam, clip_grad_norm, finite_number
 from .progress import Progress
 
 FORMAT = "fastrnn-lm/1"
-MODEL_KEYS = ("cell", "hidden", "layers", "emb", "proj", "dropout", "tie", "tokenizer", "vocab_size_max")
+MODEL_KEYS = ("cell", "hidden", "layers", "emb", "proj", "dropout", "tie", "tokenizer", "vocab_size_max",
+              "precision")
 DATA_KEYS = ("data", "max_bytes", "val_fraction", "batch", "bptt")
 DEFAULTS = dict(data=None, max_bytes=2_000_000, tokenizer="char", vocab_size_max=None, cell="lstm",
                 hidden=256, layers=2, emb=None, proj=0, dropout=0.0, tie=False, batch=32, bptt=64,
                 optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0, clip=1.0, epochs=10,
                 time_limit=None, max_steps=None, val_fraction=0.05, seed=0, backend="auto",
-                lr_decay=0.5, patience=0, eval_bptt=256)
+                lr_decay=0.5, patience=0, eval_bptt=256, precision="float32")
 
 
 class CheckpointError(ValueError):
@@ -73,10 +75,10 @@ def load_checkpoint(path):
 
 
 def build_model(cfg, vocab_size):
-    # (checkpoints from before proj have no such key: no projection)
+    # (checkpoints from before proj or precision have no such key: their defaults)
     return RNNLM(vocab_size, cfg["hidden"], cfg["layers"], cfg["cell"], emb_size=cfg["emb"],
                  dropout=cfg["dropout"], tie_weights=cfg["tie"], proj_size=cfg.get("proj", 0),
-                 backend=cfg["backend"], seed=cfg["seed"])
+                 backend=cfg["backend"], seed=cfg["seed"], precision=cfg.get("precision", "float32"))
 
 
 def build_optimizer(cfg, model):
@@ -123,6 +125,14 @@ def _check_settings(c):
         raise ValueError(f"lr_decay: expected a number in (0, 1], got {c['lr_decay']!r}")
 
 
+def _check_precision(c):
+    """bfloat16 training needs bfloat16 products on the stack's backend here."""
+    if c.get("precision", "float32") == "bfloat16":
+        why = backends.why_no_bf16(backends.get(backends.resolve(c["backend"])))
+        if why:
+            raise ValueError(f"precision='bfloat16': {why}")
+
+
 def _fingerprint(ids):
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
 
@@ -142,8 +152,9 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt} exists: resume it (--resume), start over in its place "
                                   "(--overwrite), or choose another folder (--out)")
         fresh = None if resume else {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
-        if fresh is not None:
-            _check_settings(fresh)   # before anything in out_dir is made or removed
+        if fresh is not None:   # before anything in out_dir is made or removed
+            _check_settings(fresh)
+            _check_precision(fresh)
         os.makedirs(out_dir, exist_ok=True)
         if not resume and overwrite and os.path.exists(self.log_path):
             os.remove(self.log_path)   # the rows of the run being replaced
@@ -159,6 +170,7 @@ class Trainer:
             self.cfg = dict(stored, **keep)
             self.model, self.vocab, _ = restore_model(meta, arrays, self.ckpt, backend=cfg.get("backend"))
             self.cfg["backend"] = cfg.get("backend", self.cfg["backend"])
+            _check_precision(self.cfg)   # a bfloat16 run resumed where there is none
         else:
             self.cfg = fresh
             meta, arrays = None, None

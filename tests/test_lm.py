@@ -480,7 +480,7 @@ def test_bfloat16_generation_matches_the_reference(cell):
             assert ours == r.generate(prompt, 25, precision="bfloat16", **gen), gen
         assert m.generate(prompt, 25, greedy=True, precision="float32") == r.generate(prompt, 25, greedy=True)
         assert m.generate(prompt, 25, greedy=True, precision="bfloat16") != m.generate(prompt, 25, greedy=True)
-        with m._bf16_inference("bfloat16"), r._bf16_inference("bfloat16"):
+        with m._generation_precision("bfloat16"), r._generation_precision("bfloat16"):
             assert m.rnn.precision == "bfloat16" and m._decoder_bits.dtype == np.uint16
             z, _ = m.logits(np.array([prompt]).T)
             zr, _ = r.logits(np.array([prompt]).T)
@@ -614,6 +614,72 @@ def test_projection_trains_resumes_and_generates(corpus, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--cell", "gru", "--proj", "2",
                           "--out", str(tmp_path / "q"), "--no-progress"], capture_output=True, text=True)
     assert bad.returncode == 2 and "proj_size: only an LSTM" in bad.stderr
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_training_matches_the_reference(cell):
+    """RNNLM(precision='bfloat16'): the stack trains on bfloat16 products (forward and
+    BPTT), the embedding, decoder and loss in float32. Three Adam steps on the cpu kernels
+    follow the reference backend's bfloat16 run (losses, every parameter); generate() runs at
+    the precision it is given and leaves the model's own."""
+    if "cpu" not in backends.available() or backends.get("cpu").bf16_unavailable_reason():
+        pytest.skip("no bfloat16 kernels here")
+    kw = dict(vocab_size=40, hidden_size=24, num_layers=2, cell=cell, seed=3, precision="bfloat16")
+    m, r = RNNLM(**kw, backend="cpu"), RNNLM(**kw, backend="reference")
+    f = RNNLM(**dict(kw, precision="float32"), backend="cpu")
+    assert m.precision == m.rnn.precision == "bfloat16" and f.precision == "float32"
+    rng = np.random.default_rng(5)
+    opts = [Adam(model, 1e-2) for model in (m, r, f)]
+    for _ in range(3):
+        x, y = rng.integers(0, 40, (9, 6)), rng.integers(0, 40, (9, 6))
+        losses = []
+        for model, opt in zip((m, r, f), opts):
+            model.zero_grad()
+            loss, _ = model.forward(x, y)
+            model.backward()
+            opt.step()
+            losses.append(loss)
+        assert abs(losses[0] - losses[1]) < 1e-4 * abs(losses[1]), losses
+    for name, p in m.named_parameters():
+        q, p32 = dict(r.named_parameters())[name], dict(f.named_parameters())[name]
+        assert rel_err(p, q) < 1e-3, name
+        if not name.startswith("decoder"):   # the stack's and the embedding's: far from float32's
+            assert rel_err(p, q) < 0.3 * rel_err(p, p32), name
+    m.eval()
+    seen = []
+    real = m.rnn.forward
+    m.rnn.forward = lambda *a, **k: (seen.append(m.rnn.precision), real(*a, **k))[1]
+    for precision in ("float32", "bfloat16"):
+        seen.clear()
+        m.generate([1, 2], 3, greedy=True, precision=precision)
+        assert seen and set(seen) == {precision}, seen
+    assert m.rnn.precision == "bfloat16"
+
+
+def test_bfloat16_training_through_the_trainer_and_cli(corpus, tmp_path):
+    """--precision bfloat16: stored in the checkpoint, kept on resume (another precision is a
+    clash), and a usage error where the backend has no bfloat16 products."""
+    out = str(tmp_path / "b")
+    cpu_bf16 = "cpu" in backends.available() and backends.get("cpu").bf16_unavailable_reason() is None
+    backend = "cpu" if cpu_bf16 else "reference"
+    t = Trainer(_cfg(corpus, precision="bfloat16", max_steps=3, backend=backend), out, echo=lambda *a: None)
+    t.run()
+    assert t.model.rnn.precision == "bfloat16"
+    meta, _ = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert meta["config"]["precision"] == "bfloat16"
+    with pytest.raises(CheckpointError, match="other settings.*precision='float32'"):
+        Trainer(_cfg(corpus, precision="float32", backend=backend), out, resume=True)
+    resumed = Trainer(_cfg(corpus, max_steps=4, backend=backend), out, resume=True, echo=lambda *a: None)
+    assert resumed.model.rnn.precision == "bfloat16"
+    if "cpu" in backends.available():
+        env = dict(os.environ, FASTRNN_ISA="avx2")   # no bfloat16 kernels
+        bad = subprocess.run([sys.executable, "-m", "fastrnn", "train", "--data", corpus, "--precision", "bfloat16",
+                              "--backend", "cpu", "--out", str(tmp_path / "c"), "--no-progress"],
+                             capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "AVX512_BF16" in bad.stderr, bad.stderr
+        assert not os.path.exists(tmp_path / "c")   # refused before anything was made
+    with pytest.raises(TypeError, match="precision='bfloat16': expected a float32 module"):
+        RNNLM(7, 8, 1, backend="reference", dtype=np.float64, precision="bfloat16")
 
 
 def test_checkpoints_from_before_proj_still_resume(corpus, tmp_path):
