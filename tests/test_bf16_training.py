@@ -150,3 +150,31 @@ def test_training_is_faster_path_not_float32(monkeypatch):
     y, _, _, saved = cpu.forward_layer("gru", *args, train=True, precision="bfloat16")
     cpu.backward_layer("gru", saved, np.ones_like(y), None, None)
     assert calls == ["fastrnn_forward_bf16", "fastrnn_backward_bf16"], calls
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_lookup_trains_as_its_dense_rows(cell, num_threads):
+    """A Lookup input folds the table into the first layer; in bfloat16 its gradients still
+    round each step's gate gradients (summed per table row, then multiplied in float32 by the
+    rounded table and W_ih), so they are the dense input's (the table's gradient: the
+    scatter of dense dx) up to the order of the sums. Split by units and by batch rows,
+    weight gradients by rows and by columns, 1-3 threads."""
+    cpu = cpu_bf16()
+    for threads in (1, 2, 3):
+        num_threads(threads)
+        for k, (T, B, I, H, V) in enumerate([(6, 2, 9, 20, 7), (8, 32, 24, 64, 50), (5, 6, 40, 33, 11)]):
+            rng = np.random.default_rng([k, threads, 26])
+            x, h0, c0, *w = layer_inputs(rng, cell, T, B, I, H, np.float32)
+            table = rng.standard_normal((V, I)).astype(np.float32)
+            ids = rng.integers(0, V, (T, B))
+            ids[0, 0] = V - 1
+            grads = _grads_in(rng, cell, T, B, H)
+            lengths = random_lengths(rng, T, B)
+            folded = _train(cpu, cell, (Lookup(table, ids), h0, c0, *w), grads, lengths, False)
+            dense = _train(cpu, cell, (table[ids], h0, c0, *w), grads, lengths, False)
+            d_table = np.zeros_like(table)
+            np.add.at(d_table, ids, dense[3])
+            assert folded[3].shape == table.shape
+            for name, a, b in zip(("y", "h_T", "c_T", "d_table") + GRAD_NAMES[1:], folded, dense[:3] + (d_table,) + dense[4:]):
+                if b is not None:
+                    assert rel_err(a, b) < 2e-5, (name, threads, T, B, I, H, V, rel_err(a, b))

@@ -324,6 +324,65 @@ static void lookup_matches_dense(int cell, int reverse)
             }
 }
 
+/* The same in bfloat16 training: the lookup's gradients round each step's gate gradients
+ * (summed per table row, then float32 products with the rounded table and W_ih), so they
+ * are the dense input's up to the order of the sums. 3 threads; B = 5 takes the weight
+ * gradients by rows for LSTM and GRU, by columns for plain RNN. */
+static void lookup_matches_dense_bf16(int cell)
+{
+    enum { T3 = 7, B3 = 5, V3 = 6, I3 = 9, H3 = 40, NTH = 3 };
+    const int G = gates_of(cell), GH = G * H3;
+    unsigned s = 777u + cell;
+    static float table[V3 * I3], x[T3 * B3 * I3], w_ih[4 * H3 * I3], w_hh[4 * H3 * H3], b[4 * H3];
+    static float h0[B3 * H3], c0[B3 * H3], dy[T3 * B3 * H3], y[T3 * B3 * H3], hT[B3 * H3], cT[B3 * H3];
+    static float h_in[T3 * B3 * H3], gates[T3 * B3 * 4 * H3], cs[(T3 + 1) * B3 * H3], hh_n[T3 * B3 * H3];
+    static float dgi[T3 * B3 * 4 * H3], dgh_n[T3 * B3 * H3], dx[T3 * B3 * I3], dtable[V3 * I3];
+    static float dh0[2][B3 * H3], dc0[2][B3 * H3], dw_ih[2][4 * H3 * I3], dw_hh[2][4 * H3 * H3];
+    static float db_ih[2][4 * H3], db_hh[2][4 * H3];
+    int32_t tokens[T3 * B3], lengths[B3] = {7, 3, 0, 7, 5};
+    for (int i = 0; i < V3 * I3; i++) table[i] = (float)urand(&s);
+    for (int i = 0; i < T3 * B3; i++) tokens[i] = (int32_t)((i * 7 + i / 3) % (V3 - 1));
+    for (int i = 0; i < T3 * B3; i++) memcpy(x + (size_t)i * I3, table + (size_t)tokens[i] * I3, I3 * sizeof(float));
+    for (int i = 0; i < GH * I3; i++) w_ih[i] = (float)(0.5 * urand(&s));
+    for (int i = 0; i < GH * H3; i++) w_hh[i] = (float)(0.5 * urand(&s));
+    for (int i = 0; i < GH; i++) b[i] = (float)urand(&s);
+    for (int i = 0; i < B3 * H3; i++) { h0[i] = (float)urand(&s); c0[i] = (float)urand(&s); }
+    for (int i = 0; i < T3 * B3 * H3; i++) dy[i] = (float)urand(&s);
+    const int lstm = cell == FASTRNN_LSTM, gru = cell == FASTRNN_GRU;
+    for (int k = 0; k < 2; k++) {  /* k = 0: dense x, k = 1: lookup */
+        const float *in = k ? table : x;
+        const int32_t *tok = k ? tokens : NULL;
+        int rc = fastrnn_forward_bf16(cell, T3, B3, I3, H3, 0, 2, in, V3, tok, w_ih, w_hh, NULL, b, b, h0, c0, lengths,
+                                      y, hT, cT, h_in, gates, lstm ? cs : NULL, lstm ? cs + B3 * H3 : NULL,
+                                      gru ? hh_n : NULL, NTH);
+        if (!fastrnn_has_bf16()) {
+            CHECK(rc == FASTRNN_ENOTSUP, "bf16 lookup forward without AVX512_BF16: rc %d", rc);
+            return;
+        }
+        CHECK(rc == 0, "bf16 lookup forward %d", k);
+        CHECK(fastrnn_backward_bf16(cell, T3, B3, I3, H3, 0, in, V3, tok, w_ih, w_hh, NULL, dy, NULL, NULL, lengths,
+                                    h_in, gates, lstm ? cs : NULL, lstm ? cs + B3 * H3 : NULL, gru ? hh_n : NULL,
+                                    dgi, dgh_n, k ? dtable : dx, dh0[k], lstm ? dc0[k] : NULL, dw_ih[k], dw_hh[k],
+                                    db_ih[k], db_hh[k], 0, NTH) == 0, "bf16 lookup backward %d", k);
+    }
+    static float want[V3 * I3];
+    memset(want, 0, sizeof want);
+    for (int i = 0; i < T3 * B3; i++)
+        for (int q = 0; q < I3; q++) want[tokens[i] * I3 + q] += dx[(size_t)i * I3 + q];
+    struct { const char *name; const float *a, *b; int n; } cmp[] = {
+        {"dh0", dh0[0], dh0[1], B3 * H3}, {"dw_ih", dw_ih[0], dw_ih[1], GH * I3},
+        {"dw_hh", dw_hh[0], dw_hh[1], GH * H3}, {"db_ih", db_ih[0], db_ih[1], GH}, {"dtable", want, dtable, V3 * I3}};
+    for (size_t c = 0; c < sizeof cmp / sizeof cmp[0]; c++) {
+        double num = 0, den = 0;
+        for (int i = 0; i < cmp[c].n; i++) {
+            num += (cmp[c].a[i] - cmp[c].b[i]) * (cmp[c].a[i] - cmp[c].b[i]);
+            den += cmp[c].a[i] * cmp[c].a[i];
+        }
+        CHECK(sqrt(num / (den > 0 ? den : 1)) < 2e-5, "cell %d: bf16 lookup %s vs dense rel err %g", cell,
+              cmp[c].name, sqrt(num / (den > 0 ? den : 1)));
+    }
+}
+
 /* forward_direct (inference on the row-major weights) against the packed forward: every
  * batch size 1..6 (the dot tiles take 1-4 vectors), I and H that are no multiple of a
  * vector (tails), ragged lengths with an empty sequence, 1 and 3 threads, float and double. */
@@ -670,6 +729,7 @@ int main(void)
         bf16_near_f32(cell, 1);
         bf16_backward_near_f32(cell, 3);
         bf16_backward_near_f32(cell, 32);
+        lookup_matches_dense_bf16(cell);
     }
     for (int reverse = 0; reverse <= 1; reverse++)
         for (int ragged = 0; ragged <= 1; ragged++) lstmp_gradcheck(reverse, ragged);

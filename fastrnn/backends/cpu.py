@@ -260,10 +260,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     # a small call reads the weights as they are (csrc/direct.inc), a training one too: its
     # backward then packs its threads' W_hh slices itself instead of comparing them
     direct = _direct_pays(T, B, bf16)
-    if (direct or (bf16 and train)) and isinstance(x, Lookup):
-        # small calls: at most DIRECT_MAX_ROWS rows, cheaper expanded. bfloat16 training:
-        # the table's gradient rounds each step's gate gradients, as a dense input's does
-        # (the folded kernel would round their sums per table row)
+    if direct and isinstance(x, Lookup):   # at most DIRECT_MAX_ROWS rows: cheaper expanded
         x, tokens, V, expanded = x.dense(), None, 0, x
     else:
         x, tokens, V, expanded = _lookup_input(x, T, B)
