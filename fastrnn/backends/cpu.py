@@ -58,7 +58,8 @@ DIRECT_MAX_STEPS = 8
 # Inside frozen_weights() the packed path skips that compare: there the direct kernel won
 # only at T = 1 with B <= 4 (1.0-1.5x; at B = 8, 16 the packed panels were up to 1.7x faster).
 DIRECT_MAX_FROZEN_BATCH = 4
-# bfloat16 (precision="bfloat16", inference): the packed products run at twice float's rate
+# bfloat16 (precision="bfloat16"; measured in inference, and training's small calls follow
+# the same rule): the packed products run at twice float's rate
 # on half the bytes, so the direct kernel (which rounds the float weights as it reads them)
 # pays for less. Zen 4, 2 threads, I = H in {256, 512, 1024}, LSTM and GRU: at T = 1 and
 # B <= 8 1.2-3.3x faster than the packed path with its compare; at B = 16, or from T = 2 on,
@@ -386,7 +387,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
         return cpu_projection.backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out)
     w_ih, w_hh, T, B = saved["w_ih"], saved["w_hh"], saved["T"], saved["B"]
     # float32 for bfloat16 weights held as uint16 bits
-    H, dt, padded = w_hh.shape[1], saved.get("dtype", w_hh.dtype), saved.get("padded_input")
+    H, dt, padded = w_hh.shape[1], saved["dtype"], saved.get("padded_input")
     GH = spec.gates * H
     check_backward_grads(spec, dy, dh_T, dc_T, T, B, H, dt)
     # no input features (padded: dx's shape): the kernels ran one zero feature, whose

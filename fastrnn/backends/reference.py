@@ -38,6 +38,12 @@ def _step_mask(lengths, t, B):
     return (t < lengths)[:, None]
 
 
+def _operand(bf16):
+    """What a matrix product reads of an operand: the values as given, or (precision
+    'bfloat16') rounded to bfloat16; the products are exact and the sums float32."""
+    return round_bf16 if bf16 else (lambda a: a)
+
+
 def bf16_unavailable_reason():
     """precision='bfloat16' runs everywhere here (rounded in NumPy)."""
     return None
@@ -60,8 +66,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         check_bf16_call(x.dtype, w_hr is not None)
     if w_hr is not None:
         return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
-    # the products' operands: as given, or rounded to bfloat16 (products exact, float32 sums)
-    operand = round_bf16 if bf16 else (lambda a: a)
+    operand = _operand(bf16)
     w_ih_p, w_hh_p = operand(w_ih), operand(w_hh)
     b_ih = np.zeros(w_ih.shape[0], x.dtype) if b_ih is None else b_ih
     b_hh = np.zeros(w_hh.shape[0], x.dtype) if b_hh is None else b_hh
@@ -144,7 +149,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
     db_ih = np.zeros(w_ih.shape[0], x.dtype)
     db_hh = np.zeros(w_hh.shape[0], x.dtype)
     dx = np.zeros_like(x) if need_dx else None
-    op = round_bf16 if saved.get("bf16") else (lambda a: a)   # the products' operands
+    op = _operand(saved.get("bf16"))
     w_ih_p, w_hh_p = op(w_ih), op(w_hh)
 
     for t in reversed(_time_order(T, saved["reverse"])):
