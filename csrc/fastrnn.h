@@ -96,6 +96,12 @@ int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int revers
  * the time. */
 int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, const float *x, size_t ldx,
                        const float *bias, float *out, size_t ldo, int nthreads);
+/* fastrnn_matmul_f32 (below) in bfloat16 products: A and B rounded to bfloat16 as they
+ * are read, the sums float32 (a language model's decoder and its gradients in
+ * precision "bfloat16"). */
+int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t sak,
+                        const float *B, size_t sbk, size_t sbn, float *C, size_t ldc,
+                        int accumulate, int nthreads);
 /* dst[i] = src[i] rounded to bfloat16 (to nearest even; its upper 16 bits), i < n:
  * weights to hold as bfloat16 (for fastrnn_dense_bf16, fastrnn_forward_direct_bf16). */
 int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads);

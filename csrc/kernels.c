@@ -367,6 +367,19 @@ int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, c
 #endif
 }
 
+int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t sak,
+                        const float *B, size_t sbk, size_t sbn, float *C, size_t ldc,
+                        int accumulate, int nthreads)
+{
+    if (M < 0 || N < 0 || K < 0 || nthreads < 1) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return matmul_f32_bf16(M, N, K, A, sam, sak, B, sbk, sbn, C, ldc, accumulate, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
 int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads)
 {
     if (nthreads < 1 || (n > 0 && !(src && dst))) return FASTRNN_EINVAL;

@@ -97,7 +97,7 @@ def build_parser():
     t.add_argument("--seed", type=int)
     t.add_argument("--backend", choices=("auto",) + bench.FASTRNN_BACKENDS)
     t.add_argument("--precision", choices=("float32", "bfloat16"),
-                   help="the RNN stack's products (bfloat16: CPUs with AVX512_BF16; default float32)")
+                   help="the RNN stack's and the decoder's products (bfloat16: CPUs with AVX512_BF16; default float32)")
     t.add_argument("--threads", type=_threads)
     t.add_argument("--out", default="lm-out", help="folder for checkpoint.npz and log.csv (default lm-out)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.npz")

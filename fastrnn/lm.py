@@ -32,8 +32,9 @@ class RNNLM:
     def __init__(self, vocab_size, hidden_size=256, num_layers=2, cell="lstm", emb_size=None,
                  dropout=0.0, tie_weights=False, *, proj_size=0, backend="auto", dtype=np.float32, seed=None,
                  precision="float32"):
-        """precision: the RNN stack's products in training and evaluation ('bfloat16': see
-        fastrnn/bf16.py; the embedding, decoder and loss stay in dtype). generate() takes
+        """precision: the products of the RNN stack and of the decoder (the logits and their
+        two gradients) in training and evaluation ('bfloat16': see fastrnn/bf16.py; the
+        embedding, the loss, every sum and the weights stay in dtype). generate() takes
         its own."""
         hidden_size = positive_int("hidden_size", hidden_size)
         proj_size = positive_int("proj_size", proj_size, minimum=0)
@@ -200,13 +201,14 @@ class RNNLM:
         matmul, softmax_xent = ops.matmul, ops.softmax_xent
         x2 = out.reshape(T * B, H)
         n = T * B
-        logits = matmul(x2, self.decoder_weight.T, out=self._logits_buffer(n))
+        precision = self.rnn.precision   # the decoder's products are the stack's
+        logits = matmul(x2, self.decoder_weight.T, out=self._logits_buffer(n), precision=precision)
         logits += self.decoder_bias
         # the gradient overwrites the logits: one (T*B, V) array, not two
         loss, dlogits = softmax_xent(logits, targets.reshape(-1), 1.0 / n, want_grad=self.training,
                                      in_place=True)
         mean = float(loss.sum(dtype=np.float64) / n)
-        self._cache = (np.asarray(tokens), x2, dlogits, (T, B, H), masks) if self.training else None
+        self._cache = (np.asarray(tokens), x2, dlogits, (T, B, H), masks, precision) if self.training else None
         return mean, hidden
 
     def _logits_buffer(self, n):
@@ -223,14 +225,14 @@ class RNNLM:
         """Gradients of the last forward's mean loss, accumulated into self.grads."""
         if self._cache is None:
             raise ValueError("backward: no saved forward pass; call forward in training mode first")
-        tokens, x2, dlogits, (T, B, H), (emb_dense, emb_mask, out_mask) = self._cache
+        tokens, x2, dlogits, (T, B, H), (emb_dense, emb_mask, out_mask), precision = self._cache
         self._cache = None
         ops = _dense_ops(self.backend)
         matmul = ops.matmul
         dec_w = "embedding.weight" if self.config["tie_weights"] else "decoder.weight"
-        matmul(dlogits.T, x2, out=self.grads[dec_w], accumulate=True)
+        matmul(dlogits.T, x2, out=self.grads[dec_w], accumulate=True, precision=precision)
         self.grads["decoder.bias"] += dlogits.sum(axis=0)
-        dout = matmul(dlogits, self.decoder_weight).reshape(T, B, H)
+        dout = matmul(dlogits, self.decoder_weight, precision=precision).reshape(T, B, H)
         if out_mask is not None:
             dout *= out_mask
         demb, _ = self.rnn.backward(dout)   # the table's gradient when the input was a Lookup

@@ -344,6 +344,8 @@ def test_cpu_without_avx512_bf16_says_why():
         "refused(lambda: cpu.dense_bf16(np.ones((1, 4), np.float32), np.ones((3, 4), np.float32)),\n"
         "        'dense_bf16', 'AVX512_BF16')\n"
         "refused(lambda: cpu.to_bf16_bits(np.ones(3, np.float32)), 'to_bf16_bits', 'AVX512_BF16')\n"
+        "refused(lambda: cpu.matmul(np.ones((2, 4), np.float32), np.ones((4, 3), np.float32),\n"
+        "                           precision='bfloat16'), 'matmul', 'AVX512_BF16')\n"
         "lm = RNNLM(5, 8, 1, backend='cpu')\n"
         "refused(lambda: lm.generate([1], 2, precision='bfloat16'), 'AVX512_BF16')\n"
         "assert lm.rnn.precision == 'float32'\n"
@@ -415,3 +417,50 @@ def test_dense_bf16_errors_name_the_argument():
             be.dense_bf16(x, w[:, :3])
         with pytest.raises(ValueError, match=r"bias: expected a float32 numpy.ndarray of shape \(3,\)"):
             be.dense_bf16(x, w, np.ones(4, np.float32))
+
+
+def _matmul_cases(rng):
+    """(name, a, b) for each path of the C matmul: few rows (dots), G^T X with many rows
+    (matmul_tn), the blocked product by columns and by rows; odd K, partial panels,
+    transposed and strided operands."""
+    g = rng.standard_normal((37, 1600)).astype(np.float32)
+    w = rng.standard_normal((45, 70)).astype(np.float32)
+    big = rng.standard_normal((130, 301)).astype(np.float32)
+    yield "dots", rng.standard_normal((3, 70)).astype(np.float32), w.T
+    yield "tn", g.T, rng.standard_normal((37, 45)).astype(np.float32)
+    yield "columns", big[:, :77], rng.standard_normal((77, 301)).astype(np.float32)[:, ::3]
+    yield "rows", big.T[:, ::2], w[:, :65].T
+    yield "empty_k", big[:, :0], w[:, :0].T
+
+
+def test_matmul_bf16_matches_rounded_sums(num_threads):
+    """cpu.matmul(precision='bfloat16') (the LM decoder's three products) against the sums
+    of the rounded operands in float64, on each path, 1 and 3 threads, writing and adding;
+    the reference's matmul the same; neither is the float32 product."""
+    cpu = cpu_bf16()
+    rng = np.random.default_rng(11)
+    for name, a, b in _matmul_cases(rng):
+        exact = round_bf16(a).astype(np.float64) @ round_bf16(b).astype(np.float64)
+        # float32 sums: a few units in the last place per term of the largest |a| |b| sum
+        tol = 2.5e-7 * (a.shape[1] + 1) * (1 + (np.abs(a) @ np.abs(b)).max(initial=0))
+        plain = a.astype(np.float64) @ b.astype(np.float64)
+        if a.shape[1]:
+            assert np.abs(plain - exact).max() > 10 * tol, name   # the rounding shows
+        assert np.abs(reference.matmul(a, b, precision="bfloat16") - exact).max(initial=0) < tol, name
+        for threads in (1, 3):
+            num_threads(threads)
+            got = cpu.matmul(a, b, precision="bfloat16")
+            assert got.dtype == np.float32 and np.abs(got - exact).max(initial=0) < tol, (name, threads)
+            acc = np.full(exact.shape, 0.5, np.float32)
+            cpu.matmul(a, b, out=acc, accumulate=True, precision="bfloat16")
+            assert np.abs(acc - 0.5 - exact).max(initial=0) < tol, (name, threads)
+
+
+def test_matmul_precision_errors_name_what_to_change():
+    a, b = np.ones((2, 4), np.float32), np.ones((4, 3), np.float32)
+    for be in [reference] + ([backends.get("cpu")] if "cpu" in backends.available() else []):
+        with pytest.raises(ValueError, match="precision: expected one of"):
+            be.matmul(a, b, precision="float16")
+        with pytest.raises(TypeError, match="precision='bfloat16': expected a float32"):
+            be.matmul(a.astype(np.float64), b.astype(np.float64), precision="bfloat16")
+

@@ -713,6 +713,55 @@ static void dense_bf16_matches_rounded_sums(void)
     CHECK(fastrnn_dense_bf16(NR, K7, 1, w, 0, x, K7, bias, out, NR, 0) == FASTRNN_EINVAL, "dense bf16 0 threads");
 }
 
+/* fastrnn_matmul_bf16 against sums of the rounded operands in double, on each path of the
+ * matmul: few rows (dots), G^T X with many rows (matmul_tn), the blocked product (by
+ * columns, and by rows), with transposes by strides, odd K and partial panels, writing and
+ * adding, 1-3 threads; ENOTSUP where there are no bfloat16 kernels. */
+static void matmul_bf16_matches_rounded_sums(void)
+{
+    /* M, N, K, A transposed (sam 1), B transposed (sbn K) */
+    const int cases[][5] = {{3, 45, 33, 0, 1}, {1300, 21, 19, 1, 0}, {50, 70, 37, 0, 1}, {200, 9, 64, 0, 0},
+                            {7, 5, 0, 0, 0}};
+    unsigned s = 7u;
+    for (int ci = 0; ci < 5; ci++) {
+        const int M = cases[ci][0], N = cases[ci][1], K = cases[ci][2], at = cases[ci][3], bt = cases[ci][4];
+        float *A = malloc(sizeof(float) * (size_t)(M * K + 1)), *Bm = malloc(sizeof(float) * (size_t)(K * N + 1));
+        float *C = malloc(sizeof(float) * (size_t)(M * N + 1));
+        for (int i = 0; i < M * K; i++) A[i] = (float)urand(&s);
+        for (int i = 0; i < K * N; i++) Bm[i] = (float)urand(&s);
+        const size_t sam = at ? 1 : (size_t)K, sak = at ? (size_t)M : 1;
+        const size_t sbk = bt ? 1 : (size_t)N, sbn = bt ? (size_t)K : 1;
+        if (!fastrnn_has_bf16()) {
+            CHECK(fastrnn_matmul_bf16(M, N, K, A, sam, sak, Bm, sbk, sbn, C, N, 0, 1) == FASTRNN_ENOTSUP,
+                  "matmul bf16 ENOTSUP");
+        } else {
+            for (int acc = 0; acc <= 1; acc++)
+                for (int nth = 1; nth <= 3; nth++) {
+                    for (int i = 0; i < M * N; i++) C[i] = 0.25f;
+                    C[M * N] = 12345.f;   /* a sentinel past the end */
+                    int rc = fastrnn_matmul_bf16(M, N, K, A, sam, sak, Bm, sbk, sbn, C, N, acc, nth);
+                    CHECK(rc == 0, "matmul bf16 rc %d", rc);
+                    double worst = 0;
+                    for (int m = 0; m < M; m++)
+                        for (int n = 0; n < N; n++) {
+                            double want = acc ? 0.25 : 0;
+                            for (int k = 0; k < K; k++)
+                                want += (double)bf16_round(A[m * sam + k * sak]) * bf16_round(Bm[k * sbk + n * sbn]);
+                            double d = fabs(C[m * N + n] - want);
+                            worst = d > worst ? d : worst;
+                        }
+                    CHECK(worst < 1e-6 * (K + 1), "matmul bf16 %d x %d x %d acc %d nth %d: error %g", M, N, K,
+                          acc, nth, worst);
+                    CHECK(C[M * N] == 12345.f, "matmul bf16 wrote past C");
+                }
+        }
+        free(A); free(Bm); free(C);
+    }
+    float a[4] = {0};
+    CHECK(fastrnn_matmul_bf16(-1, 2, 2, a, 2, 1, a, 2, 1, a, 2, 0, 1) == FASTRNN_EINVAL, "matmul bf16 M < 0");
+    CHECK(fastrnn_matmul_bf16(2, 2, 2, a, 2, 1, a, 2, 1, a, 2, 0, 0) == FASTRNN_EINVAL, "matmul bf16 0 threads");
+}
+
 int main(void)
 {
     printf("isa: %s, bfloat16 kernels: %s, omp processors: %d\n", fastrnn_isa(),
@@ -737,6 +786,7 @@ int main(void)
     lstmp_direct_matches_packed(1);
     rejects_bad_arguments();
     dense_bf16_matches_rounded_sums();
+    matmul_bf16_matches_rounded_sums();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

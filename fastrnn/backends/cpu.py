@@ -515,12 +515,15 @@ def dense_bf16(x, w, bias=None):
     return out
 
 
-def matmul(a, b, out=None, accumulate=False):
-    """a (M, K) @ b (K, N) on the fastrnn kernels; transposed views cost no copy."""
+def matmul(a, b, out=None, accumulate=False, precision="float32"):
+    """a (M, K) @ b (K, N) on the fastrnn kernels; transposed views cost no copy.
+    precision 'bfloat16' (float32 arrays): a and b rounded to bfloat16 as the kernels read
+    them, float32 sums; ENOTSUP's message where the CPU has no AVX512_BF16."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"a, b: expected (M, K) and (K, N), got {a.shape} and {b.shape}")
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
         raise TypeError(f"a, b: expected one float dtype, got {a.dtype} and {b.dtype}")
+    bf16 = check_precision(precision, a.dtype) == "bfloat16"
     M, K = a.shape
     N = b.shape[1]
     if out is None:
@@ -531,7 +534,7 @@ def matmul(a, b, out=None, accumulate=False):
         raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
     a, sam, sak = _strides(a)
     b, sbk, sbn = _strides(b)
-    fn, ctype = _native("matmul", a.dtype)
+    fn, ctype = (lib.fastrnn_matmul_bf16, "float *") if bf16 else _native("matmul", a.dtype)
     status = fn(M, N, K, _ptr(a, ctype), sam, sak, _ptr(b, ctype), sbk, sbn, _ptr(out, ctype),
                 out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
     _check_status(status, "matmul")

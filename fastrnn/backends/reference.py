@@ -278,8 +278,11 @@ def dense_bf16(x, w, bias=None):
     return out if bias is None else out + bias
 
 
-def matmul(a, b, out=None, accumulate=False):
-    """a (M, K) @ b (K, N), written to / added into `out` when given."""
+def matmul(a, b, out=None, accumulate=False, precision="float32"):
+    """a (M, K) @ b (K, N), written to / added into `out` when given. precision
+    'bfloat16': a and b rounded to bfloat16 (float32 arrays), float32 sums."""
+    if check_precision(precision, a.dtype) == "bfloat16":
+        a, b = round_bf16(a), round_bf16(b)
     r = a @ b
     if out is None:
         return r
