@@ -120,15 +120,22 @@ def test_to_torch_copies_the_weights_and_keeps_the_tie():
     assert names == {n for n, _ in t.named_parameters()}
 
 
-def test_lm_benchmark_runs_and_writes_its_rows(tmp_path):
-    """benchmarks/lm_vs_torch.py --quick end to end (its losses agree before it times)."""
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_lm_benchmark_runs_and_writes_its_rows(tmp_path, precision):
+    """benchmarks/lm_vs_torch.py --quick end to end (its losses agree before it times);
+    bfloat16 against torch under CPU autocast, where the cpu kernels have it."""
+    if precision == "bfloat16" and ("cpu" not in backends.available()
+                                    or backends.get("cpu").bf16_unavailable_reason()):
+        pytest.skip("no bfloat16 kernels here")
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     out = tmp_path / "lm.json"
     p = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "lm_vs_torch.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--out", str(out), "--precision", precision], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     rows = json.loads(out.read_text())["results"]
     assert [r["model"] for r in rows] == ["char LSTM", "char GRU"]
+    agree = 1e-4 if precision == "float32" else 1e-2
     for r in rows:
+        assert r["precision"] == precision
         assert r["fastrnn_ms"] > 0 and r["torch_ms"] > 0 and r["samples"] >= 5
-        assert abs(r["first_loss"] - r["first_loss_torch"]) <= 1e-4 * r["first_loss_torch"]
+        assert abs(r["first_loss"] - r["first_loss_torch"]) <= agree * r["first_loss_torch"]
