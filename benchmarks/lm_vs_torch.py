@@ -14,7 +14,6 @@ drift hits them alike. Token ids are random: the work does not depend on them.
 --precision bfloat16: RNNLM(precision='bfloat16') (the stack and the decoder on bfloat16
 products) against the twin's forward under torch.autocast('cpu', bfloat16), torch's way to
 train in bfloat16 (its LSTM, RNN and Linear compute in bfloat16 there, its GRU in float32).
-The models with a projection are left out (no bfloat16 path).
 """
 import argparse
 import json
@@ -133,8 +132,6 @@ def main(argv=None):
     torch.set_num_threads(get_num_threads())
     warnings.filterwarnings("ignore", "LSTM with projections")   # torch: its oneDNN path has none
     configs = CONFIGS[:2] if args.quick else CONFIGS
-    if bf16:
-        configs = [c for c in configs if not c[1].get("proj_size")]
     rows = [run_config(*c, max_seconds=2.0 if args.quick else 20.0, precision=args.precision) for c in configs]
     print(report.render_table(
         ["model", "V", "H", "P", "B", "T", "fastrnn ms", "torch ms", "fastrnn tok/s", "torch tok/s", "ratio"],

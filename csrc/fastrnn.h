@@ -102,6 +102,30 @@ int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, c
 int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t sak,
                         const float *B, size_t sbk, size_t sbn, float *C, size_t ldc,
                         int accumulate, int nthreads);
+/* The LSTM with a projection (fastrnn_lstmp_*_f32 below: same arguments and workspace) in
+ * bfloat16 products: every product of the forward and of BPTT reads its operands rounded
+ * to bfloat16 and sums in float32; the packed panels hold bfloat16 pairs (a packing for
+ * these entry points only); the direct forward reads the float weights as they are. */
+size_t fastrnn_lstmp_packed_size_bf16(int I, int H, int P, int nthreads);
+int fastrnn_lstmp_pack_bf16(int I, int H, int P, const float *w_ih, const float *w_hh, const float *w_hr,
+                            float *packed, int nthreads);
+int fastrnn_lstmp_forward_bf16(int T, int B, int I, int H, int P, int reverse,
+                               const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                               const float *packed, const float *b_ih, const float *b_hh, const float *h0,
+                               const float *c0, const int32_t *lengths, float *y, float *h_T, float *c_T,
+                               float *h_in, float *gates, float *c_in, float *c_out, float *m, int nthreads);
+int fastrnn_lstmp_forward_direct_bf16(int T, int B, int I, int H, int P, int reverse,
+                                      const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                                      const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                                      const int32_t *lengths, float *y, float *h_T, float *c_T, float *h_in,
+                                      float *gates, float *c_in, float *c_out, float *m, int nthreads);
+int fastrnn_lstmp_backward_bf16(int T, int B, int I, int H, int P, int reverse,
+                                const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                                const float *packed, const float *dy, const float *dh_T, const float *dc_T,
+                                const int32_t *lengths, const float *h_in, const float *gates,
+                                const float *c_in, const float *c_out, const float *m, float *dg, float *dhs,
+                                float *dx, float *dh_0, float *dc_0, float *dw_ih, float *dw_hh, float *dw_hr,
+                                float *db_ih, float *db_hh, int accumulate, int nthreads);
 /* dst[i] = src[i] rounded to bfloat16 (to nearest even; its upper 16 bits), i < n:
  * weights to hold as bfloat16 (for fastrnn_dense_bf16, fastrnn_forward_direct_bf16). */
 int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads);

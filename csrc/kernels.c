@@ -380,6 +380,84 @@ int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t 
 #endif
 }
 
+/* The projected LSTM in bfloat16 products (projection.inc's bfloat16 instantiation) */
+size_t fastrnn_lstmp_packed_size_bf16(int I, int H, int P, int nthreads)
+{
+    if (I < 0 || H < 1 || P < 1 || nthreads < 1 || !fastrnn_has_bf16()) return 0;
+#if FASTRNN_BF16_BUILT
+    return lstmp_layout_f32_bf16(I, H, P, nthreads, -1, NULL);
+#else
+    return 0;
+#endif
+}
+
+int fastrnn_lstmp_pack_bf16(int I, int H, int P, const float *w_ih, const float *w_hh, const float *w_hr,
+                            float *packed, int nthreads)
+{
+    if (I < 0 || H < 1 || P < 1 || nthreads < 1) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return lstmp_pack_f32_bf16(I, H, P, w_ih, w_hh, w_hr, packed, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_lstmp_forward_bf16(int T, int B, int I, int H, int P, int reverse,
+                               const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                               const float *packed, const float *b_ih, const float *b_hh, const float *h0,
+                               const float *c0, const int32_t *lengths, float *y, float *h_T, float *c_T,
+                               float *h_in, float *gates, float *c_in, float *c_out, float *m, int nthreads)
+{
+    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1 || (b_ih == NULL) != (b_hh == NULL) ||
+        (gates && !(h_in && c_in && c_out && m)))
+        return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return lstmp_forward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, h0, c0,
+                                  lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_lstmp_forward_direct_bf16(int T, int B, int I, int H, int P, int reverse,
+                                      const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                                      const float *b_ih, const float *b_hh, const float *h0, const float *c0,
+                                      const int32_t *lengths, float *y, float *h_T, float *c_T, float *h_in,
+                                      float *gates, float *c_in, float *c_out, float *m, int nthreads)
+{
+    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1 || (b_ih == NULL) != (b_hh == NULL) ||
+        (gates && !(h_in && c_in && c_out && m)))
+        return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return lstmp_forward_direct_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0,
+                                         lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
+int fastrnn_lstmp_backward_bf16(int T, int B, int I, int H, int P, int reverse,
+                                const float *x, const float *w_ih, const float *w_hh, const float *w_hr,
+                                const float *packed, const float *dy, const float *dh_T, const float *dc_T,
+                                const int32_t *lengths, const float *h_in, const float *gates,
+                                const float *c_in, const float *c_out, const float *m, float *dg, float *dhs,
+                                float *dx, float *dh_0, float *dc_0, float *dw_ih, float *dw_hh, float *dw_hr,
+                                float *db_ih, float *db_hh, int accumulate, int nthreads)
+{
+    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1) return FASTRNN_EINVAL;
+    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
+#if FASTRNN_BF16_BUILT
+    return lstmp_backward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, dy, dh_T, dc_T, lengths,
+                                   h_in, gates, c_in, c_out, m, dg, dhs, dx, dh_0, dc_0, dw_ih, dw_hh, dw_hr,
+                                   db_ih, db_hh, accumulate, nthreads);
+#else
+    return FASTRNN_ENOTSUP;
+#endif
+}
+
 int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads)
 {
     if (nthreads < 1 || (n > 0 && !(src && dst))) return FASTRNN_EINVAL;

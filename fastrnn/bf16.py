@@ -26,13 +26,10 @@ def check_precision(precision, dtype=np.float32):
     return precision
 
 
-def check_bf16_call(dtype, projection=False):
+def check_bf16_call(dtype):
     """The limits of a bfloat16 call (a module's or one layer's), as errors naming what to
-    change. projection: an LSTM with proj_size (a layer's w_hr)."""
+    change: float32 only."""
     check_precision("bfloat16", dtype)
-    if projection:
-        raise ValueError("precision='bfloat16': an LSTM with proj_size has no bfloat16 path; "
-                         "use precision='float32'")
 
 
 def bf16_bits(a):
@@ -50,7 +47,7 @@ def bits_to_float32(bits):
 def weights_format(w_ih, w_hh, precision, w_hr=None):
     """(w_ih, w_hh, held): the weights, bfloat16 ones as uint16 bits with held True. Held
     weights are taken with precision='bfloat16' only (their products are bfloat16 anyway),
-    both of them, and not with a projection."""
+    both of them, and not with a projection (whose kernels read float weights)."""
     a, b = bf16_bits(w_ih), bf16_bits(w_hh)
     if a is None and b is None:
         return w_ih, w_hh, False
@@ -62,7 +59,8 @@ def weights_format(w_ih, w_hh, precision, w_hr=None):
         raise TypeError("w_ih, w_hh: bfloat16 weights (uint16 bits) need precision='bfloat16', "
                         f"got precision={precision!r}")
     if w_hr is not None:
-        check_bf16_call(np.float32, projection=True)
+        raise TypeError("w_ih, w_hh: bfloat16 weights (uint16 bits) are not taken with a projection (w_hr); "
+                        "pass float32 weights (precision='bfloat16' rounds them)")
     return a, b, True
 
 

@@ -90,7 +90,7 @@ class RNNBase:
         self.backend = backend
         self.precision = check_precision(precision, self.dtype)
         if precision == "bfloat16":
-            check_bf16_call(self.dtype, bool(self.proj_size))
+            check_bf16_call(self.dtype)
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params = OrderedDict()
@@ -302,7 +302,7 @@ class RNNBase:
         precision = check_precision(self.precision, self.dtype)   # the attribute may be set by hand
         if precision == "float32":
             return {}
-        check_bf16_call(self.dtype, bool(self.proj_size))
+        check_bf16_call(self.dtype)
         reason = backends.why_no_bf16(be)
         if reason:
             raise RuntimeError(f"precision='bfloat16': {reason}")

@@ -262,9 +262,9 @@ class RNNLM:
 
     def check_precision(self, precision):
         """Raise unless generate() can run at `precision` here, naming what to change
-        (bfloat16: a float32 model without proj_size, on a backend with bfloat16 products)."""
+        (bfloat16: a float32 model on a backend with bfloat16 products)."""
         if check_precision(precision, self.dtype) == "bfloat16":
-            check_bf16_call(self.dtype, bool(self.config["proj_size"]))
+            check_bf16_call(self.dtype)
             for be in sorted({backends.resolve(self.backend), _dense_ops(self.backend).name}):
                 why = backends.why_no_bf16(backends.get(be))
                 if why:

@@ -347,14 +347,15 @@ class _FastRNNMixin:
         self._check_devices(x, [("hx", h0), ("hx", c0), *zip(self._flat_weights_names, weights)])
         # a bfloat16 module computes what torch's does: bfloat16 products summed in float32,
         # where the backend has them (training too: its gradients come back in bfloat16)
-        bf16 = (out_dtype == torch.bfloat16 and not proj
-                and all(w.dtype == torch.bfloat16 for w in weights) and _bf16_products(backend))
+        bf16 = (out_dtype == torch.bfloat16 and all(w.dtype == torch.bfloat16 for w in weights)
+                and _bf16_products(backend))
         # float16/bfloat16 (or a mix under autocast) run in float32: differentiable casts,
         # so autograd returns each gradient in its tensor's own dtype. bfloat16 products
-        # read bfloat16 weight matrices as they are (no float copy of them per call)
+        # read bfloat16 weight matrices as they are (no float copy of them per call), except
+        # with a projection, whose kernels read float weights (rounded again as they pack)
         to = lambda t: t if t is None or t.dtype == compute else t.to(compute)
         x, h0, c0 = to(x), to(h0), to(c0)
-        weights = [w if bf16 and w.dim() == 2 else to(w) for w in weights]
+        weights = [w if bf16 and w.dim() == 2 and not proj else to(w) for w in weights]
         per = (4 if self.bias else 2) + (1 if proj else 0)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
         if torch.is_grad_enabled() or x.is_cuda:
             out, h_n, c_n = self._forward_layers(x.contiguous(), h0, c0, weights, lengths, cell, backend,

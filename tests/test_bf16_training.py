@@ -178,3 +178,93 @@ def test_lookup_trains_as_its_dense_rows(cell, num_threads):
             for name, a, b in zip(("y", "h_T", "c_T", "d_table") + GRAD_NAMES[1:], folded, dense[:3] + (d_table,) + dense[4:]):
                 if b is not None:
                     assert rel_err(a, b) < 2e-5, (name, threads, T, B, I, H, V, rel_err(a, b))
+
+
+# ----- an LSTM with a projection (proj_size) ------------------------------------------
+
+def _lstmp_args(rng, T, B, I, H, P):
+    """forward_layer's arguments for a projected LSTM, w_hr last."""
+    k = 1 / np.sqrt(H)
+    u = lambda *s: rng.uniform(-k, k, size=s).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = ((0.5 * rng.standard_normal(s)).astype(np.float32) for s in ((B, P), (B, H)))
+    return x, h0, c0, u(4 * H, I), u(4 * H, P), u(4 * H), u(4 * H), u(P, H)
+
+
+def _train_lstmp(be, args, lengths, reverse, precision="bfloat16", seed=0):
+    *a, w_hr = args
+    y, h, c, saved = be.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=True, w_hr=w_hr,
+                                      precision=precision)
+    rng = np.random.default_rng(seed)
+    dy, dh, dc = (rng.standard_normal(s).astype(np.float32) for s in (y.shape, h.shape, c.shape))
+    return [y, h, c, *be.backward_layer("lstm", saved, dy, dh, dc)]
+
+
+LSTMP_NAMES = ("y", "h_T", "c_T") + GRAD_NAMES + ("dw_hr",)
+
+
+def test_projection_one_step_matches_reference_bf16(num_threads):
+    """proj_size: one step's forward and BPTT (every product on bfloat16 operands: x, h, m,
+    the gate and state gradients, W_ih, W_hh, W_hr) against the reference's rounding; P = 1,
+    P near H, sizes off the vector width, ragged, reversed, 1-3 threads (a team other than
+    the packing's packs its own parts). Within the step m = o tanh(c') is itself an operand
+    (of W_hr), so an m one float ulp apart can round to bfloat16 apart: 5e-4 in relative
+    norm, and far nearer than float32's run."""
+    cpu = cpu_bf16()
+    for threads in (1, 2, 3):
+        num_threads(threads)
+        for k, (B, I, H, P) in enumerate([(1, 5, 7, 1), (3, 33, 17, 16), (12, 64, 64, 20), (40, 9, 60, 59)]):
+            rng = np.random.default_rng([k, threads, 31])
+            args = _lstmp_args(rng, 1, B, I, H, P)
+            lengths = random_lengths(rng, 1, B)
+            for reverse in (False, True):
+                got = _train_lstmp(cpu, args, lengths, reverse)
+                want = _train_lstmp(reference, args, lengths, reverse)
+                f32 = _train_lstmp(reference, args, lengths, reverse, precision="float32")
+                for name, a, b, c in zip(LSTMP_NAMES, got, want, f32):
+                    assert a.dtype == np.float32
+                    assert rel_err(a, b) < 5e-4, (name, threads, B, I, H, P, reverse, rel_err(a, b))
+                    assert rel_err(a, b) < 0.1 * rel_err(a, c), (name, threads, B, reverse, rel_err(a, c))
+
+
+def test_projection_sequences_round_like_the_reference(num_threads):
+    """proj_size over many steps: within a few 1e-3 of the reference's bfloat16 run (values on
+    rounding boundaries round apart now and then) and far nearer it than float32's."""
+    cpu = cpu_bf16()
+    num_threads(2)
+    for k, (T, B, I, H, P) in enumerate([(12, 33, 40, 70, 24), (9, 64, 64, 96, 48), (6, 3, 9, 13, 5)]):
+        for reverse in (False, True):
+            rng = np.random.default_rng([k, reverse, 32])
+            args = _lstmp_args(rng, T, B, I, H, P)
+            lengths = random_lengths(rng, T, B)
+            got = _train_lstmp(cpu, args, lengths, reverse)
+            want = _train_lstmp(reference, args, lengths, reverse)
+            f32 = _train_lstmp(reference, args, lengths, reverse, precision="float32")
+            for name, a, b, c in zip(LSTMP_NAMES, got, want, f32):
+                assert rel_err(a, b) < 3e-3, (name, T, B, I, H, P, reverse, rel_err(a, b))
+                assert rel_err(a, b) < 0.3 * rel_err(a, c), (name, T, B, reverse, rel_err(a, b), rel_err(a, c))
+
+
+def test_projection_module_trains_like_the_reference_module(num_threads):
+    """fastrnn.LSTM(proj_size, precision='bfloat16'), 2 layers, bidirectional, ragged: every
+    parameter gradient near the reference module's bfloat16 run; the bfloat16 packing is
+    cached per weight version, apart from the float32 one."""
+    cpu_bf16()
+    from fastrnn.backends import cpu as cpu_mod
+    num_threads(2)
+    rng = np.random.default_rng(33)
+    kw = dict(num_layers=2, bidirectional=True, seed=6, precision="bfloat16", proj_size=9)
+    m = make_module("lstm", 24, 40, backend="cpu", **kw)
+    r = make_module("lstm", 24, 40, backend="reference", **kw)
+    x = rng.standard_normal((7, 5, 24)).astype(np.float32)
+    lengths = random_lengths(rng, 7, 5)
+    g = rng.standard_normal((7, 5, 18)).astype(np.float32)
+    packs = cpu_mod.packed_cache_bf16.packs
+    for mod in (m, r):
+        out, _ = mod(x, lengths=lengths)
+        mod.backward(g)
+    assert cpu_mod.packed_cache_bf16.packs == packs + 4   # one per layer-direction
+    m(x, lengths=lengths)
+    assert cpu_mod.packed_cache_bf16.packs == packs + 4   # the same weights: packed once
+    for name, a in m.grads.items():
+        assert rel_err(a, r.grads[name]) < 3e-3, (name, rel_err(a, r.grads[name]))

@@ -494,8 +494,7 @@ def test_bfloat16_generation_refusals_name_what_to_change(monkeypatch):
     m64 = RNNLM(7, 8, 1, backend="reference", dtype=np.float64)
     with pytest.raises(TypeError, match="precision='bfloat16': expected a float32 module"):
         m64.generate([1], 2, precision="bfloat16")
-    with pytest.raises(ValueError, match="an LSTM with proj_size has no bfloat16 path"):
-        RNNLM(7, 8, 1, backend="reference", proj_size=4).generate([1], 2, precision="bfloat16")
+    assert len(RNNLM(7, 8, 1, backend="reference", proj_size=4).generate([1], 2, precision="bfloat16")) == 2
     m = RNNLM(7, 8, 1, backend="reference")
     with pytest.raises(ValueError, match="precision: expected one of"):
         m.generate([1], 2, precision="float16")
@@ -616,8 +615,8 @@ def test_projection_trains_resumes_and_generates(corpus, tmp_path):
     assert bad.returncode == 2 and "proj_size: only an LSTM" in bad.stderr
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_bfloat16_training_matches_the_reference(cell):
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("gru", 0), ("lstm", 8)])
+def test_bfloat16_training_matches_the_reference(cell, proj):
     """RNNLM(precision='bfloat16'): the stack (forward and BPTT) and the decoder (logits,
     their gradients) train on bfloat16 products; the embedding lookup, loss, sums and
     weights stay float32. Three Adam steps on the cpu kernels
@@ -625,7 +624,7 @@ def test_bfloat16_training_matches_the_reference(cell):
     the precision it is given and leaves the model's own."""
     if "cpu" not in backends.available() or backends.get("cpu").bf16_unavailable_reason():
         pytest.skip("no bfloat16 kernels here")
-    kw = dict(vocab_size=40, hidden_size=24, num_layers=2, cell=cell, seed=3, precision="bfloat16")
+    kw = dict(vocab_size=40, hidden_size=24, num_layers=2, cell=cell, seed=3, precision="bfloat16", proj_size=proj)
     m, r = RNNLM(**kw, backend="cpu"), RNNLM(**kw, backend="reference")
     f = RNNLM(**dict(kw, precision="float32"), backend="cpu")
     assert m.precision == m.rnn.precision == "bfloat16" and f.precision == "float32"

@@ -416,9 +416,12 @@ def test_bfloat16_runs_bfloat16_products(i, monkeypatch):
         assert worst_ours < 2 * worst_torch + 1e-2, (worst_ours, worst_torch)
 
 
-def test_bfloat16_products_only_for_bfloat16_weights_without_a_projection(monkeypatch):
-    """Under autocast (float32 weights, bfloat16 input) and with proj_size the layers
-    compute in float32 as before."""
+def test_bfloat16_products_only_for_bfloat16_weights(monkeypatch):
+    """Under autocast (float32 weights, bfloat16 input) the layers compute in float32 as
+    before; a bfloat16 module with proj_size runs bfloat16 products on float copies of its
+    weights (the projected kernels read float weights)."""
+    if fastrnn.backends.get("cpu").bf16_unavailable_reason():
+        pytest.skip(fastrnn.backends.get("cpu").bf16_unavailable_reason())
     seen = _spy_precisions(monkeypatch)
     m, _ = _pair(2, 4, 6, dtype=torch.float32, backend="cpu")
     x = torch.randn(5, 2, 4).to(torch.bfloat16)
@@ -427,7 +430,38 @@ def test_bfloat16_products_only_for_bfloat16_weights_without_a_projection(monkey
     mp = ft.LSTM(4, 6, proj_size=3, backend="cpu").to(torch.bfloat16)
     with torch.no_grad():
         mp(x)
-    assert [p for p, _ in seen] == ["float32", "float32"], seen
+    assert seen == [("float32", np.float32), ("bfloat16", np.float32)], seen
+
+
+def test_bfloat16_projection_matches_the_reference_backend(monkeypatch):
+    """A bfloat16 LSTM with proj_size, 2 layers, bidirectional, packed input: outputs,
+    states and every gradient (bfloat16) within 8e-3 of the reference backend's bfloat16
+    run, and near float32's."""
+    if fastrnn.backends.get("cpu").bf16_unavailable_reason():
+        pytest.skip(fastrnn.backends.get("cpu").bf16_unavailable_reason())
+    torch.manual_seed(4)
+    kw = dict(proj_size=7, num_layers=2, bidirectional=True)
+    m = ft.LSTM(6, 20, **kw, backend="cpu").to(torch.bfloat16)
+    r = ft.LSTM(6, 20, **kw, backend="reference").to(torch.bfloat16)
+    m32 = ft.LSTM(6, 20, **kw, backend="cpu")
+    r.load_state_dict(m.state_dict())
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    seen = _spy_precisions(monkeypatch)
+    x = torch.randn(9, 5, 6).to(torch.bfloat16)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [9, 3, 7, 9, 1], enforce_sorted=False)
+    rel = lambda a, b: float((a.float() - b.float()).norm() / max(float(b.float().norm()), 1e-30))
+    results = []
+    for model, inp in ((m, packed), (r, packed), (m32, torch.nn.utils.rnn.pack_padded_sequence(
+            x.float(), [9, 3, 7, 9, 1], enforce_sorted=False))):
+        model.zero_grad()
+        out, (h, c) = model(inp)
+        (out.data.float() * torch.linspace(-1, 1, out.data.numel()).reshape(out.data.shape)).sum().backward()
+        results.append([t.detach() for t in (out.data, h, c)] + [p.grad for p in model.parameters()])
+    assert seen == [("bfloat16", np.float32)] * 4 + [("float32", np.float32)] * 4, seen   # m, then m32
+    for a, b, c in zip(*results):
+        assert a.dtype == torch.bfloat16
+        assert rel(a, b) < 8e-3, rel(a, b)
+        assert rel(a, c) < 0.1, rel(a, c)
 
 
 def test_autocast_mixed_dtypes_compute_in_float32():

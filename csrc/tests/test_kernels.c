@@ -762,6 +762,89 @@ static void matmul_bf16_matches_rounded_sums(void)
     CHECK(fastrnn_matmul_bf16(2, 2, 2, a, 2, 1, a, 2, 1, a, 2, 0, 0) == FASTRNN_EINVAL, "matmul bf16 0 threads");
 }
 
+/* The projected LSTM in bfloat16 products against float32: forward and BPTT near it (the
+ * operands' rounding only) and not equal to it, with the weights packed for 1 and 3 threads
+ * and unpacked (NULL), ragged, both directions; under ASan this checks the bfloat16 parts'
+ * sizes. ENOTSUP where there are no bfloat16 kernels. */
+static void lstmp_bf16_near_f32(int reverse)
+{
+    enum { T6 = 6, B6 = 5, I6 = 7, H6 = 19, P6 = 6 };
+    unsigned s = 41u + (unsigned)reverse;
+    static float x[T6 * B6 * I6], w_ih[4 * H6 * I6], w_hh[4 * H6 * P6], w_hr[P6 * H6], bi[4 * H6], bh[4 * H6];
+    static float h0[B6 * P6], c0[B6 * H6], dy[T6 * B6 * P6];
+    float *all[] = {x, w_ih, w_hh, w_hr, bi, bh, h0, c0, dy};
+    const int n[] = {T6 * B6 * I6, 4 * H6 * I6, 4 * H6 * P6, P6 * H6, 4 * H6, 4 * H6, B6 * P6, B6 * H6, T6 * B6 * P6};
+    for (int a = 0; a < 9; a++)
+        for (int i = 0; i < n[a]; i++) all[a][i] = (float)urand(&s);
+    const int32_t lengths[B6] = {6, 2, 5, 6, 1};
+    /* results of each precision: y, h_T, c_T, dx, dh_0, dc_0, dw_ih, dw_hh, dw_hr, db_ih */
+    const size_t sz[10] = {T6 * B6 * P6, B6 * P6, B6 * H6, T6 * B6 * I6, B6 * P6, B6 * H6, 4 * H6 * I6,
+                           4 * H6 * P6, P6 * H6, 4 * H6};
+    float *out[2][10];
+    for (int q = 0; q < 2; q++)
+        for (int k = 0; k < 10; k++) out[q][k] = calloc(sz[k], sizeof(float));
+    float *db_hh = calloc(4 * H6, sizeof(float)), *ws[5], *dg = calloc(T6 * B6 * 4 * H6, sizeof(float));
+    float *dhs = calloc(T6 * B6 * P6, sizeof(float));
+    const size_t wsz[5] = {T6 * B6 * P6, T6 * B6 * 4 * H6, T6 * B6 * H6, T6 * B6 * H6, T6 * B6 * H6};
+    for (int k = 0; k < 5; k++) ws[k] = calloc(wsz[k], sizeof(float));
+    if (!fastrnn_has_bf16()) {
+        CHECK(fastrnn_lstmp_forward_bf16(T6, B6, I6, H6, P6, reverse, x, w_ih, w_hh, w_hr, NULL, bi, bh, h0, c0,
+                                         lengths, out[1][0], out[1][1], out[1][2], NULL, NULL, NULL, NULL, NULL,
+                                         1) == FASTRNN_ENOTSUP, "lstmp bf16 ENOTSUP");
+        CHECK(fastrnn_lstmp_packed_size_bf16(I6, H6, P6, 1) == 0, "lstmp bf16 packed size without bf16");
+    } else {
+        for (int nth = 1; nth <= 3; nth += 2)
+            for (int packing = 0; packing <= 1; packing++) {
+                float *packed[2] = {NULL, NULL};
+                if (packing) {
+                    packed[0] = malloc(sizeof(float) * fastrnn_lstmp_packed_size_f32(I6, H6, P6, nth));
+                    packed[1] = malloc(sizeof(float) * fastrnn_lstmp_packed_size_bf16(I6, H6, P6, nth));
+                    CHECK(fastrnn_lstmp_pack_f32(I6, H6, P6, w_ih, w_hh, w_hr, packed[0], nth) == 0, "lstmp pack");
+                    CHECK(fastrnn_lstmp_pack_bf16(I6, H6, P6, w_ih, w_hh, w_hr, packed[1], nth) == 0, "lstmp pack bf16");
+                }
+                for (int q = 0; q < 2; q++) {
+                    float **o = out[q];
+                    int rc = (q ? fastrnn_lstmp_forward_bf16 : fastrnn_lstmp_forward_f32)(
+                        T6, B6, I6, H6, P6, reverse, x, w_ih, w_hh, w_hr, packed[q], bi, bh, h0, c0, lengths, o[0],
+                        o[1], o[2], ws[0], ws[1], ws[2], ws[3], ws[4], nth);
+                    CHECK(rc == 0, "lstmp forward precision %d rc %d", q, rc);
+                    rc = (q ? fastrnn_lstmp_backward_bf16 : fastrnn_lstmp_backward_f32)(
+                        T6, B6, I6, H6, P6, reverse, x, w_ih, w_hh, w_hr, packed[q], dy, NULL, NULL, lengths, ws[0],
+                        ws[1], ws[2], ws[3], ws[4], dg, dhs, o[3], o[4], o[5], o[6], o[7], o[8], o[9], db_hh, 0, nth);
+                    CHECK(rc == 0, "lstmp backward precision %d rc %d", q, rc);
+                }
+                for (int k = 0; k < 10; k++) {
+                    double num = 0, den = 0;
+                    for (size_t i = 0; i < sz[k]; i++) {
+                        const double d = (double)out[1][k][i] - out[0][k][i];
+                        num += d * d;
+                        den += (double)out[0][k][i] * out[0][k][i];
+                    }
+                    const double rel = sqrt(num / (den > 0 ? den : 1));
+                    CHECK(rel < 3e-2 && rel > 1e-6, "lstmp bf16 rev %d threads %d packed %d result %d: %g from f32",
+                          reverse, nth, packing, k, rel);
+                }
+                free(packed[0]); free(packed[1]);
+            }
+        /* the direct (unpacked) bfloat16 forward: the packed one's results up to sum order */
+        float *yd = calloc(sz[0], sizeof(float)), *hd = calloc(sz[1], sizeof(float)), *cd = calloc(sz[2], sizeof(float));
+        CHECK(fastrnn_lstmp_forward_direct_bf16(T6, B6, I6, H6, P6, reverse, x, w_ih, w_hh, w_hr, bi, bh, h0, c0,
+                                                lengths, yd, hd, cd, NULL, NULL, NULL, NULL, NULL, 3) == 0,
+              "lstmp direct bf16");
+        double worst = 0;
+        for (size_t i = 0; i < sz[0]; i++) {
+            const double d = fabs((double)yd[i] - out[1][0][i]);
+            worst = d > worst ? d : worst;
+        }
+        CHECK(worst < 2e-2, "lstmp direct bf16 rev %d: %g from the packed", reverse, worst);
+        free(yd); free(hd); free(cd);
+    }
+    for (int q = 0; q < 2; q++)
+        for (int k = 0; k < 10; k++) free(out[q][k]);
+    for (int k = 0; k < 5; k++) free(ws[k]);
+    free(db_hh); free(dg); free(dhs);
+}
+
 int main(void)
 {
     printf("isa: %s, bfloat16 kernels: %s, omp processors: %d\n", fastrnn_isa(),
@@ -787,6 +870,8 @@ int main(void)
     rejects_bad_arguments();
     dense_bf16_matches_rounded_sums();
     matmul_bf16_matches_rounded_sums();
+    lstmp_bf16_near_f32(0);
+    lstmp_bf16_near_f32(1);
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

@@ -105,9 +105,12 @@ def _copy(a):
 packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits, copy=_copy)
 
 
-def _pack_bf16(code, I, H, w_ih, w_hh, nthreads):
-    """W_ih and W_hh rounded to bfloat16 pairs in the bf16 kernels' panels (csrc/gemm_bf16.inc);
-    bfloat16 weights (uint16 bits) through a float copy, which rounds to the same values."""
+def _pack_bf16(code, I, H, w_ih, w_hh, nthreads, w_hr=None):
+    """W_ih and W_hh (and an LSTM's projection w_hr) rounded to bfloat16 pairs in the bf16
+    kernels' panels (csrc/gemm_bf16.inc); bfloat16 weights (uint16 bits) through a float
+    copy, which rounds to the same values."""
+    if w_hr is not None:
+        return cpu_projection.pack(w_ih, w_hh, w_hr, nthreads, bf16=True)
     if w_ih.dtype == np.uint16:
         w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
     size = lib.fastrnn_packed_size_bf16(code, I, H, nthreads)
@@ -243,13 +246,13 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr, weight_dtype=np.uint16 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
-    if bf16:   # no projection, and a CPU with AVX512_BF16
-        check_bf16_call(x.dtype, w_hr is not None)
+    if bf16:   # a CPU with AVX512_BF16
+        check_bf16_call(x.dtype)
         reason = bf16_unavailable_reason()
         if reason:
             raise RuntimeError(f"precision='bfloat16' on the cpu backend: {reason}")
     if w_hr is not None:   # an LSTM with a projection (proj_size)
-        return cpu_projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
+        return cpu_projection.forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf16)
     if H == 0:   # no units: nothing to compute (the kernels take H >= 1)
         return _no_units_forward(spec, x, w_ih, w_hh, T, B, lengths, reverse, train)
     # the kernels take I >= 1: no input features run as one zero feature (it projects to 0);

@@ -63,9 +63,9 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                                                    w_hr=w_hr, weight_dtype=np.float32 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:
-        check_bf16_call(x.dtype, w_hr is not None)
+        check_bf16_call(x.dtype)
     if w_hr is not None:
-        return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train)
+        return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf16)
     operand = _operand(bf16)
     w_ih_p, w_hh_p = operand(w_ih), operand(w_hh)
     b_ih = np.zeros(w_ih.shape[0], x.dtype) if b_ih is None else b_ih
@@ -193,10 +193,12 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=True):
     return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
 
 
-def projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train):
+def projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf16=False):
     """An LSTM with a projection (PyTorch's proj_size = P): the gates read the P-wide state
     h, and the new state is h' = W_hr m with m = o * tanh(c'). Returns y (T,B,P), h_T (B,P),
-    c_T (B,H), saved."""
+    c_T (B,H), saved. bf16: every product's operands rounded to bfloat16."""
+    op = _operand(bf16)
+    w_ih_p, w_hh_p, w_hr_p = op(w_ih), op(w_hh), op(w_hr)
     T, B, _ = x.shape
     H = w_hr.shape[1]
     b = np.zeros(4 * H, x.dtype) if b_ih is None else b_ih + b_hh
@@ -205,12 +207,12 @@ def projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
     keep = {k: [None] * T for k in ("h_in", "gates", "c_in", "c_out", "m")}
     for t in _time_order(T, reverse):
         valid = _step_mask(lengths, t, B)
-        a = x[t] @ w_ih.T + h @ w_hh.T + b
+        a = op(x[t]) @ w_ih_p.T + op(h) @ w_hh_p.T + b
         i, f, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 3 * H:])
         g = np.tanh(a[:, 2 * H:3 * H])
         c_new = f * c + i * g
         m = o * np.tanh(c_new)
-        h_new = m @ w_hr.T
+        h_new = op(m) @ w_hr_p.T
         for k, v in (("h_in", h), ("gates", np.concatenate([i, f, g, o], axis=1)), ("c_in", c),
                      ("c_out", c_new), ("m", m)):
             keep[k][t] = v
@@ -221,7 +223,7 @@ def projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
     if train:
         saved = dict({k: np.stack(v) if T else np.zeros((0,) + h.shape, x.dtype) for k, v in keep.items()},
                      cell="lstm", backend=name, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, lengths=lengths,
-                     reverse=reverse)
+                     reverse=reverse, bf16=bf16)
     return y, h, c, saved
 
 
@@ -237,24 +239,27 @@ def projected_backward(spec, saved, dy, dh_T, dc_T, need_dx):
     dw_ih, dw_hh, dw_hr = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(w_hr)
     db = np.zeros(4 * H, x.dtype)
     dx = np.zeros_like(x) if need_dx else None
+    op = _operand(saved.get("bf16"))   # bfloat16: every product's operands rounded
+    w_ih_p, w_hh_p, w_hr_p = op(w_ih), op(w_hh), op(w_hr)
     for t in reversed(_time_order(T, saved["reverse"])):
         valid = _step_mask(lengths, t, B)
-        dh_out = np.where(valid, dh + (dy[t] if dy is not None else 0), 0)   # reaching h' = W_hr m
-        dw_hr += dh_out.T @ saved["m"][t]
-        dm = dh_out @ w_hr
+        dh_out = op(np.where(valid, dh + (dy[t] if dy is not None else 0), 0))   # reaching h' = W_hr m
+        dw_hr += dh_out.T @ op(saved["m"][t])
+        dm = dh_out @ w_hr_p
         i, f, g, o = (saved["gates"][t][:, k * H:(k + 1) * H] for k in range(4))
         tc = np.tanh(saved["c_out"][t])
         dc_total = dc + dm * o * (1 - tc * tc)
         da = np.concatenate([dc_total * g * i * (1 - i), dc_total * saved["c_in"][t] * f * (1 - f),
                              dc_total * i * (1 - g * g), dm * tc * o * (1 - o)], axis=1)
         da = np.where(valid, da, 0)
-        dw_ih += da.T @ x[t]
-        dw_hh += da.T @ saved["h_in"][t]
-        db += da.sum(axis=0)
+        db += da.sum(axis=0)   # the bias gradient sums the gate gradients as they are
+        da = op(da)
+        dw_ih += da.T @ op(x[t])
+        dw_hh += da.T @ op(saved["h_in"][t])
         if need_dx:
-            dx[t] = da @ w_ih
+            dx[t] = da @ w_ih_p
         dc = np.where(valid, dc_total * f, dc)
-        dh = np.where(valid, da @ w_hh, dh)
+        dh = np.where(valid, da @ w_hh_p, dh)
     return dx, dh, dc, dw_ih, dw_hh, db, db.copy(), dw_hr
 
 
