@@ -26,12 +26,6 @@ def check_precision(precision, dtype=np.float32):
     return precision
 
 
-def check_bf16_call(dtype):
-    """The limits of a bfloat16 call (a module's or one layer's), as errors naming what to
-    change: float32 only."""
-    check_precision("bfloat16", dtype)
-
-
 def bf16_bits(a):
     """`a` when it holds bfloat16 weights, else None: a uint16 array of the bits (the upper
     halves of the float32 values; a torch bfloat16 tensor's storage, which fastrnn.torch

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import backends
 from .backends.checks import is_device_array, overlapping
-from .bf16 import check_bf16_call, check_precision
+from .bf16 import check_precision
 from .cells import get_cell
 from .lookup import Lookup
 
@@ -89,8 +89,6 @@ class RNNBase:
         backends.resolve(backend)  # reject unknown names now, not at the first call
         self.backend = backend
         self.precision = check_precision(precision, self.dtype)
-        if precision == "bfloat16":
-            check_bf16_call(self.dtype)
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params = OrderedDict()
@@ -302,7 +300,6 @@ class RNNBase:
         precision = check_precision(self.precision, self.dtype)   # the attribute may be set by hand
         if precision == "float32":
             return {}
-        check_bf16_call(self.dtype)
         reason = backends.why_no_bf16(be)
         if reason:
             raise RuntimeError(f"precision='bfloat16': {reason}")

@@ -14,7 +14,7 @@ import numpy as np
 from . import backends
 from .backends.packed_weights import frozen_weights
 from .backends.pool import aligned_empty
-from .bf16 import check_bf16_call, check_precision
+from .bf16 import check_precision
 from .layers import GRU, LSTM, RNN, load_parameters, positive_int
 from .lookup import Lookup
 
@@ -264,7 +264,6 @@ class RNNLM:
         """Raise unless generate() can run at `precision` here, naming what to change
         (bfloat16: a float32 model on a backend with bfloat16 products)."""
         if check_precision(precision, self.dtype) == "bfloat16":
-            check_bf16_call(self.dtype)
             for be in sorted({backends.resolve(self.backend), _dense_ops(self.backend).name}):
                 why = backends.why_no_bf16(backends.get(be))
                 if why:

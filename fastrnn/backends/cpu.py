@@ -9,7 +9,7 @@ The C code never sees an unchecked array: checks.py validates, this file makes c
 """
 import numpy as np
 
-from ..bf16 import bits_to_float32, check_bf16_call, check_dense_args, check_precision, weights_format
+from ..bf16 import bits_to_float32, check_dense_args, check_precision, weights_format
 from ..cells import get_cell
 from ..lookup import Lookup
 from ..threads import get_num_threads
@@ -247,7 +247,6 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
                                                    w_hr=w_hr, weight_dtype=np.uint16 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
     if bf16:   # a CPU with AVX512_BF16
-        check_bf16_call(x.dtype)
         reason = bf16_unavailable_reason()
         if reason:
             raise RuntimeError(f"precision='bfloat16' on the cpu backend: {reason}")

@@ -9,7 +9,7 @@ starts from its own last valid step (PyTorch's packed-sequence semantics).
 """
 import numpy as np
 
-from ..bf16 import (bits_to_float32, check_bf16_call, check_dense_args, check_precision, round_bf16,
+from ..bf16 import (bits_to_float32, check_dense_args, check_precision, round_bf16,
                     to_bf16_bits as _to_bf16_bits, weights_format)
 from ..cells import get_cell
 from .checks import check_backward_grads, check_forward_args
@@ -62,8 +62,6 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     spec, T, B, I, H, lengths = check_forward_args(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
                                                    w_hr=w_hr, weight_dtype=np.float32 if held else None)
     bf16 = check_precision(precision, x.dtype) == "bfloat16"
-    if bf16:
-        check_bf16_call(x.dtype)
     if w_hr is not None:
         return projected_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf16)
     operand = _operand(bf16)
