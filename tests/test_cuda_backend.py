@@ -337,6 +337,7 @@ def test_layers_module_runs_on_cuda_backend():
     x = rng.standard_normal((2, 2, 3))
     (yr, hr), (yc, hc) = m_ref(x), m_cu(x)
     np.testing.assert_allclose(yc, yr, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hc, hr, rtol=1e-10, atol=1e-12)
     g = rng.standard_normal(yr.shape)
     np.testing.assert_allclose(m_cu.backward(g)[0], m_ref.backward(g)[0], rtol=1e-9, atol=1e-12)
 
