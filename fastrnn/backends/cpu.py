@@ -153,7 +153,7 @@ def splits_by_batch(cell, B, H, dtype=np.float32, threads=None, precision="float
     """True when the kernels split a layer's recurrence by batch rows for these sizes (each
     thread runs all units of its rows, no barrier per step), False when by hidden units."""
     bf16 = check_precision(precision, dtype) == "bfloat16"
-    fn = lib.fastrnn_by_batch_bf16 if bf16 else _native("by_batch", np.dtype(dtype))[0]
+    fn = _native("by_batch", np.dtype(dtype), bf16)[0]
     return bool(fn(get_cell(cell).code, int(B), int(H), int(threads or get_num_threads())))
 
 
@@ -165,8 +165,11 @@ def omp_num_procs():
     return max(1, int(lib.fastrnn_omp_num_procs()))
 
 
-def _native(name, dtype):
-    """The C entry point fastrnn_<name>_f32/_f64 for dtype, and its pointer type."""
+def _native(name, dtype, bf16=False):
+    """The C entry point fastrnn_<name>_f32/_f64 for dtype, and its pointer type; bf16:
+    fastrnn_<name>_bf16 (bfloat16 products on float arrays)."""
+    if bf16:
+        return getattr(lib, f"fastrnn_{name}_bf16"), "float *"
     single = dtype == np.float32
     return getattr(lib, f"fastrnn_{name}_{'f32' if single else 'f64'}"), ("float *" if single else "double *")
 
@@ -414,7 +417,7 @@ def backward_layer(cell, saved, dy, dh_T, dc_T, *, need_dx=True, retain=False, g
     V = x.shape[0] if tokens is not None else 0
     dy, dh_T, dc_T = map(_contig, (dy, dh_T, dc_T))
     bf16 = saved.get("bf16", False)
-    bwd, ctype = (lib.fastrnn_backward_bf16, "float *") if bf16 else _native("backward", dt)
+    bwd, ctype = _native("backward", dt, bf16)
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
@@ -536,7 +539,7 @@ def matmul(a, b, out=None, accumulate=False, precision="float32"):
         raise ValueError(f"out: expected a row-contiguous ({M}, {N}) {a.dtype} array")
     a, sam, sak = _strides(a)
     b, sbk, sbn = _strides(b)
-    fn, ctype = (lib.fastrnn_matmul_bf16, "float *") if bf16 else _native("matmul", a.dtype)
+    fn, ctype = _native("matmul", a.dtype, bf16)
     status = fn(M, N, K, _ptr(a, ctype), sam, sak, _ptr(b, ctype), sbk, sbn, _ptr(out, ctype),
                 out.strides[0] // out.itemsize, int(bool(accumulate)), get_num_threads())
     _check_status(status, "matmul")

@@ -21,20 +21,14 @@ from .pool import aligned_empty
 _WORKSPACE = ("h_in", "gates", "c_in", "c_out", "m")
 
 
-def _entry(name, dtype, bf16):
-    """(function, pointer type) of fastrnn_<name>_{f32,f64,bf16}."""
-    from .cpu import _native, lib
-    return (getattr(lib, f"fastrnn_{name}_bf16"), "float *") if bf16 else _native(name, dtype)
-
-
 def pack(w_ih, w_hh, w_hr, nthreads, bf16=False):
     """The weights packed into the kernels' per-thread panels (cpu.packed_cache keeps them
     per parameter version, as for the unprojected cells); bf16: as bfloat16 pairs
     (cpu.packed_cache_bf16 keeps those)."""
-    from .cpu import _check_status, _ptr
+    from .cpu import _check_status, _native, _ptr
     (P, H), I = w_hr.shape, w_ih.shape[1]
-    size_fn, _ = _entry("lstmp_packed_size", w_ih.dtype, bf16)
-    pack_fn, ctype = _entry("lstmp_pack", w_ih.dtype, bf16)
+    size_fn, _ = _native("lstmp_packed_size", w_ih.dtype, bf16)
+    pack_fn, ctype = _native("lstmp_pack", w_ih.dtype, bf16)
     size = size_fn(I, H, P, nthreads)
     if size == 0:
         raise RuntimeError(f"fastrnn cpu lstmp pack: kernel rejected its arguments (I={I}, H={H}, P={P})")
@@ -56,7 +50,7 @@ _LSTMP_CODE = -1   # the packed caches' key for the projected LSTM (the cells' c
 
 
 def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf16=False):
-    from .cpu import _check_status, _contig, _direct_pays, _ptr, name, workspace_pool
+    from .cpu import _check_status, _contig, _direct_pays, _native, _ptr, name, workspace_pool
     given = (w_ih, w_hh, w_hr)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = map(_contig, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     T, B, I = x.shape
@@ -69,7 +63,7 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf
     # a few (step, sequence) rows: the weights as they are (cpu.DIRECT_MAX_ROWS), training
     # too; BPTT then packs its threads' parts of W_hh and W_hr itself
     direct = _direct_pays(T, B, bf16)
-    fn, ctype = _entry("lstmp_forward_direct" if direct else "lstmp_forward", dt, bf16)
+    fn, ctype = _native("lstmp_forward_direct" if direct else "lstmp_forward", dt, bf16)
     p = lambda a: _ptr(a, ctype)
     weights = (p(x), p(w_ih), p(w_hh), p(w_hr)) + (() if direct else (p(_packed(w_ih, w_hh, w_hr, given, nth, bf16)),))
     status = fn(T, B, I, H, P, int(bool(reverse)), *weights, p(b_ih), p(b_hh),
@@ -85,7 +79,7 @@ def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, train, bf
 
 def backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out):
     """BPTT from `saved`; returns dx, dh0 (B,P), dc0 (B,H), dw_ih, dw_hh, db_ih, db_hh, dw_hr."""
-    from .cpu import _check_status, _contig, _ptr, workspace_pool
+    from .cpu import _check_status, _contig, _native, _ptr, workspace_pool
     if grads_out is not None:
         raise ValueError("grads_out: not supported with a projection (w_hr); use the returned gradients")
     x, w_ih, w_hh, w_hr = saved["x"], saved["w_ih"], saved["w_hh"], saved["w_hr"]
@@ -101,7 +95,7 @@ def backward(spec, saved, dy, dh_T, dc_T, need_dx, retain, grads_out):
     dw_ih, dw_hh, dw_hr = (aligned_empty(w.shape, dt) for w in (w_ih, w_hh, w_hr))
     db_ih, db_hh = aligned_empty(4 * H, dt), aligned_empty(4 * H, dt)
     bf16 = saved["bf16"]
-    fn, ctype = _entry("lstmp_backward", dt, bf16)
+    fn, ctype = _native("lstmp_backward", dt, bf16)
     p = lambda a: _ptr(a, ctype)
     nth = get_num_threads()
     # normally the forward's packing; the weights as they are now if they changed since
