@@ -211,6 +211,27 @@ static int bad_args(int cell, int T, int B, int I, int H, int nthreads)
            nthreads < 1;
 }
 
+/* A training forward's workspace: all of what the cell writes, or none (gates NULL) */
+static int bad_workspace(int cell, const void *gates, const void *h_in, const void *c_in, const void *c_out,
+                         const void *hh_n)
+{
+    return gates && !(h_in && (cell != FASTRNN_LSTM || (c_in && c_out)) && (cell != FASTRNN_GRU || hh_n));
+}
+
+static int bad_lstmp_args(int T, int B, int I, int H, int P, int nthreads)
+{
+    return T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1;
+}
+
+/* The projected LSTM's forward: its sizes, both biases or none, all of the workspace or none */
+static int bad_lstmp_forward_args(int T, int B, int I, int H, int P, int nthreads, const void *b_ih,
+                                  const void *b_hh, const void *gates, const void *h_in, const void *c_in,
+                                  const void *c_out, const void *m)
+{
+    return bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL) ||
+           (gates && !(h_in && c_in && c_out && m));
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DISPATCH(fn, suffix, ...)                                          \
     switch (isa()) {                                                       \
@@ -256,8 +277,7 @@ int fastrnn_forward_direct_##suffix(int cell, int T, int B, int I, int H, int re
                                     R *h_in, R *gates, R *c_in, R *c_out, R *hh_n, int nthreads) \
 {                                                                                              \
     if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)) ||      \
-        (gates && !(h_in && (cell != FASTRNN_LSTM || (c_in && c_out)) &&                       \
-                    (cell != FASTRNN_GRU || hh_n))))                                           \
+        bad_workspace(cell, gates, h_in, c_in, c_out, hh_n))                                   \
         return FASTRNN_EINVAL;                                                                 \
     DISPATCH(forward_direct, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, \
              c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)               \
@@ -294,6 +314,15 @@ int fastrnn_has_bf16(void)
 #endif
 }
 
+/* The bfloat16 entry points, after their argument checks: what the bfloat16 instantiation's
+ * call returns, or `none` where the compiler did not build it or the CPU has no bfloat16
+ * products (the call is not compiled then: its functions do not exist). */
+#if FASTRNN_BF16_BUILT
+#define RETURN_BF16_OR(none, ...) return fastrnn_has_bf16() ? (__VA_ARGS__) : (none)
+#else
+#define RETURN_BF16_OR(none, ...) return (none)
+#endif
+
 int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int chunk,
                          const float *x, int V, const int32_t *tokens,
                          const float *w_ih, const float *w_hh, const float *packed,
@@ -302,14 +331,9 @@ int fastrnn_forward_bf16(int cell, int T, int B, int I, int H, int reverse, int 
                          float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads)
 {
     if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return forward_f32_bf16(cell, T, B, I, H, reverse, chunk, x, V, tokens, w_ih, w_hh, packed,
-                            b_ih, b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n,
-                            nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   forward_f32_bf16(cell, T, B, I, H, reverse, chunk, x, V, tokens, w_ih, w_hh, packed, b_ih,
+                                    b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads));
 }
 
 int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
@@ -321,14 +345,10 @@ int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
                           float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int accumulate, int nthreads)
 {
     if (bad_args(cell, T, B, I, H, nthreads) || (tokens && V < 1)) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return backward_f32_bf16(cell, T, B, I, H, reverse, x, V, tokens, w_ih, w_hh, packed, dy, dh_T, dc_T,
-                             lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0, dc_0, dw_ih,
-                             dw_hh, db_ih, db_hh, accumulate, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   backward_f32_bf16(cell, T, B, I, H, reverse, x, V, tokens, w_ih, w_hh, packed, dy, dh_T, dc_T,
+                                     lengths, h_in, gates, c_in, c_out, hh_n, dgi, dgh_n, dx, dh_0, dc_0, dw_ih,
+                                     dw_hh, db_ih, db_hh, accumulate, nthreads));
 }
 
 int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int reverse,
@@ -338,17 +358,12 @@ int fastrnn_forward_direct_bf16(int cell, int T, int B, int I, int H, int revers
                                 float *h_in, float *gates, float *c_in, float *c_out, float *hh_n, int nthreads)
 {
     if (bad_args(cell, T, B, I, H, nthreads) || (cell == FASTRNN_LSTM && !(c0 && c_T)) ||
-        (weights_bf16 != 0 && weights_bf16 != 1) ||
-        (gates && !(h_in && (cell != FASTRNN_LSTM || (c_in && c_out)) && (cell != FASTRNN_GRU || hh_n))))
+        (weights_bf16 != 0 && weights_bf16 != 1) || bad_workspace(cell, gates, h_in, c_in, c_out, hh_n))
         return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    const wref_f32_bf16 wi = {w_ih, weights_bf16}, wh = {w_hh, weights_bf16};
-    return forward_direct_f32_bf16(cell, T, B, I, H, reverse, x, wi, wh, b_ih, b_hh, h0, c0, lengths,
-                                   y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   forward_direct_f32_bf16(cell, T, B, I, H, reverse, x, (wref_f32_bf16){w_ih, weights_bf16},
+                                           (wref_f32_bf16){w_hh, weights_bf16}, b_ih, b_hh, h0, c0, lengths,
+                                           y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads));
 }
 
 int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, const float *x, size_t ldx,
@@ -358,13 +373,9 @@ int fastrnn_dense_bf16(int nr, int K, int nv, const void *w, int weights_bf16, c
         (nv > 1 && (ldx < (size_t)K || ldo < (size_t)nr)) || (nr > 0 && nv > 0 && !out) ||
         (nr > 0 && K > 0 && nv > 0 && !(w && x)))
         return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    const wref_f32_bf16 wr = {w, weights_bf16};
-    return dense_rows_f32_bf16(nr, K, nv, wr, x, ldx, bias, out, ldo, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   dense_rows_f32_bf16(nr, K, nv, (wref_f32_bf16){w, weights_bf16}, x, ldx, bias, out, ldo,
+                                       nthreads));
 }
 
 int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t sak,
@@ -372,35 +383,21 @@ int fastrnn_matmul_bf16(int M, int N, int K, const float *A, size_t sam, size_t 
                         int accumulate, int nthreads)
 {
     if (M < 0 || N < 0 || K < 0 || nthreads < 1) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return matmul_f32_bf16(M, N, K, A, sam, sak, B, sbk, sbn, C, ldc, accumulate, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP, matmul_f32_bf16(M, N, K, A, sam, sak, B, sbk, sbn, C, ldc, accumulate, nthreads));
 }
 
 /* The projected LSTM in bfloat16 products (projection.inc's bfloat16 instantiation) */
 size_t fastrnn_lstmp_packed_size_bf16(int I, int H, int P, int nthreads)
 {
-    if (I < 0 || H < 1 || P < 1 || nthreads < 1 || !fastrnn_has_bf16()) return 0;
-#if FASTRNN_BF16_BUILT
-    return lstmp_layout_f32_bf16(I, H, P, nthreads, -1, NULL);
-#else
-    return 0;
-#endif
+    if (bad_lstmp_args(0, 0, I, H, P, nthreads)) return 0;
+    RETURN_BF16_OR(0, lstmp_layout_f32_bf16(I, H, P, nthreads, -1, NULL));
 }
 
 int fastrnn_lstmp_pack_bf16(int I, int H, int P, const float *w_ih, const float *w_hh, const float *w_hr,
                             float *packed, int nthreads)
 {
-    if (I < 0 || H < 1 || P < 1 || nthreads < 1) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return lstmp_pack_f32_bf16(I, H, P, w_ih, w_hh, w_hr, packed, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    if (bad_lstmp_args(0, 0, I, H, P, nthreads)) return FASTRNN_EINVAL;
+    RETURN_BF16_OR(FASTRNN_ENOTSUP, lstmp_pack_f32_bf16(I, H, P, w_ih, w_hh, w_hr, packed, nthreads));
 }
 
 int fastrnn_lstmp_forward_bf16(int T, int B, int I, int H, int P, int reverse,
@@ -409,16 +406,11 @@ int fastrnn_lstmp_forward_bf16(int T, int B, int I, int H, int P, int reverse,
                                const float *c0, const int32_t *lengths, float *y, float *h_T, float *c_T,
                                float *h_in, float *gates, float *c_in, float *c_out, float *m, int nthreads)
 {
-    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1 || (b_ih == NULL) != (b_hh == NULL) ||
-        (gates && !(h_in && c_in && c_out && m)))
+    if (bad_lstmp_forward_args(T, B, I, H, P, nthreads, b_ih, b_hh, gates, h_in, c_in, c_out, m))
         return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return lstmp_forward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, h0, c0,
-                                  lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   lstmp_forward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, h0, c0,
+                                          lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads));
 }
 
 int fastrnn_lstmp_forward_direct_bf16(int T, int B, int I, int H, int P, int reverse,
@@ -427,16 +419,11 @@ int fastrnn_lstmp_forward_direct_bf16(int T, int B, int I, int H, int P, int rev
                                       const int32_t *lengths, float *y, float *h_T, float *c_T, float *h_in,
                                       float *gates, float *c_in, float *c_out, float *m, int nthreads)
 {
-    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1 || (b_ih == NULL) != (b_hh == NULL) ||
-        (gates && !(h_in && c_in && c_out && m)))
+    if (bad_lstmp_forward_args(T, B, I, H, P, nthreads, b_ih, b_hh, gates, h_in, c_in, c_out, m))
         return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return lstmp_forward_direct_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0,
-                                         lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   lstmp_forward_direct_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0,
+                                                 lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads));
 }
 
 int fastrnn_lstmp_backward_bf16(int T, int B, int I, int H, int P, int reverse,
@@ -447,65 +434,38 @@ int fastrnn_lstmp_backward_bf16(int T, int B, int I, int H, int P, int reverse,
                                 float *dx, float *dh_0, float *dc_0, float *dw_ih, float *dw_hh, float *dw_hr,
                                 float *db_ih, float *db_hh, int accumulate, int nthreads)
 {
-    if (T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return lstmp_backward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, dy, dh_T, dc_T, lengths,
-                                   h_in, gates, c_in, c_out, m, dg, dhs, dx, dh_0, dc_0, dw_ih, dw_hh, dw_hr,
-                                   db_ih, db_hh, accumulate, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    if (bad_lstmp_args(T, B, I, H, P, nthreads)) return FASTRNN_EINVAL;
+    RETURN_BF16_OR(FASTRNN_ENOTSUP,
+                   lstmp_backward_f32_bf16(T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, dy, dh_T, dc_T,
+                                           lengths, h_in, gates, c_in, c_out, m, dg, dhs, dx, dh_0, dc_0, dw_ih,
+                                           dw_hh, dw_hr, db_ih, db_hh, accumulate, nthreads));
 }
 
 int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads)
 {
     if (nthreads < 1 || (n > 0 && !(src && dst))) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    to_bf16_f32_bf16(n, src, dst, nthreads);
-    return 0;
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP, (to_bf16_f32_bf16(n, src, dst, nthreads), 0));
 }
 
 size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads)
 {
-    if (bad_args(cell, 0, 0, I, H, nthreads) || !fastrnn_has_bf16()) return 0;
-#if FASTRNN_BF16_BUILT
-    return packed_layout_f32_bf16(cell, I, H, nthreads, -1, NULL, NULL, NULL);
-#else
-    return 0;
-#endif
+    if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;
+    RETURN_BF16_OR(0, packed_layout_f32_bf16(cell, I, H, nthreads, -1, NULL, NULL, NULL));
 }
 
 int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
                       int nthreads)
 {
     if (bad_args(cell, 0, 0, I, H, nthreads)) return FASTRNN_EINVAL;
-    if (!fastrnn_has_bf16()) return FASTRNN_ENOTSUP;
-#if FASTRNN_BF16_BUILT
-    return pack_weights_f32_bf16(cell, I, H, w_ih, w_hh, packed, nthreads);
-#else
-    return FASTRNN_ENOTSUP;
-#endif
+    RETURN_BF16_OR(FASTRNN_ENOTSUP, pack_weights_f32_bf16(cell, I, H, w_ih, w_hh, packed, nthreads));
 }
 
 int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads)
 {
-    if (bad_args(cell, 0, B, 1, H, nthreads) || !fastrnn_has_bf16()) return 0;
-#if FASTRNN_BF16_BUILT
-    return by_batch_f32_bf16(cell, B, H, nthreads);
-#else
-    return 0;
-#endif
+    if (bad_args(cell, 0, B, 1, H, nthreads)) return 0;
+    RETURN_BF16_OR(0, by_batch_f32_bf16(cell, B, H, nthreads));
 }
-
-static int bad_lstmp_args(int T, int B, int I, int H, int P, int nthreads)
-{
-    return T < 0 || B < 0 || I < 0 || H < 1 || P < 1 || nthreads < 1;
-}
+#undef RETURN_BF16_OR
 
 #define DEFINE_LSTMP_ENTRY_POINTS(R, suffix)                                                   \
 int fastrnn_lstmp_forward_##suffix(int T, int B, int I, int H, int P, int reverse,             \
@@ -514,8 +474,7 @@ int fastrnn_lstmp_forward_##suffix(int T, int B, int I, int H, int P, int revers
                                    const int32_t *lengths, R *y, R *h_T, R *c_T, R *h_in,      \
                                    R *gates, R *c_in, R *c_out, R *m, int nthreads)            \
 {                                                                                              \
-    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL) ||         \
-        (gates && !(h_in && c_in && c_out && m)))                                              \
+    if (bad_lstmp_forward_args(T, B, I, H, P, nthreads, b_ih, b_hh, gates, h_in, c_in, c_out, m)) \
         return FASTRNN_EINVAL;                                                                 \
     DISPATCH(lstmp_forward, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, packed, b_ih, b_hh, \
              h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads)              \
@@ -527,8 +486,7 @@ int fastrnn_lstmp_forward_direct_##suffix(int T, int B, int I, int H, int P, int
                                           R *h_in, R *gates, R *c_in, R *c_out, R *m,          \
                                           int nthreads)                                        \
 {                                                                                              \
-    if (bad_lstmp_args(T, B, I, H, P, nthreads) || (b_ih == NULL) != (b_hh == NULL) ||         \
-        (gates && !(h_in && c_in && c_out && m)))                                              \
+    if (bad_lstmp_forward_args(T, B, I, H, P, nthreads, b_ih, b_hh, gates, h_in, c_in, c_out, m)) \
         return FASTRNN_EINVAL;                                                                 \
     DISPATCH(lstmp_forward_direct, suffix, T, B, I, H, P, reverse, x, w_ih, w_hh, w_hr, b_ih,  \
              b_hh, h0, c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, m, nthreads)        \
