@@ -13,7 +13,8 @@ inputs: (T, B, I), batch_first, unbatched (T, I), PackedSequence, with or withou
 float32 and float64, and float16/bfloat16 computed in float32 (results in their dtypes),
 except a bfloat16 module where the backend has bfloat16 products: its forward and backward
 run those, as torch's own bfloat16 kernels compute, on its bfloat16 weights as they are.
-torch.compile runs the modules between its graphs, never inside one (_not_traced).
+torch.compile runs the modules between its graphs, never inside one (forward is
+torch.compiler.disable'd).
 """
 try:
     import torch
@@ -188,11 +189,6 @@ def _compute_dtype(dtype):
                               "(float32, float64, float16 and bfloat16 are)")
 
 
-def _not_traced(fn):
-    """fn, left out of torch.compile's graphs: dynamo runs it as it is, between them."""
-    return torch.compiler.disable(fn, recursive=True)
-
-
 class _FastRNNMixin:
     """forward() of torch.nn.RNNBase, computed by fastrnn. `backend` picks the fastrnn
     backend ('auto': cpu when built, else reference)."""
@@ -300,7 +296,7 @@ class _FastRNNMixin:
 
     # torch.compile traces around this, not into it (a graph break): the kernels run on
     # numpy views and device arrays that dynamo cannot trace, and it failed on them
-    @_not_traced
+    @torch.compiler.disable
     def forward(self, input, hx=None):
         lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
