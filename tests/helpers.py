@@ -41,6 +41,28 @@ def layer_inputs(rng, cell, T, B, I, H, dtype):
     return x, h0, c0, u(G * H, I), u(G * H, H), u(G * H), u(G * H)
 
 
+def lstmp_inputs(rng, T, B, I, H, P, dtype, bias=True):
+    """Arguments of forward_layer for an LSTM with a projection, w_hr last."""
+    k = 1 / np.sqrt(H)
+    u = lambda *s: rng.uniform(-k, k, size=s).astype(dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((B, P))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    b = (u(4 * H), u(4 * H)) if bias else (None, None)
+    return (x, h0, c0, u(4 * H, I), u(4 * H, P), *b, u(P, H))
+
+
+def run_lstmp(backend, args, lengths, reverse, rng_seed, train=True, precision="float32"):
+    """A projected LSTM's forward and backward (args: lstmp_inputs') with random incoming
+    gradients; every result in a list: y, h_T, c_T, then backward_layer's."""
+    *a, w_hr = args
+    y, h, c, saved = backend.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=train, w_hr=w_hr,
+                                           precision=precision)
+    rng = np.random.default_rng(rng_seed)
+    dy, dh, dc = (rng.standard_normal(s).astype(y.dtype) for s in (y.shape, h.shape, c.shape))
+    return [y, h, c, *backend.backward_layer("lstm", saved, dy, dh, dc)]
+
+
 def compare_layer(backend, cell, T, B, I, H, dtype, reverse, ragged, seed):
     """Run one layer-direction forward and backward on `backend` and on the float64
     reference (same inputs); return (output error, gradient error) as relative norms."""

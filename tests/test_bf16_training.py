@@ -7,7 +7,7 @@ import pytest
 from fastrnn.backends import reference
 from fastrnn.bf16 import round_bf16
 from fastrnn.lookup import Lookup
-from helpers import CELLS, cpu_bf16, layer_inputs, make_module, random_lengths, rel_err
+from helpers import CELLS, cpu_bf16, layer_inputs, lstmp_inputs, make_module, random_lengths, rel_err, run_lstmp
 
 GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
 
@@ -182,22 +182,8 @@ def test_lookup_trains_as_its_dense_rows(cell, num_threads):
 
 # ----- an LSTM with a projection (proj_size) ------------------------------------------
 
-def _lstmp_args(rng, T, B, I, H, P):
-    """forward_layer's arguments for a projected LSTM, w_hr last."""
-    k = 1 / np.sqrt(H)
-    u = lambda *s: rng.uniform(-k, k, size=s).astype(np.float32)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0, c0 = ((0.5 * rng.standard_normal(s)).astype(np.float32) for s in ((B, P), (B, H)))
-    return x, h0, c0, u(4 * H, I), u(4 * H, P), u(4 * H), u(4 * H), u(P, H)
-
-
-def _train_lstmp(be, args, lengths, reverse, precision="bfloat16", seed=0):
-    *a, w_hr = args
-    y, h, c, saved = be.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=True, w_hr=w_hr,
-                                      precision=precision)
-    rng = np.random.default_rng(seed)
-    dy, dh, dc = (rng.standard_normal(s).astype(np.float32) for s in (y.shape, h.shape, c.shape))
-    return [y, h, c, *be.backward_layer("lstm", saved, dy, dh, dc)]
+def _train_lstmp(be, args, lengths, reverse, precision="bfloat16"):
+    return run_lstmp(be, args, lengths, reverse, 0, precision=precision)
 
 
 LSTMP_NAMES = ("y", "h_T", "c_T") + GRAD_NAMES + ("dw_hr",)
@@ -215,7 +201,7 @@ def test_projection_one_step_matches_reference_bf16(num_threads):
         num_threads(threads)
         for k, (B, I, H, P) in enumerate([(1, 5, 7, 1), (3, 33, 17, 16), (12, 64, 64, 20), (40, 9, 60, 59)]):
             rng = np.random.default_rng([k, threads, 31])
-            args = _lstmp_args(rng, 1, B, I, H, P)
+            args = lstmp_inputs(rng, 1, B, I, H, P, np.float32)
             lengths = random_lengths(rng, 1, B)
             for reverse in (False, True):
                 got = _train_lstmp(cpu, args, lengths, reverse)
@@ -235,7 +221,7 @@ def test_projection_sequences_round_like_the_reference(num_threads):
     for k, (T, B, I, H, P) in enumerate([(12, 33, 40, 70, 24), (9, 64, 64, 96, 48), (6, 3, 9, 13, 5)]):
         for reverse in (False, True):
             rng = np.random.default_rng([k, reverse, 32])
-            args = _lstmp_args(rng, T, B, I, H, P)
+            args = lstmp_inputs(rng, T, B, I, H, P, np.float32)
             lengths = random_lengths(rng, T, B)
             got = _train_lstmp(cpu, args, lengths, reverse)
             want = _train_lstmp(reference, args, lengths, reverse)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastrnn import backends
-from helpers import random_lengths, rel_err
+from helpers import lstmp_inputs, random_lengths, rel_err, run_lstmp as run
 
 reference = backends.get("reference")
 _skip_without_cpu = pytest.mark.skipif("cpu" not in backends.available(),
@@ -17,26 +17,6 @@ def needs_cpu(test):
     """A cpu-backend test, run on the kernels as chosen by size and on the packed ones only
     (conftest.py's both_cpu_paths: the small shapes here would otherwise skip the packed)."""
     return pytest.mark.usefixtures("both_cpu_paths")(_skip_without_cpu(test))
-
-
-def lstmp_inputs(rng, T, B, I, H, P, dtype, bias=True):
-    """Arguments of forward_layer for an LSTM with a projection, w_hr last."""
-    k = 1 / np.sqrt(H)
-    u = lambda *s: rng.uniform(-k, k, size=s).astype(dtype)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = (0.5 * rng.standard_normal((B, P))).astype(dtype)
-    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
-    b = (u(4 * H), u(4 * H)) if bias else (None, None)
-    return (x, h0, c0, u(4 * H, I), u(4 * H, P), *b, u(P, H))
-
-
-def run(backend, args, lengths, reverse, rng_seed, train=True):
-    """Forward and backward with random incoming gradients; every result in a list."""
-    *a, w_hr = args
-    y, h, c, saved = backend.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=train, w_hr=w_hr)
-    rng = np.random.default_rng(rng_seed)
-    dy, dh, dc = (rng.standard_normal(s).astype(y.dtype) for s in (y.shape, h.shape, c.shape))
-    return [y, h, c, *backend.backward_layer("lstm", saved, dy, dh, dc)]
 
 
 # odd sizes: H and P not multiples of the vector width or the thread split; P = 1; P near H
