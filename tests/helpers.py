@@ -56,8 +56,9 @@ def run_lstmp(backend, args, lengths, reverse, rng_seed, train=True, precision="
     """A projected LSTM's forward and backward (args: lstmp_inputs') with random incoming
     gradients; every result in a list: y, h_T, c_T, then backward_layer's."""
     *a, w_hr = args
+    kw = {} if precision == "float32" else {"precision": precision}   # (the cuda backend has no keyword)
     y, h, c, saved = backend.forward_layer("lstm", *a, lengths=lengths, reverse=reverse, train=train, w_hr=w_hr,
-                                           precision=precision)
+                                           **kw)
     rng = np.random.default_rng(rng_seed)
     dy, dh, dc = (rng.standard_normal(s).astype(y.dtype) for s in (y.shape, h.shape, c.shape))
     return [y, h, c, *backend.backward_layer("lstm", saved, dy, dh, dc)]
