@@ -85,8 +85,9 @@ def correctness(cells, rng):
     # (label, persistent, step product, matmul, grid sync, batch blocks, shapes): each kernel
     # path with cuBLAS where CuPy is present, the per-step paths also with the Numba matmul
     # kernels, the persistent kernels with either grid barrier and with the batch split
-    # over 4 batch blocks (FASTRNN_CUDA_BATCH_BLOCKS; H = 1024 then runs per step)
-    paths = (("persistent", "1", "0", "auto", "cg", "1", shapes),
+    # over 4 batch blocks (FASTRNN_CUDA_BATCH_BLOCKS; H = 1024 then runs per step).
+    # Batch blocks "auto": the plan's default (8 at B >= 64, unsplit below)
+    paths = (("persistent", "1", "0", "auto", "cg", "auto", shapes),
              ("pers-flag", "1", "0", "auto", "flag", "1", shapes),
              ("pers-bblocks", "1", "0", "auto", "cg", "4", shapes),
              ("per-step", "0", "0", "numba", "cg", "1", shapes[2:4]),
@@ -99,7 +100,10 @@ def correctness(cells, rng):
         os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
         os.environ["FASTRNN_CUDA_MATMUL"] = matmul
         os.environ[fcuda.GRID_SYNC_ENV] = sync
-        os.environ[fcuda.BATCH_BLOCKS_ENV] = bblocks
+        if bblocks == "auto":
+            os.environ.pop(fcuda.BATCH_BLOCKS_ENV, None)
+        else:
+            os.environ[fcuda.BATCH_BLOCKS_ENV] = bblocks
         for cell in cells:
             if cell == "lstmp" and label != "step-gemm":   # its one path: products and launches
                 continue

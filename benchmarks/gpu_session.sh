@@ -3,13 +3,13 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
-#   bash benchmarks/gpu_session.sh check sync ab     # ~8 min: full-size checks, fastrnn.torch
+#   bash benchmarks/gpu_session.sh check sync ab     # ~5 min: full-size checks, fastrnn.torch
 #                                                    # on CUDA tensors, grid-sync cost, the
 #                                                    # kernels against ab-base's
-#   bash benchmarks/gpu_session.sh switches          # ~7 min: A/B of FASTRNN_CUDA_GRID_SYNC,
+#   bash benchmarks/gpu_session.sh switches          # ~4 min: A/B of FASTRNN_CUDA_GRID_SYNC,
 #                                                    # _BT and _MAX_BLOCKS at the small shapes
-#   bash benchmarks/gpu_session.sh bblocks           # ~4 min: A/B of FASTRNN_CUDA_BATCH_BLOCKS
-#                                                    # (4, 8) at B = 64 and 256
+#   bash benchmarks/gpu_session.sh bblocks           # ~4 min: the default batch split against
+#                                                    # none (B = 64, 256), and against step-gemm
 #   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
 #   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
 #   bash benchmarks/gpu_session.sh lstmp             # ~5 min: the LSTM with a projection vs cuDNN
@@ -18,7 +18,7 @@
 # in that order of value (30 min of device time hold about the first three or four).
 #
 # Before the session, on the machine with the repository (network there, none on the device):
-#   mkdir -p ab-base && git archive e72a552 fastrnn | tar -x -C ab-base   # kernels of the last
+#   mkdir -p ab-base && git archive 0bc0d2b fastrnn | tar -x -C ab-base   # kernels of the last
 #                                                                      # H100 run, for `ab`
 #   python3 -m pip download -q -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 numpy==2.4.6 numba-cuda==0.30.4 \
@@ -89,14 +89,15 @@ for stage in "$@"; do
             step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
                 --shapes "lstm:1024:8:256:train,gru:1024:8:256:train,lstm:512:8:256:train,lstm:512:8:256:inf" \
                 --out "$OUT/gpu-ab-bt4.json" ;;
-        bblocks)   # the batch split, where staging every sequence's state costs most of a step
-            # (B = 256 runs step-gemm by default: the head runs the kernels with the split)
-            for n in 4 8; do
-                step ab-bblocks$n python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BATCH_BLOCKS=$n \
-                    --head-env FASTRNN_CUDA_STEP_GEMM=0 \
-                    --shapes "rnn_tanh:256:64:256:inf,rnn_tanh:256:64:256:train,lstm:256:64:256:train,lstm:512:64:256:inf,rnn_tanh:256:256:256:inf,gru:256:256:256:train" \
-                    --out "$OUT/gpu-ab-bblocks$n.json"
-            done ;;
+        bblocks)   # the batch split's default (8 batch blocks from B = 64) against none, at the
+            # shapes it changes (the unmeasured ones first), then split against step-gemm for
+            # the gated cells at B = 256, which keep step-gemm by default
+            step ab-bblocks-default python3 benchmarks/gpu_ab.py --base . --base-env FASTRNN_CUDA_BATCH_BLOCKS=1 \
+                --shapes "lstm:256:64:256:inf,gru:256:64:256:inf,gru:256:64:256:train,rnn_tanh:256:256:256:train,rnn_tanh:256:64:256:inf,lstm:256:64:256:train,rnn_tanh:256:256:256:inf,lstm:384:64:256:train" \
+                --out "$OUT/gpu-ab-bblocks-default.json"
+            step ab-bblocks-gated python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_STEP_GEMM=0 \
+                --shapes "lstm:256:256:256:inf,lstm:256:256:256:train,gru:256:256:256:inf,gru:256:256:256:train" \
+                --out "$OUT/gpu-ab-bblocks-gated.json" ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
         lstmp)   # the LSTM with a projection (proj_size = H/4) against cuDNN's
             step lstmp python3 benchmarks/gpu_check.py --skip-check --timing-cells lstmp --quick \

@@ -173,6 +173,50 @@ def test_step_gemm_chosen_at_large_batches(cu, monkeypatch):
     assert not cu.plan("lstm", 256, B)["step_gemm"]
 
 
+def test_batch_split_chosen_at_batches_of_64(cu, monkeypatch):
+    # The default split (AUTO_BATCH_BLOCKS) as a GPU with an H100's limits would plan it:
+    # 8 batch blocks from B = 64 while the weights stay in shared memory, else 4, else
+    # none; over step-gemm only for one-gate cells up to BATCH_SPLIT_MAX_H
+    monkeypatch.setattr(cu, "SIMULATOR", False)
+    monkeypatch.setattr(cu, "THREADS", 256)
+    monkeypatch.setattr(cu, "_device_limits", lambda: (132, 160 * 1024, "H100 limits (test)"))
+    for var in (cu.STEP_GEMM_ENV, cu.BATCH_BLOCKS_ENV, cu.PERSISTENT_ENV, cu.MAX_BLOCKS_ENV, cu.BT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    shape = lambda p: (p["nbb"], p["persistent"], p["step_gemm"])
+    for cell in CELLS:
+        for backward in (False, True):
+            assert shape(cu.plan(cell, 256, 63, backward=backward)) == (1, True, False)
+            p = cu.plan(cell, 256, 64, backward=backward)
+            assert shape(p) == (8, True, False) and p["blocks"] <= 132 and p["Bs"] == 8
+    # float64 LSTM weights of 16 units (of 132 // 8 unit blocks) take 192 KiB: 4 blocks
+    assert shape(cu.plan("lstm", 384, 64, np.float64)) == (4, True, False)
+    # too large even split 4 ways (33 unit blocks of 16 units: 256 KiB): unsplit, whose
+    # 4 units a block fit
+    assert shape(cu.plan("lstm", 500, 64, np.float64)) == (1, True, False)
+    # B * H >= STEP_GEMM_MIN_BH: the plain RNN splits at H <= 256, the gated cells and
+    # larger H keep step-gemm
+    for cell in ("rnn_tanh", "rnn_relu"):
+        assert shape(cu.plan(cell, 256, 256)) == (8, True, False)
+        assert shape(cu.plan(cell, 512, 256)) == (1, False, True)
+    for cell in ("lstm", "gru"):
+        assert shape(cu.plan(cell, 256, 256)) == (1, False, True)
+    assert "from B=64 the blocks split the batch 8 or 4 ways" in cu.describe()
+    # the switches still win: a forced count, never step-gemm, always step-gemm, per step
+    monkeypatch.setenv(cu.BATCH_BLOCKS_ENV, "2")
+    assert "split the batch 2 ways" in cu.describe()
+    assert shape(cu.plan("gru", 256, 64)) == (2, True, False)
+    assert shape(cu.plan("gru", 256, 256)) == (1, False, True)
+    monkeypatch.setenv(cu.STEP_GEMM_ENV, "0")
+    assert shape(cu.plan("gru", 256, 256)) == (2, True, False)
+    monkeypatch.delenv(cu.BATCH_BLOCKS_ENV)
+    assert shape(cu.plan("lstm", 256, 256)) == (8, True, False)
+    monkeypatch.setenv(cu.STEP_GEMM_ENV, "1")
+    assert shape(cu.plan("rnn_tanh", 256, 64)) == (1, False, True)
+    monkeypatch.delenv(cu.STEP_GEMM_ENV)
+    monkeypatch.setenv(cu.PERSISTENT_ENV, "0")
+    assert shape(cu.plan("rnn_tanh", 256, 64)) == (1, False, False)
+
+
 @pytest.mark.parametrize("nt, S, hs, nq, kfast, Bp", [
     (32, 1, 5, 9, False, 36),    # rounds wrap past a unit boundary (32 % 5 != 0)
     (32, 1, 3, 40, False, 160),

@@ -34,8 +34,9 @@ def _run(module, x, hx, loss_dtype=None):
     out, hn = module(x, hx)
     data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
     hs = list(hn) if isinstance(hn, tuple) else [hn]
-    g = torch.Generator().manual_seed(0)
-    w = lambda shape: torch.randn(shape, generator=g, dtype=loss_dtype or data.dtype).to(data.dtype)
+    g = torch.Generator().manual_seed(0)   # drawn on the CPU, moved to the outputs' device
+    w = lambda shape: torch.randn(shape, generator=g, dtype=loss_dtype or data.dtype).to(
+        device=data.device, dtype=data.dtype)
     loss = (data * w(data.shape)).sum() + sum((h * w(h.shape)).sum() for h in hs)
     loss.backward()
     grads_hx = None if hx is None else ([h.grad for h in hx] if isinstance(hx, tuple) else [hx.grad])

@@ -46,11 +46,20 @@ BT_ENV = "FASTRNN_CUDA_BT"   # "1" or "4" forces the sequences per thread (for t
 # at most this many blocks (default one per SM): fewer blocks, each with more units, for
 # timing the latency-bound small layers (fewer arrivals at each grid barrier)
 MAX_BLOCKS_ENV = "FASTRNN_CUDA_MAX_BLOCKS"
-# batch blocks: the blocks split the batch this many ways as well as the units (default 1,
-# units only). Each block then stages only its sequences' state columns each step instead
-# of the whole batch's, which at B >= 64 costs most of a step; to be timed on a GPU
-# (benchmarks/gpu_session.sh bblocks) before it becomes a default
+# batch blocks: the blocks split the batch this many ways as well as the units. Each block
+# then stages only its sequences' state columns each step instead of the whole batch's,
+# which at B >= 64 costs most of a step. The env var forces a count; by default a batch of
+# at least BATCH_SPLIT_MIN_B splits AUTO_BATCH_BLOCKS ways (the first that keeps the
+# weights on chip). Measured on an H100 (results/gpu-ab-bblocks{4,8}-*.json, H=256, T=256):
+# at B=64, 8 blocks ran 2.05-2.22x the unsplit kernels (RNN inference and training, LSTM
+# training) and 4 blocks 1.88-1.94x. At B=256 against step-gemm, 8 blocks ran the plain RNN
+# 2.4x faster, and GRU training 1.17x with step-gemm's own time varying as much (4 blocks:
+# 1.39x and 0.70x), so the split replaces step-gemm only for one-gate cells up to
+# H = BATCH_SPLIT_MAX_H
 BATCH_BLOCKS_ENV = "FASTRNN_CUDA_BATCH_BLOCKS"
+AUTO_BATCH_BLOCKS = (8, 4)
+BATCH_SPLIT_MIN_B = 64
+BATCH_SPLIT_MAX_H = 256
 # the persistent kernels' barrier: "cg" numba's grid sync (default), "flag" cuda_recurrence's
 # flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
 GRID_SYNC_ENV = "FASTRNN_CUDA_GRID_SYNC"
@@ -98,7 +107,7 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
            os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
            os.environ.get(BATCH_BLOCKS_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
-           STEP_GEMM_MIN_BH)
+           STEP_GEMM_MIN_BH, AUTO_BATCH_BLOCKS, BATCH_SPLIT_MIN_B, BATCH_SPLIT_MAX_H)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -117,14 +126,31 @@ def _positive_env(name):
 
 
 def _plan(cell, H, B, dtype, backward, persistent):
+    """Step-gemm, the batch split and the layout (see BATCH_BLOCKS_ENV): the forced
+    split, else the first split in AUTO_BATCH_BLOCKS whose weights stay on chip where
+    the batch is large enough, else unsplit. Step-gemm plans never split (the product is
+    a library one, the step's elementwise work splits by units)."""
+    mode = os.environ.get(STEP_GEMM_ENV, "auto")
+    if mode == "1":
+        return _layout(cell, H, B, dtype, backward, persistent, 1, True)
+    auto_gemm = mode != "0" and B * H >= STEP_GEMM_MIN_BH
+    forced = _positive_env(BATCH_BLOCKS_ENV)
+    if forced is not None:
+        return _layout(cell, H, B, dtype, backward, persistent, 1 if auto_gemm else forced, auto_gemm)
+    over_gemm = get_cell(cell).gates == 1 and H <= BATCH_SPLIT_MAX_H
+    if B >= BATCH_SPLIT_MIN_B and (over_gemm or not auto_gemm):
+        for nbb in AUTO_BATCH_BLOCKS:
+            p = _layout(cell, H, B, dtype, backward, persistent, nbb, False)
+            if p["persistent"]:
+                return p
+    return _layout(cell, H, B, dtype, backward, persistent, 1, auto_gemm)
+
+
+def _layout(cell, H, B, dtype, backward, persistent, nbb, step_gemm):
     spec = get_cell(cell)
     G, item = spec.gates, np.dtype(dtype).itemsize
     nsm, smem_max, _ = _device_limits()
-    step_gemm = os.environ.get(STEP_GEMM_ENV, "auto")
-    step_gemm = step_gemm == "1" or (step_gemm != "0" and B * H >= STEP_GEMM_MIN_BH)
-    # batch blocks: at most one a sequence; none with step-gemm (the product is a library
-    # one, the step's elementwise work splits by units)
-    nbb = 1 if step_gemm else min(_positive_env(BATCH_BLOCKS_ENV) or 1, max(B, 1))
+    nbb = min(nbb, max(B, 1))   # at most one batch block a sequence
     allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
     if SIMULATOR and allow_persistent:
         if nbb > 1:   # the simulator runs blocks one after another: grid sync needs one block
@@ -212,9 +238,20 @@ def describe():
     return (f"{dev}, {nsm} SMs, {smem // 1024} KiB shared/block; persistent kernels while a "
             f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
             f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above; "
+            f"{_batch_split()}; "
             f"from B*H={STEP_GEMM_MIN_BH} a step is a {_products().NAME} matrix product and a "
-            f"launch of the gates' elementwise work; an LSTM with a projection: two "
+            f"launch of the gates' elementwise work (RNN H<={BATCH_SPLIT_MAX_H}: the split "
+            f"kernels); an LSTM with a projection: two "
             f"products and two launches a step; grid sync {'flag' if _flag_sync() else 'cg'}")
+
+
+def _batch_split():
+    """The batch split as `describe` reports it: forced, or the defaults in order."""
+    forced = os.environ.get(BATCH_BLOCKS_ENV)
+    if forced:
+        return f"the blocks split the batch {forced} ways ({BATCH_BLOCKS_ENV})"
+    return (f"from B={BATCH_SPLIT_MIN_B} the blocks split the batch "
+            f"{' or '.join(map(str, AUTO_BATCH_BLOCKS))} ways too")
 
 
 def _max_h(cell):
