@@ -50,12 +50,12 @@ MAX_BLOCKS_ENV = "FASTRNN_CUDA_MAX_BLOCKS"
 # then stages only its sequences' state columns each step instead of the whole batch's,
 # which at B >= 64 costs most of a step. The env var forces a count; by default a batch of
 # at least BATCH_SPLIT_MIN_B splits AUTO_BATCH_BLOCKS ways (the first that keeps the
-# weights on chip). Measured on an H100 (results/gpu-ab-bblocks{4,8}-*.json, H=256, T=256):
-# at B=64, 8 blocks ran 2.05-2.22x the unsplit kernels (RNN inference and training, LSTM
-# training) and 4 blocks 1.88-1.94x. At B=256 against step-gemm, 8 blocks ran the plain RNN
-# 2.4x faster, and GRU training 1.17x with step-gemm's own time varying as much (4 blocks:
-# 1.39x and 0.70x), so the split replaces step-gemm only for one-gate cells up to
-# H = BATCH_SPLIT_MAX_H
+# weights on chip). Measured on an H100 (benchmarks/results/gpu-session-2026-11-24-*/
+# ab-bblocks{4,8}.json, H=256, T=256): at B=64, 8 blocks ran 2.05-2.22x the unsplit
+# kernels (RNN inference and training, LSTM training) and 4 blocks 1.88-1.94x. At B=256
+# against step-gemm, 8 blocks ran the plain RNN 2.4x faster, and GRU training 1.17x with
+# step-gemm's own time varying as much (4 blocks: 1.39x and 0.70x), so the split replaces
+# step-gemm only for one-gate cells up to H = BATCH_SPLIT_MAX_H
 BATCH_BLOCKS_ENV = "FASTRNN_CUDA_BATCH_BLOCKS"
 AUTO_BATCH_BLOCKS = (8, 4)
 BATCH_SPLIT_MIN_B = 64
