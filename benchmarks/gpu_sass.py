@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # Argument types by parameter name: every kernel parameter must be in one of these sets
 # (an unknown name fails loudly, so a new parameter cannot be typed by accident).
-FLOAT_ARRAYS = {"Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "gates", "cin",
+FLOAT_ARRAYS = {"W", "Wf", "Wb", "xp", "b_ih", "b_hh", "hbuf", "cst", "y", "hout", "gates", "cin",
                 "cout", "hhn", "pre", "dy", "carry", "dc", "dgi", "dgh", "dgT", "dh0",
                 "A", "Bm", "C", "bias", "X", "out", "w", "a",
                 "h0", "c0", "h_T", "c_T", "dh", "dcin",
@@ -103,6 +103,7 @@ def kernel_list(quick):
     from numba import from_dtype
     from fastrnn.backends import cuda as cu
     from fastrnn.backends import cuda_dense as dense
+    from fastrnn.backends import cuda_local as local
     from fastrnn.backends import cuda_projection as proj
     from fastrnn.backends import cuda_projection_kernels as proj_kernels
     from fastrnn.backends import cuda_recurrence as rec
@@ -122,6 +123,17 @@ def kernel_list(quick):
                 for name, k in rec.kernels(spec.code, dt, BT, flag=True).items():
                     if "persistent" in name:   # FASTRNN_CUDA_GRID_SYNC=flag
                         out.append((f"{name} {cell} BT={BT} {tag} flag", k.py_func, nb))
+        # the local kernels at the layouts an H100 plans (132 SMs, 160 KiB): the largest
+        # layer of each cell, at 1 and 2 sequences a block (B <= 132, <= 264)
+        for cell, H in (("rnn_tanh", 256), ("lstm", 128), ("gru", 128)):
+            if dt != np.float32:
+                continue
+            G = CELLS[cell].gates
+            for B in ((1,) if quick else (1, 256)):
+                for bw in (False, True):
+                    L = local.layout(G, H, B, 4, bw, 132, 160 * 1024)
+                    k = local.kernel(CELLS[cell].code, dt, bw, L["S"], L["KS"], L["R"], L["BQ"], L["NT"], L["U"])
+                    out.append((f"{k.py_func.__name__} {cell} H={H} BQ={L['BQ']} {tag}", k, nb))
         for k in dense.kernels(dt):
             out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
         for name, k in proj_kernels.kernels(np.dtype(dt)).items():   # the projected LSTM's steps
@@ -177,8 +189,12 @@ def loop_divisions(sass):
 def compile_one(label, pyfunc, nb, arch, tools, workdir):
     from numba import cuda
     row = dict(kernel=label)
+    bounds = None
+    if hasattr(pyfunc, "py_func"):   # a dispatcher: compile with its launch bounds
+        bounds = pyfunc.targetoptions.get("launch_bounds")
+        pyfunc = pyfunc.py_func
     try:
-        ptx, _ = cuda.compile_ptx(pyfunc, arg_types(pyfunc, nb), cc=arch)
+        ptx, _ = cuda.compile_ptx(pyfunc, arg_types(pyfunc, nb), cc=arch, launch_bounds=bounds)
     except Exception as exc:   # a typing or lowering error the simulator did not see
         row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         return row

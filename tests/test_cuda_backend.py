@@ -21,6 +21,13 @@ def cu():
     return cuda
 
 
+@pytest.fixture(autouse=True)
+def units_split(monkeypatch):
+    # these tests are about the units-split kernels (cuda_recurrence.py), which the local
+    # kernels would take over at these sizes; those have tests/test_cuda_local.py
+    monkeypatch.setenv("FASTRNN_CUDA_LOCAL", "0")
+
+
 def make(cell, T, B, I, H, dt, rng, bias=True):
     G = get_cell(cell).gates
     f = lambda *s: rng.standard_normal(s).astype(dt)

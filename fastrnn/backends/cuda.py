@@ -24,6 +24,7 @@ from numba import cuda
 from ..cells import get_cell
 from . import cuda_blas as blas
 from . import cuda_dense as dense
+from . import cuda_local as local
 from . import cuda_projection as projection
 from . import cuda_recurrence as rec
 from . import cuda_setup as setup
@@ -64,6 +65,10 @@ BATCH_SPLIT_MAX_H = 256
 # flag_sync (one atomic a block; to be timed against cg on a GPU, benchmarks/gpu_ab.py)
 GRID_SYNC_ENV = "FASTRNN_CUDA_GRID_SYNC"
 STEP_GEMM_MIN_BH = 32768     # B * H from which a step's product is a library matrix product
+# the local kernels (cuda_local.py: a block holds all of W_hh and runs whole sequences, no
+# grid barrier): "0" never; by default wherever the weights fit on one SM and the batch in
+# one wave of blocks, unless a switch above forces another path
+LOCAL_ENV = "FASTRNN_CUDA_LOCAL"
 
 
 def unavailable_reason():
@@ -106,8 +111,9 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     memory, and whether the persistent kernel is used (else one launch per step)."""
     key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
            os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
-           os.environ.get(BATCH_BLOCKS_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
-           STEP_GEMM_MIN_BH, AUTO_BATCH_BLOCKS, BATCH_SPLIT_MIN_B, BATCH_SPLIT_MAX_H)
+           os.environ.get(BATCH_BLOCKS_ENV), os.environ.get(LOCAL_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
+           STEP_GEMM_MIN_BH, AUTO_BATCH_BLOCKS, BATCH_SPLIT_MIN_B, BATCH_SPLIT_MAX_H,
+           tuple(sorted(local.REG_WEIGHTS.items())), local.MAX_THREADS)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -126,6 +132,28 @@ def _positive_env(name):
 
 
 def _plan(cell, H, B, dtype, backward, persistent):
+    """The layout of the units-split kernels (_unit_plan), with "local": the local
+    kernels' layout where they run (LOCAL_ENV), else None. Both write the state history
+    with the same Bp, so a forward and a backward may take different paths."""
+    p = _unit_plan(cell, H, B, dtype, backward, persistent)
+    p["local"] = _local_layout(cell, H, B, dtype, backward) if persistent else None
+    return p
+
+
+def _local_layout(cell, H, B, dtype, backward):
+    mode = os.environ.get(LOCAL_ENV, "auto")
+    if mode not in ("0", "auto"):
+        raise ValueError(f"{LOCAL_ENV}: expected 0 (never) or auto, got {mode!r}")
+    forced = any(os.environ.get(e) is not None for e in (STEP_GEMM_ENV, BATCH_BLOCKS_ENV, BT_ENV,
+                                                          MAX_BLOCKS_ENV))
+    if mode == "0" or forced or os.environ.get(PERSISTENT_ENV) == "0":
+        return None
+    nsm, smem, _ = _device_limits()
+    return local.layout(get_cell(cell).gates, H, B, np.dtype(dtype).itemsize, backward, nsm, smem,
+                        max_threads=THREADS if SIMULATOR else local.MAX_THREADS)
+
+
+def _unit_plan(cell, H, B, dtype, backward, persistent):
     """Step-gemm, the batch split and the layout (see BATCH_BLOCKS_ENV): the forced
     split, else the first split in AUTO_BATCH_BLOCKS whose weights stay on chip where
     the batch is large enough, else unsplit. Step-gemm plans never split (the product is
@@ -235,7 +263,8 @@ _grid_counters = {}
 def describe():
     """One line for `fastrnn info`."""
     nsm, smem, dev = _device_limits()
-    return (f"{dev}, {nsm} SMs, {smem // 1024} KiB shared/block; persistent kernels while a "
+    return (f"{dev}, {nsm} SMs, {smem // 1024} KiB shared/block; {_local_reach()}; "
+            f"else persistent kernels while a "
             f"block's weight slice fits in shared memory (LSTM float32 H={_max_h('lstm')}, "
             f"GRU H={_max_h('gru')}, RNN H={_max_h('rnn_tanh')}), one launch per step above; "
             f"{_batch_split()}; "
@@ -243,6 +272,26 @@ def describe():
             f"launch of the gates' elementwise work (RNN H<={BATCH_SPLIT_MAX_H}: the split "
             f"kernels); an LSTM with a projection: two "
             f"products and two launches a step; grid sync {'flag' if _flag_sync() else 'cg'}")
+
+
+def _local_reach():
+    """The local kernels' reach as `describe` reports it."""
+    L = _local_layout("rnn_tanh", 1, 1, np.float32, False)
+    if L is None:
+        return f"no local kernels ({LOCAL_ENV} or a forcing switch)"
+    nsm = _device_limits()[0]
+    most = max(local.REG_WEIGHTS) * nsm
+    reach = ", ".join(f"{c.split('_')[0].upper()} H<={_local_max_h(c)}" for c in ("rnn_tanh", "lstm", "gru"))
+    return (f"local kernels (a block holds all of W_hh and runs whole sequences: no grid "
+            f"barrier) where they fit, float32 {reach}, B<={most} (fewer at the largest H)")
+
+
+def _local_max_h(cell):
+    """The largest H (to 16) whose forward and BPTT both run the local kernels at B=1."""
+    H = 16
+    while H < 4096 and all(_local_layout(cell, H + 16, 1, np.float32, bw) for bw in (False, True)):
+        H += 16
+    return H
 
 
 def _batch_split():
@@ -427,6 +476,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train, w
             _device_lengths(lengths), hbuf, cst, y, h_T, gates, cin, cout, hhn)
 
     def run(p):
+        if _run_local(spec, dt, p["local"], False, (w_hh,) + args + (T, B, H, Bp, int(reverse), int(train)),
+                      "forward"):
+            return True
         shape = (T, B, H, Bp, p["hs"], p["S"], p["rounds"], int(reverse), int(train), p["KC"], p["Bs"],
                  p["nbb"])
         if p["step_gemm"]:
@@ -456,6 +508,30 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train, w
 
 
 last_path = {}   # "forward"/"backward" -> "persistent" or "per-step" (for benchmarks)
+
+
+def _run_local(spec, dt, L, backward, args, which):
+    """Launch the local kernel of layout L (None: not for this layer); False if the
+    driver refuses the launch (its resources), which is remembered: the caller then runs
+    the units-split kernels."""
+    if L is None:
+        return False
+    kern = local.kernel(spec.code, dt, backward, L["S"], L["KS"], L["R"], L["BQ"], L["NT"], L["U"])
+    key = (id(kern), L["shared_bytes"], current_context())
+    if key in _local_refused:
+        return False
+    try:
+        launch(kern, L["blocks"], L["NT"], args, L["shared_bytes"])
+    except RuntimeError as exc:
+        if "launching" not in str(exc) and "shared memory" not in str(exc):
+            raise
+        _local_refused[key] = str(exc)
+        return False
+    last_path[which] = "local"
+    return True
+
+
+_local_refused = {}   # local kernels the driver would not launch -> its error
 
 
 def _run_persistent(kern, p, args, which):
@@ -539,6 +615,11 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
+        if _run_local(spec, dt, p["local"], True,
+                      (w_hh, T, rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"],
+                       ws["hh_n"], ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
+                       dc if dc is not None else dummy, dgi, dgh, dh0, B, H, Bp), "backward"):
+            return True
         shape = (p["hs"], p["S"], p["rounds"], p["KC"], p["Bs"], p["nbb"])
         if p["step_gemm"]:
             pre = _scratch("pre", B * H, dt)
