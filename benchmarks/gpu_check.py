@@ -2,7 +2,8 @@
 
 1. Correctness: every cell, forward and every gradient, against the NumPy reference in
    float64 (same float32 inputs), at full sizes (H up to 1024), ragged and reversed,
-   for the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC, and with
+   for the local kernels (a block holds all of W_hh: RNN H <= 256, LSTM/GRU H <= 128),
+   the persistent kernels (under both grid barriers, FASTRNN_CUDA_GRID_SYNC, and with
    the batch split over blocks, FASTRNN_CUDA_BATCH_BLOCKS), the one-launch-per-step
    fallback and the step-gemm path; and the LSTM with a projection ('lstmp', P = H/4).
 2. Speed: forward (inference) and forward+backward (training, dx included) of one layer,
@@ -77,6 +78,14 @@ def check_one(cell, T, B, I, H, reverse, ragged, rng):
     return errs
 
 
+def local_shapes(cell):
+    """Shapes the local kernels run at: the largest H that fits one SM (RNN 256, LSTM and
+    GRU 128), 1, 8 and 256 sequences (2 a block), and an odd H with a ragged batch."""
+    H = 256 if get_cell(cell).gates == 1 else 128
+    return [(32, 1, 64, H, False, True), (32, 8, 48, H, True, True), (12, 256, 64, H, True, True),
+            (10, 70, 33, 100, False, True)]
+
+
 def correctness(cells, rng):
     rows = []
     shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
@@ -87,7 +96,10 @@ def correctness(cells, rng):
     # kernels, the persistent kernels with either grid barrier and with the batch split
     # over 4 batch blocks (FASTRNN_CUDA_BATCH_BLOCKS; H = 1024 then runs per step).
     # Batch blocks "auto": the plan's default (8 at B >= 64, unsplit below)
-    paths = (("persistent", "1", "0", "auto", "cg", "auto", shapes),
+    # "local": the local kernels (cuda_local.py), the default where W_hh fits one SM; the
+    # other paths force a step product setting, which turns them off
+    paths = (("local", "1", None, "auto", "cg", "auto", None),
+             ("persistent", "1", "0", "auto", "cg", "auto", shapes),
              ("pers-flag", "1", "0", "auto", "flag", "1", shapes),
              ("pers-bblocks", "1", "0", "auto", "cg", "4", shapes),
              ("per-step", "0", "0", "numba", "cg", "1", shapes[2:4]),
@@ -97,7 +109,10 @@ def correctness(cells, rng):
     saved_env = {k: os.environ.get(k) for k in (fcuda.GRID_SYNC_ENV, fcuda.BATCH_BLOCKS_ENV)}
     for label, persistent, step_gemm, matmul, sync, bblocks, sel in paths:
         os.environ[fcuda.PERSISTENT_ENV] = persistent
-        os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
+        if step_gemm is None:
+            os.environ.pop(fcuda.STEP_GEMM_ENV, None)
+        else:
+            os.environ[fcuda.STEP_GEMM_ENV] = step_gemm
         os.environ["FASTRNN_CUDA_MATMUL"] = matmul
         os.environ[fcuda.GRID_SYNC_ENV] = sync
         if bblocks == "auto":
@@ -107,10 +122,12 @@ def correctness(cells, rng):
         for cell in cells:
             if cell == "lstmp" and label != "step-gemm":   # its one path: products and launches
                 continue
-            for T, B, I, H, rev, ragged in sel:
+            for T, B, I, H, rev, ragged in (sel or local_shapes(cell)):
                 p = fcuda.plan(layer(cell, H)[0], H, B)
                 errs = check_one(cell, T, B, I, H, rev, ragged, rng)
                 worst = max(errs.values())
+                if label == "local" and fcuda.last_path != {"forward": "local", "backward": "local"}:
+                    errs["path"] = worst = float("inf")   # the local kernels did not run
                 rows.append(dict(cell=cell, T=T, B=B, I=I, H=H, reverse=rev, ragged=ragged, path=label,
                                  grid_sync=sync, batch_blocks=p["nbb"],
                                  persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst,
@@ -198,7 +215,7 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
                                    fastrnn_tok_s=T * B / t_f, cudnn_tok_s=T * B / t_t,
                                    persistent=p["persistent"], blocks=p["blocks"], S=p["S"],
                                    BT=p["BT"], KC=p["KC"], batch_blocks=p["nbb"], step_gemm=p["step_gemm"],
-                                   path=dict(fcuda.last_path))
+                                   local=p["local"], path=dict(fcuda.last_path))
                         rows.append(row)
                         print(f"{cell:8s} {row['mode']:9s} H={H:4d} B={B:3d} T={T:4d} fastrnn "
                               f"{t_f * 1e3:9.3f} ms  cudnn {t_t * 1e3:9.3f} ms  ratio {row['ratio']:5.2f} "

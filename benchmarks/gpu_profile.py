@@ -86,21 +86,21 @@ def kernel_only(cell, T, B, H, train, rng):
     args, dy = inputs(cell, T, B, H, rng)
     call(cell, args, dy, train)
     spent = {}
-    orig = fcuda._launch
+    orig = fcuda.launch   # every kernel launch of cuda.py goes through it
 
-    def timed(kern, grid, a, shared, cooperative=False):
+    def timed(kern, grid, block, a, shared=0, cooperative=False):
         e0, e1 = cuda.event(), cuda.event()
         e0.record()
-        orig(kern, grid, a, shared, cooperative)
+        orig(kern, grid, block, a, shared, cooperative)
         e1.record()
         e1.synchronize()
         spent.setdefault(kern.py_func.__name__, []).append(cuda.event_elapsed_time(e0, e1))
-    fcuda._launch = timed
+    fcuda.launch = timed
     try:
         for _ in range(10):
             call(cell, args, dy, train)
     finally:
-        fcuda._launch = orig
+        fcuda.launch = orig
     return {k: float(np.median(v)) for k, v in spent.items()}
 
 

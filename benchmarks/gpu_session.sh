@@ -3,6 +3,9 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
+#   bash benchmarks/gpu_session.sh check local       # ~8 min: full-size checks (the local kernels
+#                                                    # first), fastrnn.torch on CUDA tensors, the
+#                                                    # local kernels against FASTRNN_CUDA_LOCAL=0
 #   bash benchmarks/gpu_session.sh check sync ab     # ~5 min: full-size checks, fastrnn.torch
 #                                                    # on CUDA tensors, grid-sync cost, the
 #                                                    # kernels against ab-base's
@@ -77,13 +80,14 @@ for stage in "$@"; do
                 summary+=("ab-kernels skipped: no ab-base/fastrnn (see the header)")
             fi ;;
         switches)   # the latency-bound shapes, where a barrier or the block count matters
+            # (of the units-split kernels: the local ones have neither)
             rnn256="rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train"
-            step ab-flag python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_GRID_SYNC=flag \
+            step ab-flag env FASTRNN_CUDA_LOCAL=0 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_GRID_SYNC=flag \
                 --shapes "$rnn256,lstm:512:8:256:train,lstm:512:8:32:inf,gru:512:8:32:inf" \
                 --out "$OUT/gpu-ab-flag.json"
-            step ab-blocks16 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
+            step ab-blocks16 env FASTRNN_CUDA_LOCAL=0 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
                 --shapes "$rnn256" --out "$OUT/gpu-ab-blocks16.json"
-            step ab-flag-blocks16 python3 benchmarks/gpu_ab.py --base . \
+            step ab-flag-blocks16 env FASTRNN_CUDA_LOCAL=0 python3 benchmarks/gpu_ab.py --base . \
                 --head-env FASTRNN_CUDA_GRID_SYNC=flag --head-env FASTRNN_CUDA_MAX_BLOCKS=16 \
                 --shapes "$rnn256" --out "$OUT/gpu-ab-flag-blocks16.json"
             step ab-bt4 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_BT=4 \
@@ -92,29 +96,35 @@ for stage in "$@"; do
         bblocks)   # the batch split's default (8 batch blocks from B = 64) against none, at the
             # shapes it changes (the unmeasured ones first), then split against step-gemm for
             # the gated cells at B = 256, which keep step-gemm by default
-            step ab-bblocks-default python3 benchmarks/gpu_ab.py --base . --base-env FASTRNN_CUDA_BATCH_BLOCKS=1 \
+            step ab-bblocks-default env FASTRNN_CUDA_LOCAL=0 python3 benchmarks/gpu_ab.py --base . --base-env FASTRNN_CUDA_BATCH_BLOCKS=1 \
                 --shapes "lstm:256:64:256:inf,gru:256:64:256:inf,gru:256:64:256:train,rnn_tanh:256:256:256:train,rnn_tanh:256:64:256:inf,lstm:256:64:256:train,rnn_tanh:256:256:256:inf,lstm:384:64:256:train" \
                 --out "$OUT/gpu-ab-bblocks-default.json"
-            step ab-bblocks-gated python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_STEP_GEMM=0 \
+            step ab-bblocks-gated env FASTRNN_CUDA_LOCAL=0 python3 benchmarks/gpu_ab.py --base . --head-env FASTRNN_CUDA_STEP_GEMM=0 \
                 --shapes "lstm:256:256:256:inf,lstm:256:256:256:train,gru:256:256:256:inf,gru:256:256:256:train" \
                 --out "$OUT/gpu-ab-bblocks-gated.json" ;;
+        local)   # the local kernels (the default where W_hh fits one SM) against the path
+            # each shape took before them (FASTRNN_CUDA_LOCAL=0), the missed targets first
+            step ab-local python3 benchmarks/gpu_ab.py --base . --base-env FASTRNN_CUDA_LOCAL=0 \
+                --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train,rnn_tanh:256:1:32:inf,rnn_tanh:256:256:256:inf,rnn_tanh:256:256:256:train,rnn_tanh:256:64:256:train,lstm:128:8:256:inf,lstm:128:8:256:train,gru:128:8:256:train,lstm:128:256:256:train,gru:128:64:256:inf" \
+                --out "$OUT/gpu-ab-local.json" ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
         lstmp)   # the LSTM with a projection (proj_size = H/4) against cuDNN's
             step lstmp python3 benchmarks/gpu_check.py --skip-check --timing-cells lstmp --quick \
                 --bs 1,8,64 --budget 240 --out "$OUT/gpu-lstmp.json" ;;
         full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
-        ncu)   # where a small step's time goes: stall reasons of the persistent kernels
+        ncu)   # where a small step's time goes: stall reasons of the local kernels (RNN
+            # H=256) and the persistent ones (LSTM H=1024)
             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
             for shape in "rnn_tanh 256 1 64" "lstm 1024 8 64"; do
-                step "ncu-${shape// /-}" "${NCU:-ncu}" --clock-control none -k regex:persistent \
+                step "ncu-${shape// /-}" "${NCU:-ncu}" --clock-control none -k 'regex:persistent|local' \
                     --launch-skip 2 --launch-count 2 --section SpeedOfLight --section LaunchStats \
                     --section WarpStateStats --section SchedulerStats --section SourceCounters \
                     python3 benchmarks/gpu_ncu_target.py $shape
             done
-            FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
+            FASTRNN_CUDA_LOCAL=0 FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
                 -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
                 --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
-        *) echo "gpu_session: unknown stage $stage (check sync ab switches bblocks full paths lstmp ncu)"; exit 2 ;;
+        *) echo "gpu_session: unknown stage $stage (check local sync ab switches bblocks full paths lstmp ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"

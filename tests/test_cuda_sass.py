@@ -24,7 +24,7 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     names = {r["kernel"].split()[0] for r in rows}
     assert {"fwd_persistent", "bwd_persistent", "fwd_onestep", "bwd_onestep", "fwd_prestep",
-            "bwd_prestep", "matmul"} <= names
+            "bwd_prestep", "matmul", "fwd_local", "bwd_local"} <= names
     # the step's product loop: a few instructions per FMA (it was 13-32 with signed indices),
     # and no integer division left in the time loop (it had 6: thread_geometry)
     for r in rows:

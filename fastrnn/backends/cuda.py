@@ -2,8 +2,11 @@
 
 forward_layer: input projection (a matrix product: cuda_blas.py where CuPy is installed,
 else cuda_dense.py; both have the same two entry points), then the whole
-recurrence in one persistent cooperative launch (cuda_recurrence.py). backward_layer:
-BPTT in one persistent launch, then the weight gradients and dx as matrix products.
+recurrence in one launch: where all of W_hh fits on one SM, the local kernels
+(cuda_local.py: each block runs whole sequences, no grid barrier), else one persistent
+cooperative launch (cuda_recurrence.py: blocks own units, a grid barrier a step).
+backward_layer: BPTT in one launch the same way, then the weight gradients and dx as
+matrix products.
 An LSTM with a projection (w_hr) runs in cuda_projection.py instead.
 From B*H >= STEP_GEMM_MIN_BH a step is instead one library matrix product and one launch
 of the step's elementwise work (the step-gemm path). Arrays made here come from a pool
