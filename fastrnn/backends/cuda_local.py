@@ -38,8 +38,9 @@ import math
 import numpy as np
 from numba import cuda, int32
 
+from .cuda_cells import cell_math
 from .cuda_launch import SIMULATOR
-from .cuda_recurrence import GATES, GRU, LSTM, RNN_TANH, ix
+from .cuda_recurrence import GATES, GRU, LSTM, RNN_RELU, ix
 
 # what a BPTT item loads a step ahead: dy, the saved gates, then LSTM c_out, c_in; GRU
 # the step's input state and W_hn h + b_hn
@@ -68,14 +69,10 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
     NL = BWD_LOADS.get(cell, 2) if backward else G   # per item: prefetched values
     NRED = SIM_RED if SIMULATOR else 1
     MEL = ME * NL
-    one = nb_dtype(1)
     zero = nb_dtype(0)
+    cm = cell_math(nb_dtype, relu=cell == RNN_RELU)
     # the plan (cuda.py) sized R for the registers NT threads have (64K a block)
     opts = {} if SIMULATOR else dict(launch_bounds=(NT,))
-
-    @cuda.jit(device=True, inline=True)
-    def sigm(a):
-        return one / (one + math.exp(-a))
 
     @cuda.jit(device=True, inline=True)
     def place(k):
@@ -252,13 +249,9 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
                     xo = ix((t * B + b) * GH + j)
                     ho = ix((t * B + b) * H + j)
                     if cell == LSTM:
-                        ig = sigm(mine[0] + xv[m * G])
-                        fg = sigm(mine[1] + xv[m * G + 1])
-                        gg = math.tanh(mine[2] + xv[m * G + 2])
-                        og = sigm(mine[3] + xv[m * G + 3])
                         c = cr[m]
-                        cn = fg * c + ig * gg
-                        hn = og * math.tanh(cn)
+                        ig, fg, gg, og, cn, hn = cm.lstm_fwd(mine[0] + xv[m * G], mine[1] + xv[m * G + 1],
+                                                             mine[2] + xv[m * G + 2], mine[3] + xv[m * G + 3], c)
                         if valid:
                             cr[m] = cn
                         if train:
@@ -269,24 +262,18 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
                             cin[ho] = c
                             cout[ho] = cn
                     elif cell == GRU:
-                        rg = sigm(mine[0] + xv[m * G])
-                        zg = sigm(mine[1] + xv[m * G + 1])
                         hn_ = mine[2]
                         if has_bias:
                             hn_ += b_hh[2 * H + j]
-                        ng = math.tanh(xv[m * G + 2] + rg * hn_)
-                        hn = (one - zg) * ng + zg * hprev
+                        rg, zg, ng, hn = cm.gru_fwd(mine[0] + xv[m * G], mine[1] + xv[m * G + 1],
+                                                    xv[m * G + 2], hn_, hprev)
                         if train:
                             gates[xo] = rg
                             gates[xo + ix(H)] = zg
                             gates[xo + ix(2 * H)] = ng
                             hhn[ho] = hn_
                     else:
-                        a = mine[0] + xv[m * G]
-                        if cell == RNN_TANH:
-                            hn = math.tanh(a)
-                        else:
-                            hn = a if a > zero else zero
+                        hn = cm.rnn_fwd(mine[0] + xv[m * G])
                         if train:
                             gates[xo] = hn
                     hnew = hn if valid else hprev
@@ -386,16 +373,9 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
                     go = ix((t * B + b) * GH + j)
                     st = so + ix(nxt * SLOT + (b - b0) * ROW)
                     if cell == LSTM:
-                        ig = pf[v + 1]
                         fg = pf[v + 2]
-                        gg = pf[v + 3]
-                        og = pf[v + 4]
-                        tc = math.tanh(pf[v + 5])
-                        dct = dcr[m] + dho * og * (one - tc * tc)
-                        di = dct * gg * ig * (one - ig)
-                        df = dct * pf[v + 6] * fg * (one - fg)
-                        dg = dct * ig * (one - gg * gg)
-                        do = dho * tc * og * (one - og)
+                        di, df, dg, do, dct = cm.lstm_bwd(dho, dcr[m], pf[v + 1], fg, pf[v + 3], pf[v + 4],
+                                                          pf[v + 5], pf[v + 6])
                         if not valid:
                             di = df = dg = do = zero
                         else:
@@ -410,14 +390,8 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
                         sm[st + ix(place(3 * H + j))] = do
                         cr[m] = zero if valid else dh
                     elif cell == GRU:
-                        rg = pf[v + 1]
                         zg = pf[v + 2]
-                        ng = pf[v + 3]
-                        hin = pf[v + 4]
-                        dn = dho * (one - zg) * (one - ng * ng)
-                        dz = dho * (hin - ng) * zg * (one - zg)
-                        dr = dn * pf[v + 5] * rg * (one - rg)
-                        dnh = dn * rg
+                        dr, dz, dn, dnh = cm.gru_bwd(dho, pf[v + 1], zg, pf[v + 3], pf[v + 4], pf[v + 5])
                         if not valid:
                             dr = dz = dn = dnh = zero
                         dgi[go] = dr
@@ -431,11 +405,7 @@ def _build(cell, nb_dtype, backward, S, KS, R, BQ, NT, U):
                         sm[st + ix(place(2 * H + j))] = dnh
                         cr[m] = dho * zg if valid else dh
                     else:
-                        yv = pf[v + 1]
-                        if cell == RNN_TANH:
-                            dp = dho * (one - yv * yv)
-                        else:
-                            dp = dho if yv > zero else zero
+                        dp = cm.rnn_bwd(dho, pf[v + 1])
                         if not valid:
                             dp = zero
                         dgi[go] = dp

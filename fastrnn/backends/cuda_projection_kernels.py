@@ -13,21 +13,18 @@ Step s of the forward works on time t = s (t = T-1-s when reversed); phase s of 
 the step taken s-th from the end. A sequence past its length keeps its h and c, has
 m = 0 and y = 0, and gets dg = 0.
 """
-import math
 
 from numba import cuda
 
+from .cuda_cells import cell_math
 from .cuda_recurrence import bptt_time as _bptt_time
 
 bptt_time = cuda.jit(device=True, inline=True)(_bptt_time)
 
 
 def _build(nb):
-    one, zero = nb(1), nb(0)
-
-    @cuda.jit(device=True, inline=True)
-    def sigm(a):
-        return one / (one + math.exp(-a))
+    zero = nb(0)
+    cm = cell_math(nb)
 
     @cuda.jit
     def fwd_gates(s, T, rev, train, pre, xp, b_ih, b_hh, has_bias, lengths, hcur, c, gates, c_in, c_out, m,
@@ -49,17 +46,13 @@ def _build(nb):
             if has_bias:
                 v += b_ih[g * H + j] + b_hh[g * H + j]
             a[g] = v
-        ig = sigm(a[0])
-        fg = sigm(a[1])
-        gg = math.tanh(a[2])
-        og = sigm(a[3])
         cp = c[i]
-        cn = fg * cp + ig * gg
+        ig, fg, gg, og, cn, mv = cm.lstm_fwd(a[0], a[1], a[2], a[3], cp)
         valid = t < lengths[b]
         if valid:
             c[i] = cn
         row = t * B + b
-        mv = og * math.tanh(cn) if valid else zero
+        mv = mv if valid else zero
         if train:
             m[row * H + j] = mv
             gates[xo] = ig
@@ -121,17 +114,13 @@ def _build(nb):
         row = t * B + b
         go = row * 4 * H + j
         if t < lengths[b]:
-            ig = gates[go]
             fg = gates[go + H]
-            gg = gates[go + 2 * H]
-            og = gates[go + 3 * H]
-            tc = math.tanh(c_out[row * H + j])
-            dmv = dm[i]
-            dct = dc[i] + dmv * og * (one - tc * tc)
-            dg[go] = dct * gg * ig * (one - ig)
-            dg[go + H] = dct * c_in[row * H + j] * fg * (one - fg)
-            dg[go + 2 * H] = dct * ig * (one - gg * gg)
-            dg[go + 3 * H] = dmv * tc * og * (one - og)
+            di, df, dgg, do, dct = cm.lstm_bwd(dm[i], dc[i], gates[go], fg, gates[go + 2 * H], gates[go + 3 * H],
+                                               c_out[row * H + j], c_in[row * H + j])
+            dg[go] = di
+            dg[go + H] = df
+            dg[go + 2 * H] = dgg
+            dg[go + 3 * H] = do
             dc[i] = dct * fg
         else:
             for g in range(4):

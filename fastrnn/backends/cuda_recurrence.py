@@ -33,12 +33,12 @@ batch-tile) tiles than threads, S <= 32 neighbouring lanes split a tile's summed
 (each reads consecutive k of k-fastest weights: no bank conflicts) and warp shuffles add
 their partial sums. Every thread reaches every syncthreads and shuffle (uniform loops).
 """
-import math
 from collections import namedtuple
 
 import numpy as np
 from numba import cuda, int32
 
+from .cuda_cells import cell_math
 from .cuda_launch import SIMULATOR
 
 SIM_THREADS = 32   # block size the cuda backend uses under the simulator
@@ -163,12 +163,8 @@ def _build(cell, nb_dtype, BT, flag):
     G = GATES[cell]
     GB = G * BT
     STAGE_DEPTH = STAGE_BYTES * 8 // nb_dtype.bitwidth   # 16 float32, 8 float64
-    one = nb_dtype(1)
     zero = nb_dtype(0)
-
-    @cuda.jit(device=True, inline=True)
-    def sigm(a):
-        return one / (one + math.exp(-a))
+    cm = cell_math(nb_dtype, relu=cell == RNN_RELU)
 
     # the persistent kernels' barrier between steps: flag_sync (flag) or numba's grid sync
     if flag:
@@ -381,13 +377,10 @@ def _build(cell, nb_dtype, BT, flag):
                             hprev = hp[q]
                             xo = (t * B + b) * GH + j
                             if cell == LSTM:
-                                ig = sigm(acc[q] + xv[q])
-                                fg = sigm(acc[BT + q] + xv[BT + q])
-                                gg = math.tanh(acc[2 * BT + q] + xv[2 * BT + q])
-                                og = sigm(acc[3 * BT + q] + xv[3 * BT + q])
                                 c = cp[q]
-                                cn = fg * c + ig * gg
-                                hn = og * math.tanh(cn)
+                                ig, fg, gg, og, cn, hn = cm.lstm_fwd(
+                                    acc[q] + xv[q], acc[BT + q] + xv[BT + q],
+                                    acc[2 * BT + q] + xv[2 * BT + q], acc[3 * BT + q] + xv[3 * BT + q], c)
                                 if valid:
                                     cst[b * H + j] = cn
                                 if train:
@@ -398,22 +391,16 @@ def _build(cell, nb_dtype, BT, flag):
                                     cin[(t * B + b) * H + j] = c
                                     cout[(t * B + b) * H + j] = cn
                             elif cell == GRU:
-                                rg = sigm(acc[q] + xv[q])
-                                zg = sigm(acc[BT + q] + xv[BT + q])
                                 hn_ = acc[2 * BT + q] + bhn
-                                ng = math.tanh(xv[2 * BT + q] + rg * hn_)
-                                hn = (one - zg) * ng + zg * hprev
+                                rg, zg, ng, hn = cm.gru_fwd(acc[q] + xv[q], acc[BT + q] + xv[BT + q],
+                                                            xv[2 * BT + q], hn_, hprev)
                                 if train:
                                     gates[xo] = rg
                                     gates[xo + H] = zg
                                     gates[xo + 2 * H] = ng
                                     hhn[(t * B + b) * H + j] = hn_
                             else:
-                                a = acc[q] + xv[q]
-                                if cell == RNN_TANH:
-                                    hn = math.tanh(a)
-                                else:
-                                    hn = a if a > zero else zero
+                                hn = cm.rnn_fwd(acc[q] + xv[q])
                                 if train:
                                     gates[xo] = hn
                             hnew = hn if valid else hprev
@@ -544,16 +531,10 @@ def _build(cell, nb_dtype, BT, flag):
                             go = (t * B + b) * GH + j
                             tb = wslot * GH * Bp + j * Bp + b
                             if cell == LSTM:
-                                ig = pf[2 * BT + q]
                                 fg = pf[3 * BT + q]
-                                gg = pf[4 * BT + q]
-                                og = pf[5 * BT + q]
-                                tc = math.tanh(pf[6 * BT + q])
-                                dct = pf[8 * BT + q] + dho * og * (one - tc * tc)
-                                di = dct * gg * ig * (one - ig)
-                                df = dct * pf[7 * BT + q] * fg * (one - fg)
-                                dg = dct * ig * (one - gg * gg)
-                                do = dho * tc * og * (one - og)
+                                di, df, dg, do, dct = cm.lstm_bwd(
+                                    dho, pf[8 * BT + q], pf[2 * BT + q], fg, pf[4 * BT + q], pf[5 * BT + q],
+                                    pf[6 * BT + q], pf[7 * BT + q])
                                 if not valid:
                                     di = df = dg = do = zero
                                 else:
@@ -569,14 +550,9 @@ def _build(cell, nb_dtype, BT, flag):
                                     dgT[tb + 3 * H * Bp] = do
                                 carry[b * H + j] = zero if valid else dh
                             elif cell == GRU:
-                                rg = pf[2 * BT + q]
                                 zg = pf[3 * BT + q]
-                                ng = pf[4 * BT + q]
-                                hin = pf[5 * BT + q]
-                                dn = dho * (one - zg) * (one - ng * ng)
-                                dz = dho * (hin - ng) * zg * (one - zg)
-                                dr = dn * pf[6 * BT + q] * rg * (one - rg)
-                                dnh = dn * rg
+                                dr, dz, dn, dnh = cm.gru_bwd(dho, pf[2 * BT + q], zg, pf[4 * BT + q],
+                                                             pf[5 * BT + q], pf[6 * BT + q])
                                 if not valid:
                                     dr = dz = dn = dnh = zero
                                 dgi[go] = dr
@@ -591,11 +567,7 @@ def _build(cell, nb_dtype, BT, flag):
                                     dgT[tb + 2 * H * Bp] = dnh
                                 carry[b * H + j] = dho * zg if valid else dh
                             else:
-                                yv = pf[2 * BT + q]
-                                if cell == RNN_TANH:
-                                    dp = dho * (one - yv * yv)
-                                else:
-                                    dp = dho if yv > zero else zero
+                                dp = cm.rnn_bwd(dho, pf[2 * BT + q])
                                 if not valid:
                                     dp = zero
                                 dgi[go] = dp
