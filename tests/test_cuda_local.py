@@ -186,3 +186,24 @@ def test_plan_and_switches(cu, monkeypatch):
     monkeypatch.setenv("FASTRNN_CUDA_LOCAL", "1")
     with pytest.raises(ValueError, match="FASTRNN_CUDA_LOCAL"):
         cu.plan("rnn_tanh", 256, 8)
+
+
+@pytest.mark.parametrize("cell, T, B, I, H, lengths", [
+    ("lstm", 3, 9, 3, 1, None),                   # one unit: 3 of 4 items a lane empty
+    ("gru", 2, 9, 0, 2, [0, 2, 1, 0, 2, 2, 1, 0, 0]),   # no input features, empty sequences
+    ("rnn_tanh", 1, 9, 1, 13, [0] * 9)])          # every sequence empty: h_T = h0, y = 0
+def test_edges(cu, cell, T, B, I, H, lengths):
+    from helpers import layer_inputs
+    from fastrnn.backends import reference as ref
+    rng = np.random.default_rng(9)
+    args = layer_inputs(rng, cell, T, B, I, H, np.float64)
+    lengths = None if lengths is None else np.array(lengths)
+    y, h, c, s = cu.forward_layer(cell, *args, lengths=lengths)
+    r = ref.forward_layer(cell, *args, lengths=lengths)
+    dy, dh = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dc = rng.standard_normal(h.shape) if cell == "lstm" else None
+    g, gr = cu.backward_layer(cell, s, dy, dh, dc), ref.backward_layer(cell, r[3], dy, dh, dc)
+    assert cu.last_path == {"forward": "local", "backward": "local"}
+    for a, b in zip((y, h, c) + tuple(g), r[:3] + tuple(gr)):
+        if b is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
