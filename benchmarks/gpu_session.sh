@@ -3,9 +3,11 @@
 # call and 30 a session): each stage writes its log and result files under $OUT and the
 # last lines printed are a short summary. Run from the repository root on the device:
 #
-#   bash benchmarks/gpu_session.sh check local       # ~8 min: full-size checks (the local kernels
-#                                                    # first), fastrnn.torch on CUDA tensors, the
-#                                                    # local kernels against FASTRNN_CUDA_LOCAL=0
+#   bash benchmarks/gpu_session.sh check local       # ~9 min (estimated; give `local` its own
+#                                                    # call if `check` runs long): full-size
+#                                                    # checks (the local kernels first),
+#                                                    # fastrnn.torch on CUDA tensors, the local
+#                                                    # kernels against FASTRNN_CUDA_LOCAL=0
 #   bash benchmarks/gpu_session.sh check sync ab     # ~5 min: full-size checks, fastrnn.torch
 #                                                    # on CUDA tensors, grid-sync cost, the
 #                                                    # kernels against ab-base's
