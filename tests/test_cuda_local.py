@@ -102,12 +102,13 @@ def test_inference_then_training_and_mixed_paths(cu, monkeypatch):
 def test_refused_launch_falls_back(cu, monkeypatch):
     # a launch the driver refuses (registers, shared memory) runs the units-split kernels,
     # and the refusal is remembered; any other error is raised
+    from fastrnn.backends.cuda_launch import LaunchRefused
     calls = []
 
     def refuse(kern, *a, **k):
         if "local" in _name(kern):
             calls.append(kern)
-            raise RuntimeError("cuda: launching fwd_local failed (CUDA_ERROR_OUT_OF_RESOURCES)")
+            raise LaunchRefused("cuda: launching fwd_local failed (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)")
         return real(kern, *a, **k)
     real = cu.launch
     monkeypatch.setattr(cu, "launch", refuse)
@@ -125,6 +126,21 @@ def test_refused_launch_falls_back(cu, monkeypatch):
     monkeypatch.setattr(cu, "_local_refused", {})
     with pytest.raises(RuntimeError, match="illegal"):
         cu.forward_layer("gru", *_inputs("gru", 2, 2, 3))
+
+
+def test_only_size_refusals_fall_back():
+    # the driver's codes: a block too large for the SM (701, or 1 for a size over a limit)
+    # is a refusal the caller may answer with smaller kernels; an illegal address (700)
+    # or a refusal outside a launch is an error
+    from fastrnn.backends.cuda_launch import LaunchRefused, _check
+    _check(0, "launching k", refusable=True)
+    for code in (1, 701):
+        with pytest.raises(LaunchRefused, match="launching k"):
+            _check(code, "launching k", refusable=True)
+    for code, refusable in ((700, True), (701, False)):
+        with pytest.raises(RuntimeError) as e:
+            _check(code, "launching k", refusable=refusable)
+        assert not isinstance(e.value, LaunchRefused)
 
 
 def _name(kern):

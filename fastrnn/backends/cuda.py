@@ -32,7 +32,7 @@ from . import cuda_projection as projection
 from . import cuda_recurrence as rec
 from . import cuda_setup as setup
 from .checks import check_backward_grads, check_forward_args, check_lengths
-from .cuda_launch import NotCoResident, current_context, launch, prepared
+from .cuda_launch import LaunchRefused, NotCoResident, current_context, launch, prepared
 from .cuda_memory import device_array
 
 name = "cuda"
@@ -525,9 +525,7 @@ def _run_local(spec, dt, L, backward, args, which):
         return False
     try:
         launch(kern, L["blocks"], L["NT"], args, L["shared_bytes"])
-    except RuntimeError as exc:
-        if "launching" not in str(exc) and "shared memory" not in str(exc):
-            raise
+    except LaunchRefused as exc:
         _local_refused[key] = str(exc)
         return False
     last_path[which] = "local"
@@ -613,13 +611,14 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     setup.init_grads(dh_T, dc_T, carry, dc, dgT, B, Bp)
     dummy = _scratch("dummy", 1, dt)
     k = _kernels(spec, dt, p)
-    tail = (rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
+    lengths_d = _device_lengths(lengths)
+    tail = (rev, lengths_d, ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
             ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
             dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
 
     def run(p):
         if _run_local(spec, dt, p["local"], True,
-                      (w_hh, T, rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"],
+                      (w_hh, T, rev, lengths_d, ws["gates"], ws["c_in"], ws["c_out"],
                        ws["hh_n"], ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
                        dc if dc is not None else dummy, dgi, dgh, dh0, B, H, Bp), "backward"):
             return True

@@ -32,6 +32,16 @@ class NotCoResident(RuntimeError):
     """A cooperative grid larger than the device can hold at once."""
 
 
+class LaunchRefused(RuntimeError):
+    """The driver would not launch the kernel with these resources (threads, registers or
+    shared memory a block): nothing ran, and a kernel that asks for less may."""
+
+
+# CUDA_ERROR_INVALID_VALUE (a block or shared memory size over a limit) and
+# CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (registers x threads over the SM's)
+_REFUSALS = (1, 701)
+
+
 def raw_enabled():
     return not SIMULATOR and os.environ.get("FASTRNN_CUDA_RAW_LAUNCH", "1") != "0"
 
@@ -167,9 +177,9 @@ class RawKernel:
         if isinstance(st["kernel"], drv.CUkernel):
             err = drv.cuKernelSetAttribute(attr, nbytes, st["kernel"],
                                            cuda.get_current_device().id)[0]
-            _check(err, f"allowing {nbytes} bytes of shared memory")
+            _check(err, f"allowing {nbytes} bytes of shared memory", refusable=True)
         err = drv.cuFuncSetAttribute(st["fn"], attr, nbytes)[0]
-        _check(err, f"allowing {nbytes} bytes of shared memory")
+        _check(err, f"allowing {nbytes} bytes of shared memory", refusable=True)
         st["shared"] = nbytes
 
     def check_coresident(self, grid, block, shared, st=None):
@@ -197,7 +207,7 @@ class RawKernel:
             for slot, x in zip(slots, v):
                 vals[slot] = x
             _check(drv.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, shared, 0, addr, 0)[0],
-                   f"launching {self.name}")
+                   f"launching {self.name}", refusable=True)
         call.buffers = (vals, ptrs)   # the driver reads these at every launch: keep them
         return call
 
@@ -216,7 +226,7 @@ class RawKernel:
         else:
             err = drv.cuLaunchKernel(st["fn"], gx, gy, 1, block, 1, 1, shared, 0,
                                      self._ptrs_addr, 0)[0]
-        _check(err, f"launching {self.name}")
+        _check(err, f"launching {self.name}", refusable=True)
 
 
 def current_context():
@@ -255,6 +265,10 @@ def _f64_bits(v):
     return (int(np.float64(v).view(np.int64)),)
 
 
-def _check(err, what):
-    if int(err) != 0:
-        raise RuntimeError(f"cuda: {what} failed ({err})")
+def _check(err, what, refusable=False):
+    """Raise on a driver error: LaunchRefused where a launch (or its shared memory limit)
+    was refused for its size and refusable, else RuntimeError."""
+    code = int(err)
+    if code != 0:
+        cls = LaunchRefused if refusable and code in _REFUSALS else RuntimeError
+        raise cls(f"cuda: {what} failed ({err})")
