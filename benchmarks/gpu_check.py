@@ -80,10 +80,13 @@ def check_one(cell, T, B, I, H, reverse, ragged, rng):
 
 def local_shapes(cell):
     """Shapes the local kernels run at: the largest H that fits one SM (RNN 256, LSTM and
-    GRU 128), 1, 8 and 256 sequences (2 a block), and an odd H with a ragged batch."""
+    GRU 128), 1, 8, 256 and 500 sequences (2 and 4 a block), an odd H with a ragged batch,
+    and GRU's largest (160, one sequence a block)."""
     H = 256 if get_cell(cell).gates == 1 else 128
+    extra = [(8, 100, 32, 160, True, True)] if cell == "gru" else []
     return [(32, 1, 64, H, False, True), (32, 8, 48, H, True, True), (12, 256, 64, H, True, True),
-            (10, 70, 33, 100, False, True)]
+            (6, 500, 16, H, True, True),
+            (10, 70, 33, 100, False, True)] + extra
 
 
 def correctness(cells, rng):

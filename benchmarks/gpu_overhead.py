@@ -2,6 +2,7 @@
 of one step of the step-gemm path split into its library product and its kernel launch.
 
     python benchmarks/gpu_overhead.py [--out DIR]
+    python benchmarks/gpu_overhead.py --fixed [--out DIR]   # only the fixed cost of a call
 
 Prints (and writes DIR/gpu-overhead.txt): wall microseconds per call of forward and
 forward+backward at T = 1 (fixed cost per call), cProfile's top entries for those calls,
@@ -94,15 +95,127 @@ def step_parts(cell, B, H, T, rng, log):
     os.environ.pop(fcuda.STEP_GEMM_ENV)
 
 
+def fixed_cost(cell, T, B, H, train, rng, log, reps=50):
+    """Where a short call's time goes, at the shapes whose targets T = 32 decides: the
+    synchronized call (what gpu_check times), the host time until the call returns with
+    the GPU idle, calls back to back, and the GPU time of each of its operations (CUDA
+    events around every kernel launch and library product), against cuDNN's call."""
+    a, dy = arrays(cell, T, B, H, rng)
+
+    def call():
+        out = fcuda.forward_layer(cell, **a, train=train)
+        if train:
+            fcuda.backward_layer(cell, out[3], dy, None, None)
+    med = lambda v: float(np.median(v)) * 1e6
+    for _ in range(min(3, reps)):
+        call()
+    cuda.synchronize()
+    synced, host = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        cuda.synchronize()
+        host.append(t1 - t0)
+        synced.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        call()
+    cuda.synchronize()
+    piped = (time.perf_counter() - t0) / reps * 1e6
+    ops = {}
+    # every module that launches kernels holds its own name for cuda_launch.launch
+    wrapped = [(m, "launch") for m in (fcuda, fcuda.setup, fcuda.dense, fcuda.projection)]
+    if fcuda._products() is fcuda.blas:   # cuBLAS through CuPy: not through launch
+        wrapped += [(fcuda.blas, n) for n in ("projection", "gradients")]
+    saved = [getattr(m, n) for m, n in wrapped]
+
+    def timed(fn, label):
+        def run(*args, **kw):
+            e0, e1 = cuda.event(), cuda.event()
+            e0.record()
+            out = fn(*args, **kw)
+            e1.record()
+            e1.synchronize()
+            name = label or getattr(getattr(args[0], "py_func", None), "__name__", "kernel")
+            ops.setdefault(name, []).append(e0.elapsed_time(e1) * 1e-3)
+            return out
+        return run
+    for (m, n), fn in zip(wrapped, saved):
+        setattr(m, n, timed(fn, None if n == "launch" else n))
+    n_timed = min(10, reps)
+    try:
+        for _ in range(n_timed):
+            call()
+    finally:
+        for (m, n), fn in zip(wrapped, saved):
+            setattr(m, n, fn)
+    per_call = {k: med(v) * len(v) / n_timed for k, v in ops.items()}   # us a call, all its launches
+    torch_s = ""
+    try:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from gpu_check import torch_runner
+        peer = torch_runner(cell, T, B, H, train)
+        tt = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            peer()
+            tt.append(time.perf_counter() - t0)
+        torch_s = f"; cuDNN synchronized call {med(tt):7.1f}"
+    except Exception as exc:   # no torch, or no CUDA in it
+        torch_s = f"; cuDNN: {type(exc).__name__}"
+    log(f"fixed {cell:8s} H={H:4d} B={B:3d} T={T:4d} {'train' if train else 'inf  '} "
+        f"local={os.environ.get(fcuda.LOCAL_ENV, 'auto'):4s} path={dict(fcuda.last_path)}: "
+        f"synchronized call {med(synced):7.1f} us, host until return {med(host):7.1f}, "
+        f"back to back {piped:7.1f}{torch_s}")
+    log("      GPU us a call: " + ", ".join(f"{k} {v:.1f}" for k, v in per_call.items())
+        + f" (sum {sum(per_call.values()):.1f})")
+    return call
+
+
+# the shapes where T = 32 and 256 miss the targets, and the one LSTM point at 0.99
+FIXED_SHAPES = (("rnn_tanh", 256, 1, 1, False), ("rnn_tanh", 256, 1, 32, False),
+                ("rnn_tanh", 256, 8, 32, False), ("rnn_tanh", 256, 1, 32, True),
+                ("rnn_tanh", 256, 8, 256, False), ("lstm", 512, 8, 32, False))
+
+
+def fixed_costs(log, shapes=FIXED_SHAPES, reps=50):
+    """fixed_cost at each shape with the local kernels on and off, then a host profile of
+    the second shape's calls (local kernels on)."""
+    rng = np.random.default_rng(0)
+    calls = []
+    for local in ("auto", "0"):
+        os.environ[fcuda.LOCAL_ENV] = local
+        for cell, H, B, T, train in shapes:
+            calls.append(fixed_cost(cell, T, B, H, train, rng, log, reps))
+    os.environ[fcuda.LOCAL_ENV] = "auto"
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(2 * reps):
+        calls[min(1, len(shapes) - 1)]()   # rnn_tanh H=256 B=1 T=32 inference
+    cuda.synchronize()
+    prof.disable()
+    os.environ.pop(fcuda.LOCAL_ENV)
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
+    log(s.getvalue())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--fixed", action="store_true", help="only the fixed cost of short calls")
     args = ap.parse_args(argv)
     lines = []
 
     def log(text):
         print(text, flush=True)
         lines.append(text)
+    if args.fixed:
+        fixed_costs(log)
+        with open(os.path.join(args.out, "gpu-fixed-cost.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return 0
     rng = np.random.default_rng(0)
     for cell, B, H in (("rnn_tanh", 256, 256), ("lstm", 128, 256), ("lstm", 256, 256),
                        ("lstm", 256, 512), ("lstm", 256, 1024)):

@@ -123,15 +123,18 @@ def kernel_list(quick):
                 for name, k in rec.kernels(spec.code, dt, BT, flag=True).items():
                     if "persistent" in name:   # FASTRNN_CUDA_GRID_SYNC=flag
                         out.append((f"{name} {cell} BT={BT} {tag} flag", k.py_func, nb))
-        # the local kernels at the layouts an H100 plans (132 SMs, 160 KiB): the largest
-        # layer of each cell, at 1 and 2 sequences a block (B <= 132, <= 264)
-        for cell, H in (("rnn_tanh", 256), ("lstm", 128), ("gru", 128)):
+        # the local kernels at the layouts an H100 plans (132 SMs, 227 KiB): the largest
+        # layer of each cell, at 1, 2 and 4 sequences a block (B <= 132, 264, 528; GRU
+        # H = 160 only to 132). benchmarks/gpu_local_sweep.py --sass compiles the layouts
+        # it times.
+        for cell, H, Bs in (("rnn_tanh", 256, (1, 256, 528)), ("lstm", 128, (1, 256, 528)),
+                            ("gru", 128, (1, 256, 528)), ("gru", 160, (1,))):
             if dt != np.float32:
                 continue
             G = CELLS[cell].gates
-            for B in ((1,) if quick else (1, 256)):
+            for B in (Bs[:1] if quick else Bs):
                 for bw in (False, True):
-                    L = local.layout(G, H, B, 4, bw, 132, 160 * 1024)
+                    L = local.layout(G, H, B, 4, bw, 132, 227 * 1024)
                     k = local.kernel(CELLS[cell].code, dt, bw, L["S"], L["KS"], L["R"], L["BQ"], L["NT"], L["U"])
                     out.append((f"{k.py_func.__name__} {cell} H={H} BQ={L['BQ']} {tag}", k, nb))
         for k in dense.kernels(dt):

@@ -8,6 +8,13 @@
 #                                                    # checks (the local kernels first),
 #                                                    # fastrnn.torch on CUDA tensors, the local
 #                                                    # kernels against FASTRNN_CUDA_LOCAL=0
+#   bash benchmarks/gpu_session.sh fixed sweep       # ~8 min (estimated): where a short
+#                                                    # call's time goes (at rnn_tanh H = 256
+#                                                    # ~0.48 ms a call is not the steps), then
+#                                                    # the local kernels' layout choices
+#                                                    # (threads, rows a state read, register
+#                                                    # weights, sequences a block) against
+#                                                    # each other and cuDNN
 #   bash benchmarks/gpu_session.sh check sync ab     # ~5 min: full-size checks, fastrnn.torch
 #                                                    # on CUDA tensors, grid-sync cost, the
 #                                                    # kernels against ab-base's
@@ -109,6 +116,8 @@ for stage in "$@"; do
             step ab-local python3 benchmarks/gpu_ab.py --base . --base-env FASTRNN_CUDA_LOCAL=0 \
                 --shapes "rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train,rnn_tanh:256:1:32:inf,rnn_tanh:256:256:256:inf,rnn_tanh:256:256:256:train,rnn_tanh:256:64:256:train,lstm:128:8:256:inf,lstm:128:8:256:train,gru:128:8:256:train,lstm:128:256:256:train,gru:128:64:256:inf" \
                 --out "$OUT/gpu-ab-local.json" ;;
+        fixed) step fixed python3 benchmarks/gpu_overhead.py --fixed --out "$OUT" ;;
+        sweep) step sweep python3 benchmarks/gpu_local_sweep.py --out "$OUT/gpu-local-sweep.json" ;;
         paths) step paths python3 benchmarks/gpu_paths.py --out "$OUT/gpu-paths.json" ;;
         lstmp)   # the LSTM with a projection (proj_size = H/4) against cuDNN's
             step lstmp python3 benchmarks/gpu_check.py --skip-check --timing-cells lstmp --quick \
@@ -126,7 +135,7 @@ for stage in "$@"; do
             FASTRNN_CUDA_LOCAL=0 FASTRNN_CUDA_GRID_SYNC=flag step ncu-rnn_tanh-256-1-64-flag "${NCU:-ncu}" --clock-control none \
                 -k regex:persistent --launch-skip 2 --launch-count 2 --section WarpStateStats \
                 --section SourceCounters python3 benchmarks/gpu_ncu_target.py rnn_tanh 256 1 64 ;;
-        *) echo "gpu_session: unknown stage $stage (check local sync ab switches bblocks full paths lstmp ncu)"; exit 2 ;;
+        *) echo "gpu_session: unknown stage $stage (check local fixed sweep sync ab switches bblocks full paths lstmp ncu)"; exit 2 ;;
     esac
 done
 echo "=== summary"

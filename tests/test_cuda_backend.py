@@ -496,6 +496,17 @@ def test_cublas_step_products_layout(host_cublas):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_cublas_projection_layout(host_cublas):
+    # the input projection, cuBLAS called directly: xp (T*B, G*H) = x (T*B, I) @ W_ih^T
+    rng = np.random.default_rng(11)
+    TB, GH, I = 6, 12, 5
+    x = rng.standard_normal((TB, I)).astype(np.float32)
+    w = rng.standard_normal((GH, I)).astype(np.float32)
+    out = np.zeros(TB * GH, np.float32)
+    host_cublas.projection(_HostArray(x), _HostArray(w), None, _HostArray(out), TB, GH, I)
+    np.testing.assert_allclose(out.reshape(TB, GH), x @ w.T, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("a_t", [False, True])
 @pytest.mark.parametrize("b_t", [False, True])
 def test_gemm_layouts(host_cublas, a_t, b_t):

@@ -153,15 +153,21 @@ def _inputs(cell, T, B, H):
     return layer_inputs(np.random.default_rng(0), cell, T, B, 2, H, np.float64)
 
 
+H100_SHARED = 227 * 1024   # an H100's opt-in dynamic shared memory a block
+
+
 def test_layout_with_an_h100s_limits():
-    # what a GPU with an H100's limits (132 SMs, 160 KiB planned shared memory) runs:
-    # 512 threads, all of W_hh on the SM, no spills at REG_WEIGHTS (benchmarks/gpu_sass.py)
+    # what a GPU with an H100's limits (132 SMs, 227 KiB shared memory) runs: 512 threads,
+    # all of W_hh on the SM, no spills at REG_WEIGHTS (benchmarks/gpu_sass.py)
     from fastrnn.backends import cuda_local as cl
-    lay = lambda G, H, B, bw=False, item=4: cl.layout(G, H, B, item, bw, 132, 160 * 1024)
-    for G, H in ((1, 256), (4, 128), (3, 128), (1, 64)):
+    lay = lambda G, H, B, bw=False, item=4, smem=H100_SHARED: cl.layout(G, H, B, item, bw, 132, smem)
+    for G, H in ((1, 256), (4, 128), (3, 128), (3, 160), (1, 64)):
         for bw in (False, True):
-            for B in (1, 8, 64, 256):
+            for B in (1, 8, 64, 256, 528):
                 L = lay(G, H, B, bw)
+                if G == 3 and H == 160 and B > 132:
+                    assert (L is None) == (bw or B > 264)   # 2 or 4 sequences a block:
+                    continue                                # fewer weights in registers
                 assert L is not None, (G, H, B, bw)
                 NU = L["U"] * (1 if bw else G)
                 assert L["NT"] <= 512 and L["blocks"] <= 132
@@ -169,13 +175,17 @@ def test_layout_with_an_h100s_limits():
                 rows = G * H if bw else H
                 assert L["S"] * L["KS"] >= rows and L["KS"] % 4 == 0 and L["KS"] >= 4
                 assert -(-H // L["U"]) * L["S"] <= L["NT"] < -(-H // L["U"]) * L["S"] + 32
-                assert L["shared_bytes"] <= 160 * 1024
+                assert L["shared_bytes"] <= H100_SHARED
     assert lay(1, 256, 8) == dict(S=8, KS=32, R=18, BQ=1, NT=512, U=4, blocks=8, shared_bytes=116992)
-    # 2 sequences a block from B = 133, 4 from 265 (RNN H = 256: then too few registers)
-    assert lay(1, 256, 256)["BQ"] == 2 and lay(1, 256, 264)["BQ"] == 2 and lay(1, 256, 265) is None
+    # 2 sequences a block from B = 133, 4 from 265 (RNN H = 256: fewer weights in
+    # registers, 173 KiB of shared memory; at the 160 KiB of the cooperative grids it
+    # would not fit)
+    assert lay(1, 256, 256)["BQ"] == 2 and lay(1, 256, 264)["BQ"] == 2
+    assert lay(1, 256, 265)["BQ"] == 4 and lay(1, 256, 528)["shared_bytes"] == 173056
+    assert lay(1, 256, 265, smem=160 * 1024) is None
     assert lay(1, 128, 265)["BQ"] == 4 and lay(1, 128, 528, True)["BQ"] == 4
     # too large for one SM, or more than one wave of blocks
-    for G, H in ((1, 320), (4, 160), (3, 160), (4, 256)):
+    for G, H in ((1, 320), (4, 160), (3, 192), (4, 256)):
         assert lay(G, H, 1) is None and lay(G, H, 1, True) is None
     assert lay(1, 256, 529) is None
     # float64 weights take two registers each: half the terms (72 words, 4 rows: 9 of 32)
@@ -183,14 +193,28 @@ def test_layout_with_an_h100s_limits():
     assert lay(1, 256, 1, item=8) is None
 
 
+@pytest.mark.parametrize("unit_rows, cell, U_fwd, U_bwd", [(2, "rnn_tanh", 2, 2), (8, "gru", 2, 8),
+                                                           (8, "lstm", 2, 8)])
+def test_unit_rows(cu, unit_rows, cell, U_fwd, U_bwd, monkeypatch):
+    # rows a thread per state read (cuda_local.UNIT_ROWS, timed by gpu_local_sweep.py):
+    # other unit counts a thread give the same results
+    from fastrnn.backends import cuda_local
+    monkeypatch.setattr(cuda_local, "UNIT_ROWS", unit_rows)
+    assert cu.plan(cell, 7, 3, np.float64)["local"]["U"] == U_fwd
+    assert cu.plan(cell, 7, 3, np.float64, backward=True)["local"]["U"] == U_bwd
+    check(cu, cell, 3, 3, 7, reverse=True, seed=5)
+
+
 def test_plan_and_switches(cu, monkeypatch):
     monkeypatch.setattr(cu, "SIMULATOR", False)
     monkeypatch.setattr(cu, "THREADS", 256)
     monkeypatch.setattr(cu, "_device_limits", lambda: (132, 160 * 1024, "H100 limits (test)"))
+    monkeypatch.setattr(cu, "_local_shared", lambda: H100_SHARED)
     assert cu.plan("rnn_tanh", 256, 8)["local"]["NT"] == 512
     assert cu.plan("lstm", 256, 8)["local"] is None and cu.plan("lstm", 128, 8)["local"]
     d = cu.describe()
-    assert "local kernels" in d and "RNN H<=256" in d and "LSTM H<=128" in d and "B<=528" in d
+    assert "local kernels" in d and "RNN H<=256" in d and "LSTM H<=128" in d and "GRU H<=160" in d
+    assert "B<=528" in d and "227 KiB shared/block" in d
     # a forced path, or FASTRNN_CUDA_LOCAL=0, turns the local kernels off
     for var, v in (("FASTRNN_CUDA_LOCAL", "0"), ("FASTRNN_CUDA_STEP_GEMM", "0"),
                    ("FASTRNN_CUDA_BATCH_BLOCKS", "1"), ("FASTRNN_CUDA_PERSISTENT", "0"),

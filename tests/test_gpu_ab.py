@@ -50,3 +50,42 @@ def test_session_script_runs_its_stages(tmp_path):
     p = subprocess.run(["bash", script, "fast"], capture_output=True, text=True, timeout=600,
                        cwd=ROOT, env=env)
     assert p.returncode == 2 and "unknown stage fast" in p.stdout
+
+
+@pytest.mark.skipif("cuda" not in backends.available(), reason="cuda backend unavailable")
+def test_local_sweep_times_its_variants(tmp_path):
+    # benchmarks/gpu_local_sweep.py (the local kernels' layout choices against each other):
+    # each variant with its own layout is timed, one with the default's layout is not, and
+    # the units-split kernels run as the peer
+    out = tmp_path / "sweep.json"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_local_sweep.py"),
+                        "--shapes", "rnn_tanh:6:2:2:train", "--variants", "default,threads256,bq>=2,units-split",
+                        "--rounds", "1", "--reps", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = json.loads(out.read_text())["rows"]
+    # under the simulator a block has its fixed thread count: threads256 repeats the default
+    assert [r["variant"] for r in rows] == ["default", "bq>=2", "units-split"]
+    assert [r["layouts"][0]["BQ"] for r in rows[:2]] == [1, 2] and rows[2]["layouts"] == [None, None]
+    assert [r["path"]["backward"] for r in rows] == ["local", "local", "persistent"]
+    assert all(r["median_s"] > 0 for r in rows) and rows[1]["vs_default"] > 0
+    # kernel time of the local launches (the simulator's events give a placeholder value)
+    assert isinstance(rows[0]["kernel_ms"], float) and rows[2]["kernel_ms"] is None
+    assert "fastest local variant per shape" in p.stdout
+
+
+@pytest.mark.skipif("cuda" not in backends.available(), reason="cuda backend unavailable")
+def test_fixed_cost_breakdown(monkeypatch):
+    # benchmarks/gpu_overhead.py --fixed (where a short call's time goes) at a tiny shape:
+    # a line per shape and switch, with the GPU time of the call's operations
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_overhead
+    lines = []
+    gpu_overhead.fixed_costs(lines.append, shapes=(("rnn_tanh", 5, 1, 2, False),), reps=2)
+    fixed = [x for x in lines if x.startswith("fixed")]
+    assert len(fixed) == 2 and "local=auto" in fixed[0] and "local=0" in fixed[1]
+    assert "{'forward': 'local'}" in fixed[0] and "{'forward': 'persistent'}" in fixed[1]
+    gpu = [x for x in lines if "GPU us a call" in x]
+    assert "fwd_local" in gpu[0] and "fwd_persistent" in gpu[1] and "_init_state_kernel" in gpu[0]
+    assert "matmul" in gpu[0]   # the projection: the Numba kernel here, cuBLAS where CuPy is
+    assert "function calls" in lines[-1]   # the host profile

@@ -95,15 +95,20 @@ def _device_limits():
 _limits_cache = {}
 
 
+def _optin_shared(dev):
+    """The most dynamic shared memory a block of `dev` may opt in to."""
+    try:
+        return dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    except Exception:
+        return dev.MAX_SHARED_MEMORY_PER_BLOCK
+
+
 def _query_limits():
     if SIMULATOR:   # 3 "SMs" so that the one-launch-per-step path runs several blocks
         return 3, 48 * 1024, "Numba CUDA simulator"
     dev = cuda.get_current_device()
     name_ = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    try:
-        smem = dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-    except Exception:
-        smem = dev.MAX_SHARED_MEMORY_PER_BLOCK
+    smem = _optin_shared(dev)
     # Measured on an H100: cooperative grids of one 256-thread block per SM launched with
     # up to 160 KiB of dynamic shared memory per block, and not with 164 KiB.
     return dev.MULTIPROCESSOR_COUNT, min(smem, PERSISTENT_SHARED_CAP), name_
@@ -116,7 +121,7 @@ def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
            os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
            os.environ.get(BATCH_BLOCKS_ENV), os.environ.get(LOCAL_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
            STEP_GEMM_MIN_BH, AUTO_BATCH_BLOCKS, BATCH_SPLIT_MIN_B, BATCH_SPLIT_MAX_H,
-           tuple(sorted(local.REG_WEIGHTS.items())), local.MAX_THREADS)
+           tuple(sorted(local.REG_WEIGHTS.items())), local.MAX_THREADS, local.UNIT_ROWS)
     hit = _plans.get(key)
     if hit is None:
         hit = _plans[key] = _plan(cell, H, B, dtype, backward, persistent)
@@ -151,9 +156,25 @@ def _local_layout(cell, H, B, dtype, backward):
                                                           MAX_BLOCKS_ENV))
     if mode == "0" or forced or os.environ.get(PERSISTENT_ENV) == "0":
         return None
-    nsm, smem, _ = _device_limits()
-    return local.layout(get_cell(cell).gates, H, B, np.dtype(dtype).itemsize, backward, nsm, smem,
+    return local.layout(get_cell(cell).gates, H, B, np.dtype(dtype).itemsize, backward,
+                        _device_limits()[0], _local_shared(),
                         max_threads=THREADS if SIMULATOR else local.MAX_THREADS)
+
+
+def _local_shared():
+    """Dynamic shared memory a local kernel's block may have: the device's opt-in limit.
+    Not PERSISTENT_SHARED_CAP: that cap is for the cooperative grids, and a local launch
+    the driver refuses falls back to the units-split kernels (_run_local)."""
+    if SIMULATOR:
+        return _device_limits()[1]
+    dev = cuda.get_current_device()
+    hit = _local_shared_cache.get(dev.id)
+    if hit is None:
+        hit = _local_shared_cache[dev.id] = _optin_shared(dev)
+    return hit
+
+
+_local_shared_cache = {}
 
 
 def _unit_plan(cell, H, B, dtype, backward, persistent):
@@ -286,7 +307,8 @@ def _local_reach():
     most = max(local.REG_WEIGHTS) * nsm
     reach = ", ".join(f"{c.split('_')[0].upper()} H<={_local_max_h(c)}" for c in ("rnn_tanh", "lstm", "gru"))
     return (f"local kernels (a block holds all of W_hh and runs whole sequences: no grid "
-            f"barrier) where they fit, float32 {reach}, B<={most} (fewer at the largest H)")
+            f"barrier) where they fit, float32 {reach}, B<={most} (fewer at the largest H), "
+            f"{_local_shared() // 1024} KiB shared/block")
 
 
 def _local_max_h(cell):

@@ -439,18 +439,24 @@ def kernel(cell_code, dtype, backward, S, KS, R, BQ, NT, U):
 # float32 weight counts for every cell, forward and BPTT (and spills at 80 for BQ = 1).
 REG_WEIGHTS = {1: 72, 2: 64, 4: 48}
 MAX_THREADS = 512
+# weight rows a thread multiplies by each state value it reads (U units of NO rows): more
+# rows, fewer state reads and more sums to add across the slices (4: chosen from the
+# instruction counts; benchmarks/gpu_local_sweep.py times 2 and 8 against it)
+UNIT_ROWS = 4
 
 
-def layout(G, H, B, itemsize, backward, nsm, smem, max_threads=MAX_THREADS, reg_weights=None):
+def layout(G, H, B, itemsize, backward, nsm, smem, max_threads=MAX_THREADS, reg_weights=None,
+           unit_rows=None):
     """The thread layout of the local kernels for a layer, or None where they do not
     apply: the weights do not fit in registers + smem bytes of shared memory, or the
     batch needs more than one wave of nsm blocks of the largest BQ."""
     reg_weights = REG_WEIGHTS if reg_weights is None else reg_weights
+    unit_rows = UNIT_ROWS if unit_rows is None else unit_rows
     BQ = next((q for q in sorted(reg_weights) if -(-B // q) <= nsm), None)
     if BQ is None or H < 1:
         return None
     NO = 1 if backward else G
-    U = max(1, 4 // NO)                    # units a thread: >= 4 weight rows per state read
+    U = max(1, unit_rows // NO)            # units a thread: >= unit_rows weight rows per state read
     rows = G * H if backward else H        # the summed length
     groups = -(-H // U)
     if groups > max_threads:
