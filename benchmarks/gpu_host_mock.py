@@ -62,6 +62,7 @@ def mock_driver():
         mod.current_context = lambda: 1
     cm.cuda = type("cuda", (), dict(current_context=staticmethod(lambda: ctx)))
     fc._query_limits = lambda: (132, 160 * 1024, "mock sm_90")
+    fc._local_shared = lambda: 227 * 1024
     cuda.device_array = lambda n, dtype=np.float32: cm.device_array(n, dtype)
     cuda.to_device = lambda a: cm.device_array(a.shape, a.dtype)
     drv.cuLaunchKernel = lambda *a: (0,)
