@@ -39,7 +39,7 @@ from fastrnn.backends import cuda as fcuda          # noqa: E402
 from fastrnn.backends import cuda_local as local    # noqa: E402
 from gpu_ab import parse_shapes                     # noqa: E402
 from gpu_check import fastrnn_runner, torch_runner  # noqa: E402
-from numba import cuda                             # noqa: E402
+from gpu_profile import timed_launches              # noqa: E402
 
 DEFAULT_SHAPES = ("rnn_tanh:256:1:256:inf,rnn_tanh:256:8:256:inf,rnn_tanh:256:8:256:train,"
                   "rnn_tanh:256:256:256:inf,rnn_tanh:256:256:256:train,rnn_tanh:128:8:256:train,"
@@ -103,23 +103,14 @@ def median_call(run, reps):
 def kernel_ms(run, reps):
     """Median milliseconds a call spends in local kernels (CUDA events around each launch)."""
     spent = []
-    orig = fcuda.launch
 
-    def timed(kern, grid, block, args, shared=0, cooperative=False):
-        e0, e1 = cuda.event(), cuda.event()
-        e0.record()
-        orig(kern, grid, block, args, shared, cooperative)
-        e1.record()
-        e1.synchronize()
-        if "local" in getattr(getattr(kern, "py_func", None), "__name__", ""):
-            spent[-1] += e0.elapsed_time(e1)
-    fcuda.launch = timed
-    try:
+    def record(name, ms):
+        if "local" in name:
+            spent[-1] += ms
+    with timed_launches(record):
         for _ in range(reps):
             spent.append(0.0)
             run()
-    finally:
-        fcuda.launch = orig
     return statistics.median(spent)
 
 

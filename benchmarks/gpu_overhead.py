@@ -25,6 +25,8 @@ from fastrnn.backends import cuda as fcuda          # noqa: E402
 from fastrnn.backends import cuda_recurrence as rec  # noqa: E402
 from fastrnn.backends.cuda_launch import prepared   # noqa: E402
 from numba import cuda                              # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from gpu_profile import timed_launches              # noqa: E402
 
 
 def arrays(cell, T, B, H, rng):
@@ -124,36 +126,14 @@ def fixed_cost(cell, T, B, H, train, rng, log, reps=50):
     cuda.synchronize()
     piped = (time.perf_counter() - t0) / reps * 1e6
     ops = {}
-    # every module that launches kernels holds its own name for cuda_launch.launch
-    wrapped = [(m, "launch") for m in (fcuda, fcuda.setup, fcuda.dense, fcuda.projection)]
-    if fcuda._products() is fcuda.blas:   # cuBLAS through CuPy: not through launch
-        wrapped += [(fcuda.blas, n) for n in ("projection", "gradients")]
-    saved = [getattr(m, n) for m, n in wrapped]
-
-    def timed(fn, label):
-        def run(*args, **kw):
-            e0, e1 = cuda.event(), cuda.event()
-            e0.record()
-            out = fn(*args, **kw)
-            e1.record()
-            e1.synchronize()
-            name = label or getattr(getattr(args[0], "py_func", None), "__name__", "kernel")
-            ops.setdefault(name, []).append(e0.elapsed_time(e1) * 1e-3)
-            return out
-        return run
-    for (m, n), fn in zip(wrapped, saved):
-        setattr(m, n, timed(fn, None if n == "launch" else n))
     n_timed = min(10, reps)
-    try:
+    with timed_launches(lambda name, ms: ops.setdefault(name, []).append(ms * 1e-3),
+                        (fcuda, fcuda.setup, fcuda.dense, fcuda.projection), products=True):
         for _ in range(n_timed):
             call()
-    finally:
-        for (m, n), fn in zip(wrapped, saved):
-            setattr(m, n, fn)
     per_call = {k: med(v) * len(v) / n_timed for k, v in ops.items()}   # us a call, all its launches
     torch_s = ""
     try:
-        sys.path.insert(0, os.path.dirname(__file__))
         from gpu_check import torch_runner
         peer = torch_runner(cell, T, B, H, train)
         tt = []

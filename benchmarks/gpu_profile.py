@@ -12,6 +12,7 @@
     python benchmarks/gpu_profile.py [--out DIR] [--sync-only]
 """
 import argparse
+import contextlib
 import cProfile
 import io
 import os
@@ -81,26 +82,43 @@ def profile(cell, T, B, H, train, rng, out_dir):
     return text
 
 
+@contextlib.contextmanager
+def timed_launches(record, modules=(fcuda,), products=False):
+    """Time every kernel launch of `modules` (each holds its own name for
+    cuda_launch.launch) with CUDA events, and with products=True the cuBLAS products
+    (they do not go through launch): record(name, milliseconds) after each."""
+    def timed(fn, label):
+        def run(*args, **kw):
+            e0, e1 = cuda.event(), cuda.event()
+            e0.record()
+            out = fn(*args, **kw)
+            e1.record()
+            e1.synchronize()
+            record(label or getattr(getattr(args[0], "py_func", None), "__name__", "kernel"),
+                   e0.elapsed_time(e1))
+            return out
+        return run
+    wrapped = [(m, "launch") for m in modules]
+    if products and fcuda._products() is fcuda.blas:
+        wrapped += [(fcuda.blas, n) for n in ("projection", "gradients")]
+    saved = [getattr(m, n) for m, n in wrapped]
+    for (m, n), fn in zip(wrapped, saved):
+        setattr(m, n, timed(fn, None if n == "launch" else n))
+    try:
+        yield
+    finally:
+        for (m, n), fn in zip(wrapped, saved):
+            setattr(m, n, fn)
+
+
 def kernel_only(cell, T, B, H, train, rng):
     """Event time of the recurrence launches alone, per call (forward, backward)."""
     args, dy = inputs(cell, T, B, H, rng)
     call(cell, args, dy, train)
     spent = {}
-    orig = fcuda.launch   # every kernel launch of cuda.py goes through it
-
-    def timed(kern, grid, block, a, shared=0, cooperative=False):
-        e0, e1 = cuda.event(), cuda.event()
-        e0.record()
-        orig(kern, grid, block, a, shared, cooperative)
-        e1.record()
-        e1.synchronize()
-        spent.setdefault(kern.py_func.__name__, []).append(cuda.event_elapsed_time(e0, e1))
-    fcuda.launch = timed
-    try:
+    with timed_launches(lambda name, ms: spent.setdefault(name, []).append(ms)):
         for _ in range(10):
             call(cell, args, dy, train)
-    finally:
-        fcuda.launch = orig
     return {k: float(np.median(v)) for k, v in spent.items()}
 
 
