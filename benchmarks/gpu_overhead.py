@@ -105,6 +105,7 @@ def fixed_cost(cell, T, B, H, train, rng, log, reps=50):
     a, dy = arrays(cell, T, B, H, rng)
 
     def call():
+        fcuda.last_path.clear()   # this call's paths only
         out = fcuda.forward_layer(cell, **a, train=train)
         if train:
             fcuda.backward_layer(cell, out[3], dy, None, None)

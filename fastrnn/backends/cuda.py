@@ -31,6 +31,7 @@ from . import cuda_local as local
 from . import cuda_projection as projection
 from . import cuda_recurrence as rec
 from . import cuda_setup as setup
+from . import switches
 from .checks import check_backward_grads, check_forward_args, check_lengths
 from .cuda_launch import LaunchRefused, NotCoResident, current_context, launch, prepared
 from .cuda_memory import device_array
@@ -117,9 +118,9 @@ def _query_limits():
 def plan(cell, H, B, dtype=np.float32, backward=False, persistent=True):
     """How a layer of this shape runs: blocks, units per block, thread slices, shared
     memory, and whether the persistent kernel is used (else one launch per step)."""
-    key = (cell, H, B, np.dtype(dtype), backward, persistent, os.environ.get(PERSISTENT_ENV),
-           os.environ.get(STEP_GEMM_ENV), os.environ.get(BT_ENV), os.environ.get(MAX_BLOCKS_ENV),
-           os.environ.get(BATCH_BLOCKS_ENV), os.environ.get(LOCAL_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
+    key = (cell, H, B, np.dtype(dtype), backward, persistent, switches.get(PERSISTENT_ENV),
+           switches.get(STEP_GEMM_ENV), switches.get(BT_ENV), switches.get(MAX_BLOCKS_ENV),
+           switches.get(BATCH_BLOCKS_ENV), switches.get(LOCAL_ENV), _device_limits(), SLICE_TERMS, MAX_SLICES, STAGE_LIMIT,
            STEP_GEMM_MIN_BH, AUTO_BATCH_BLOCKS, BATCH_SPLIT_MIN_B, BATCH_SPLIT_MAX_H,
            tuple(sorted(local.REG_WEIGHTS.items())), local.MAX_THREADS, local.UNIT_ROWS)
     hit = _plans.get(key)
@@ -133,7 +134,7 @@ _plans = {}
 
 def _positive_env(name):
     """The positive integer in environment variable `name`, None when unset."""
-    v = os.environ.get(name)
+    v = switches.get(name)
     if v is not None and (not v.isdigit() or int(v) < 1):
         raise ValueError(f"{name}: expected a positive integer, got {v!r}")
     return None if v is None else int(v)
@@ -149,12 +150,12 @@ def _plan(cell, H, B, dtype, backward, persistent):
 
 
 def _local_layout(cell, H, B, dtype, backward):
-    mode = os.environ.get(LOCAL_ENV, "auto")
+    mode = switches.get(LOCAL_ENV, "auto")
     if mode not in ("0", "auto"):
         raise ValueError(f"{LOCAL_ENV}: expected 0 (never) or auto, got {mode!r}")
-    forced = any(os.environ.get(e) is not None for e in (STEP_GEMM_ENV, BATCH_BLOCKS_ENV, BT_ENV,
+    forced = any(switches.get(e) is not None for e in (STEP_GEMM_ENV, BATCH_BLOCKS_ENV, BT_ENV,
                                                           MAX_BLOCKS_ENV))
-    if mode == "0" or forced or os.environ.get(PERSISTENT_ENV) == "0":
+    if mode == "0" or forced or switches.get(PERSISTENT_ENV) == "0":
         return None
     return local.layout(get_cell(cell).gates, H, B, np.dtype(dtype).itemsize, backward,
                         _device_limits()[0], _local_shared(),
@@ -182,7 +183,7 @@ def _unit_plan(cell, H, B, dtype, backward, persistent):
     split, else the first split in AUTO_BATCH_BLOCKS whose weights stay on chip where
     the batch is large enough, else unsplit. Step-gemm plans never split (the product is
     a library one, the step's elementwise work splits by units)."""
-    mode = os.environ.get(STEP_GEMM_ENV, "auto")
+    mode = switches.get(STEP_GEMM_ENV, "auto")
     if mode == "1":
         return _layout(cell, H, B, dtype, backward, persistent, 1, True)
     auto_gemm = mode != "0" and B * H >= STEP_GEMM_MIN_BH
@@ -203,7 +204,7 @@ def _layout(cell, H, B, dtype, backward, persistent, nbb, step_gemm):
     G, item = spec.gates, np.dtype(dtype).itemsize
     nsm, smem_max, _ = _device_limits()
     nbb = min(nbb, max(B, 1))   # at most one batch block a sequence
-    allow_persistent = persistent and os.environ.get(PERSISTENT_ENV, "1") != "0"
+    allow_persistent = persistent and switches.get(PERSISTENT_ENV, "1") != "0"
     if SIMULATOR and allow_persistent:
         if nbb > 1:   # the simulator runs blocks one after another: grid sync needs one block
             allow_persistent = False
@@ -220,7 +221,7 @@ def _layout(cell, H, B, dtype, backward, persistent, nbb, step_gemm):
     # (B=8: 0.8x), so 4 only then. (A block's pairs: its share of the batch.)
     per = -(-B // nbb)
     BT = 4 if per > 64 or hs * per >= THREADS else 1
-    forced = os.environ.get(BT_ENV)
+    forced = switches.get(BT_ENV)
     if forced is not None:
         if forced not in ("1", "4"):
             raise ValueError(f"{BT_ENV}: expected 1 or 4, got {forced!r}")
@@ -261,7 +262,7 @@ def _layout(cell, H, B, dtype, backward, persistent, nbb, step_gemm):
 
 def _flag_sync():
     """Whether the persistent kernels use flag_sync (GRID_SYNC_ENV)."""
-    mode = os.environ.get(GRID_SYNC_ENV, "cg")
+    mode = switches.get(GRID_SYNC_ENV, "cg")
     if mode not in ("cg", "flag"):
         raise ValueError(f"{GRID_SYNC_ENV}: expected cg or flag, got {mode!r}")
     return mode == "flag"
@@ -321,7 +322,7 @@ def _local_max_h(cell):
 
 def _batch_split():
     """The batch split as `describe` reports it: forced, or the defaults in order."""
-    forced = os.environ.get(BATCH_BLOCKS_ENV)
+    forced = switches.get(BATCH_BLOCKS_ENV)
     if forced:
         return f"the blocks split the batch {forced} ways ({BATCH_BLOCKS_ENV})"
     return (f"from B={BATCH_SPLIT_MIN_B} the blocks split the batch "

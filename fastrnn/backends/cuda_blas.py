@@ -11,9 +11,9 @@ The input projection and the per-step products of the large-batch path (step_for
 step_backward) call cuBLAS's gemm directly: cupy.matmul costs tens of microseconds of
 Python a call, every call makes a projection and a large-batch sequence T products.
 """
-import os
-
 import numpy as np
+
+from . import switches
 
 _cp = None
 NAME = "cuBLAS"   # for fastrnn info
@@ -21,7 +21,7 @@ NAME = "cuBLAS"   # for fastrnn info
 
 def available():
     global _cp
-    if os.environ.get("FASTRNN_CUDA_MATMUL", "auto") == "numba" or os.environ.get("NUMBA_ENABLE_CUDASIM"):
+    if switches.get("FASTRNN_CUDA_MATMUL", "auto") == "numba" or switches.get("NUMBA_ENABLE_CUDASIM"):
         return False
     if _cp is None:
         try:

@@ -21,6 +21,8 @@ import struct
 import numpy as np
 from numba import cuda, types
 
+from . import switches
+
 SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
 if SIMULATOR:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as DeviceNDArray
@@ -43,7 +45,7 @@ _REFUSALS = (1, 701)
 
 
 def raw_enabled():
-    return not SIMULATOR and os.environ.get("FASTRNN_CUDA_RAW_LAUNCH", "1") != "0"
+    return not SIMULATOR and switches.get("FASTRNN_CUDA_RAW_LAUNCH", "1") != "0"
 
 
 def launch(kern, grid, block, args, shared=0, cooperative=False):

@@ -14,11 +14,10 @@ AutoFreePointer per array, benchmarks/gpu_host_mock.py's machine). All the backe
 is on the legacy default stream, so a buffer taken again by a later call is written only
 after the work that read it before.
 """
-import os
-
 import numpy as np
 from numba import cuda
 
+from . import switches
 from .cuda_launch import SIMULATOR, current_context
 
 if not SIMULATOR:
@@ -45,7 +44,7 @@ def device_array(shape, dtype):
     for s in shape[::-1]:
         strides = (n,) + strides
         n *= int(s)
-    if SIMULATOR or n == 0 or os.environ.get("FASTRNN_CUDA_POOL", "1") == "0":
+    if SIMULATOR or n == 0 or switches.get("FASTRNN_CUDA_POOL", "1") == "0":
         return cuda.device_array(shape, dtype=dtype)
     ctx = current_context()
     pool = _pools.get(ctx)
