@@ -142,7 +142,7 @@ def kernel_list(quick):
         for name, k in proj_kernels.kernels(np.dtype(dt)).items():   # the projected LSTM's steps
             out.append((f"{name} lstmp {tag}", k.py_func, nb))
         if dt == np.float32:
-            for k in (dense._fill_kernel, cu._pack_kernel, setup._init_state_kernel,
+            for k in (dense._fill_kernel, dense._states_kernel, cu._pack_kernel, setup._init_state_kernel,
                       setup._init_grads_kernel, proj._copy_kernel):
                 out.append((f"{k.py_func.__name__} {tag}", k.py_func, nb))
     return out

@@ -507,6 +507,53 @@ def test_cublas_projection_layout(host_cublas):
     np.testing.assert_allclose(out.reshape(TB, GH), x @ w.T, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("rev", [0, 1])
+def test_cublas_weight_gradients_layout(host_cublas, monkeypatch, rev):
+    # BPTT's weight-gradient products, cuBLAS called directly: dW_ih = dgi^T x,
+    # dW_hh = dgh^T h_in (h_in(t) = hbuf slot t + rev, stored (H, Bp)), the bias
+    # gradients as products with ones, dx = dgi W_ih
+    from fastrnn.backends import cuda as cu
+    rng = np.random.default_rng(13)
+    T, B, I, H, G, Bp = 3, 2, 4, 5, 3, 4
+    GH, TB = G * H, T * B
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+    dgi, dgh, x, w_ih = f32(TB, GH), f32(TB, GH), f32(TB, I), f32(GH, I)
+    hbuf = f32((T + 1) * H * Bp)
+    out = {k: np.zeros(n, np.float32) for k, n in (("dw_ih", GH * I), ("dw_hh", GH * H),
+                                                   ("db_ih", GH), ("db_hh", GH), ("dx", TB * I))}
+    bufs = {}
+
+    def scratch(key, n, dt):
+        bufs[key] = np.zeros(n, dt)
+        return _HostArray(bufs[key])
+
+    def states_by_row(hb, o, T_, B_, H_, Bp_, first):   # the gather kernel, on the host
+        slots = hb.a.reshape(-1, H_, Bp_)[first:first + T_, :, :B_]
+        o.a[:] = slots.transpose(0, 2, 1).reshape(-1)
+    monkeypatch.setattr(cu, "_scratch", scratch)
+    monkeypatch.setattr(host_cublas.dense, "states_by_row", states_by_row)
+    monkeypatch.setattr(host_cublas, "_ones", lambda n, dt: _HostArray(np.ones(n, dt)))
+    H_ = lambda a: _HostArray(a)
+    host_cublas.gradients(H_(dgi), H_(dgh), H_(x), H_(hbuf), H_(w_ih), *(H_(out[k]) for k in
+                          ("dw_ih", "dw_hh", "db_ih", "db_hh", "dx")), T, B, I, H, GH, Bp, rev)
+    h_in = hbuf.reshape(T + 1, H, Bp)[rev:rev + T, :, :B].transpose(0, 2, 1).reshape(TB, H)
+    want = dict(dw_ih=dgi.T @ x, dw_hh=dgh.T @ h_in, db_ih=dgi.sum(0), db_hh=dgh.sum(0), dx=dgi @ w_ih)
+    for k, v in want.items():
+        np.testing.assert_allclose(out[k].reshape(v.shape), v, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_states_by_row_kernel():
+    # the gather behind the cuBLAS weight gradients: hbuf slots (H, Bp) -> (T*B, H) rows
+    from numba import cuda as nb_cuda
+    from fastrnn.backends import cuda_dense as dense
+    T, B, H, Bp, first = 3, 2, 5, 4, 1
+    hbuf = np.arange((T + 1) * H * Bp, dtype=np.float32)
+    out = nb_cuda.device_array(T * B * H, np.float32)
+    dense.states_by_row(nb_cuda.to_device(hbuf), out, T, B, H, Bp, first)
+    want = hbuf.reshape(T + 1, H, Bp)[first:first + T, :, :B].transpose(0, 2, 1).reshape(-1)
+    np.testing.assert_array_equal(out.copy_to_host(), want)
+
+
 @pytest.mark.parametrize("a_t", [False, True])
 @pytest.mark.parametrize("b_t", [False, True])
 def test_gemm_layouts(host_cublas, a_t, b_t):

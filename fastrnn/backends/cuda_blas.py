@@ -7,12 +7,14 @@ what FASTRNN_CUDA_MATMUL=numba selects). TF32 stays off unless CuPy's own CUPY_T
 says otherwise. CuPy wraps the Numba arrays without copies (__cuda_array_interface__),
 and both run on the legacy default stream, so the order of work is kept.
 
-The input projection and the per-step products of the large-batch path (step_forward,
-step_backward) call cuBLAS's gemm directly: cupy.matmul costs tens of microseconds of
-Python a call, every call makes a projection and a large-batch sequence T products.
+Every product calls cuBLAS's gemm directly (CuPy supplies the library and its handle):
+cupy.matmul costs tens of microseconds of Python a call, with its array wrappers more,
+and a short layer call is mostly host time. Every call makes a projection, every BPTT
+call five weight-gradient products, and a large-batch sequence T step products.
 """
 import numpy as np
 
+from . import cuda_dense as dense
 from . import switches
 
 _cp = None
@@ -43,20 +45,39 @@ def projection(x, w_ih, bias, out, TB, GH, I):
 
 
 def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, H, GH, Bp, rev):
-    """dW_ih = dgi^T x, dW_hh = dgh^T h_in, db = column sums, dx = dgi W_ih (all written)."""
-    cp = _cp
+    """dW_ih = dgi^T x, dW_hh = dgh^T h_in, db = column sums, dx = dgi W_ih (all written).
+    cuBLAS's gemm called directly, as in projection: a column sum is a product with a
+    vector of ones, and h_in(t) (hbuf slot t + rev, stored (H, Bp)) is gathered into
+    (T*B, H) rows by one kernel."""
+    from . import cuda as be   # its scratch buffers (cuda.py imports this module)
     TB = T * B
-    gi = cp.asarray(dgi).reshape(TB, GH)
-    gh = cp.asarray(dgh).reshape(TB, GH)
-    # h_in(t) is hbuf slot t + rev, stored (H, Bp): make it (T*B, H) once
-    h_in = cp.ascontiguousarray(cp.asarray(hbuf).reshape(-1, H, Bp)[rev:rev + T, :, :B]
-                                .transpose(0, 2, 1)).reshape(TB, H)
-    cp.matmul(gi.T, cp.asarray(x).reshape(TB, I), out=cp.asarray(dw_ih).reshape(GH, I))
-    cp.matmul(gh.T, h_in, out=cp.asarray(dw_hh).reshape(GH, H))
-    gi.sum(axis=0, out=cp.asarray(db_ih).reshape(GH))
-    gh.sum(axis=0, out=cp.asarray(db_hh).reshape(GH))
+    h_in = be._scratch("h_in", TB * H, dgh.dtype)
+    dense.states_by_row(hbuf, h_in, T, B, H, Bp, rev)
+    ones = _ones(TB, dgi.dtype)
+    gemm(dgi, x, dw_ih, GH, I, TB, a_t=True)()
+    gemm(dgh, h_in, dw_hh, GH, H, TB, a_t=True)()
+    gemm(dgi, ones, db_ih, GH, 1, TB, a_t=True)()
+    gemm(dgh, ones, db_hh, GH, 1, TB, a_t=True)()
     if dx is not None and I:
-        cp.matmul(gi, cp.asarray(w_ih).reshape(GH, I), out=cp.asarray(dx).reshape(TB, I))
+        gemm(dgi, w_ih, dx, TB, I, GH)()
+
+
+_ones_cache = {}
+
+
+def _ones(n, dtype):
+    """A device vector of n ones (column sums as products), kept per dtype and context
+    with its views (slicing a device array costs tens of microseconds)."""
+    from numba import cuda
+    from .cuda_launch import current_context
+    key = (np.dtype(dtype), current_context())
+    hit = _ones_cache.get(key)
+    if hit is None or hit[0].size < n:
+        hit = _ones_cache[key] = (cuda.to_device(np.ones(max(n, 1024), dtype)), {})
+    views = hit[1]
+    if n not in views:
+        views[n] = hit[0][:n]
+    return views[n]
 
 
 _ONE_ZERO = {}

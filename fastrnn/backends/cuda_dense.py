@@ -200,6 +200,22 @@ def gemm(a, b, c, M, N, K, *, a_t=False, b_t=False):
     return lambda aoff=0, coff=0: call(aoff, coff)
 
 
+def states_by_row(hbuf, out, T, B, H, Bp, first):
+    """out (T*B, H): row t*B + b is state column b of hbuf slot first + t (slots of
+    (H, Bp)), the layout the weight-gradient product reads h_in in."""
+    if out.size:
+        launch(_states_kernel, math.ceil(out.size / 256), 256, (hbuf, out, B, H, Bp, first))
+
+
+@cuda.jit
+def _states_kernel(hbuf, out, B, H, Bp, first):
+    i = cuda.grid(1)
+    if i < out.size:
+        tb = i // H
+        t = tb // B
+        out[i] = hbuf[((first + t) * H + i - tb * H) * Bp + tb - t * B]
+
+
 def fill(a, value):
     """Set every element of device array a to value."""
     if a.size:
