@@ -129,7 +129,7 @@ def kernel_list(quick):
         # it times.
         for cell, H, Bs in (("rnn_tanh", 256, (1, 256, 528)), ("lstm", 128, (1, 256, 528)),
                             ("gru", 128, (1, 256, 528)), ("gru", 160, (1,))):
-            if dt != np.float32:
+            if dt != np.float32 or (quick and H == 160):
                 continue
             G = CELLS[cell].gates
             for B in (Bs[:1] if quick else Bs):

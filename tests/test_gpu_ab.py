@@ -59,15 +59,15 @@ def test_local_sweep_times_its_variants(tmp_path):
     # the units-split kernels run as the peer
     out = tmp_path / "sweep.json"
     p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_local_sweep.py"),
-                        "--shapes", "rnn_tanh:6:2:2:train", "--variants", "default,threads256,bq>=2,units-split",
+                        "--shapes", "rnn_tanh:6:2:2:inf", "--variants", "default,threads256,bq>=2,units-split",
                         "--rounds", "1", "--reps", "1", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = json.loads(out.read_text())["rows"]
     # under the simulator a block has its fixed thread count: threads256 repeats the default
     assert [r["variant"] for r in rows] == ["default", "bq>=2", "units-split"]
-    assert [r["layouts"][0]["BQ"] for r in rows[:2]] == [1, 2] and rows[2]["layouts"] == [None, None]
-    assert [r["path"]["backward"] for r in rows] == ["local", "local", "persistent"]
+    assert [r["layouts"][0]["BQ"] for r in rows[:2]] == [1, 2] and rows[2]["layouts"] == [None]
+    assert [r["path"] for r in rows] == [{"forward": "local"}] * 2 + [{"forward": "persistent"}]
     assert all(r["median_s"] > 0 for r in rows) and rows[1]["vs_default"] > 0
     # kernel time of the local launches (the simulator's events give a placeholder value)
     assert isinstance(rows[0]["kernel_ms"], float) and rows[2]["kernel_ms"] is None
