@@ -181,13 +181,10 @@ def sass(shapes, names, nsm, smem):
     import gpu_sass
     from fastrnn.cells import get_cell
     from numba import float32
-    tools = {n: gpu_sass.find_tool(n) for n in ("ptxas", "cuobjdump", "nvdisasm")}
-    why = "ptxas not found" if not tools["ptxas"] else gpu_sass.offline_compiler((9, 0))
+    tools, why = gpu_sass.compilers((9, 0))
     if why:
         print(f"--sass: cannot compile for sm_90 here ({why}; pip install -e '.[sass]')")
         return 3
-    if not tools["nvdisasm"]:
-        tools["cuobjdump"] = None
     work, done, bad = tempfile.mkdtemp(prefix="fastrnn-sweep-sass-"), {}, 0
     for sh in shapes:
         spec = get_cell(sh["cell"])

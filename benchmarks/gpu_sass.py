@@ -61,6 +61,17 @@ def find_tool(name):
     return shutil.which(name)
 
 
+def compilers(arch=(9, 0)):
+    """(tools, None) when kernels can be compiled for `arch` here, else (tools, why not):
+    ptxas, and cuobjdump (None without nvdisasm, which it needs) for the SASS."""
+    tools = {n: find_tool(n) for n in ("ptxas", "cuobjdump", "nvdisasm")}
+    if not tools["nvdisasm"]:
+        tools["cuobjdump"] = None
+    if not tools["ptxas"]:
+        return tools, "ptxas not found, nor a CUDA toolkit on PATH"
+    return tools, offline_compiler(arch)
+
+
 def offline_compiler(arch=(9, 0)):
     """Make numba compile for `arch` without a device; None if it can, else why not."""
     try:
@@ -238,14 +249,8 @@ def main(argv=None):
     ap.add_argument("--sass-dir", help="keep the PTX, cubin and SASS files here")
     ap.add_argument("--only", help="only kernels whose label contains this")
     a = ap.parse_args(argv)
-    tools = {n: find_tool(n) for n in ("ptxas", "cuobjdump", "nvdisasm")}
-    if not tools["nvdisasm"]:
-        tools["cuobjdump"] = None
-    if not tools["ptxas"]:
-        print("gpu_sass: ptxas not found (pip install -e '.[sass]', or a CUDA toolkit on PATH)")
-        return 3
     arch = tuple(int(x) for x in a.arch.split("."))
-    why = offline_compiler(arch)
+    tools, why = compilers(arch)
     if why:
         print(f"gpu_sass: cannot compile for the GPU here ({why}); pip install -e '.[sass]'")
         return 3

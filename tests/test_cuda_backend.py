@@ -523,8 +523,8 @@ def test_cublas_weight_gradients_layout(host_cublas, monkeypatch, rev):
                                                    ("db_ih", GH), ("db_hh", GH), ("dx", TB * I))}
     bufs = {}
 
-    def scratch(key, n, dt):
-        bufs[key] = np.zeros(n, dt)
+    def scratch(key, n, dt, value=None):
+        bufs[key] = np.full(n, 0 if value is None else value, dt)
         return _HostArray(bufs[key])
 
     def states_by_row(hb, o, T_, B_, H_, Bp_, first):   # the gather kernel, on the host
@@ -532,7 +532,6 @@ def test_cublas_weight_gradients_layout(host_cublas, monkeypatch, rev):
         o.a[:] = slots.transpose(0, 2, 1).reshape(-1)
     monkeypatch.setattr(cu, "_scratch", scratch)
     monkeypatch.setattr(host_cublas.dense, "states_by_row", states_by_row)
-    monkeypatch.setattr(host_cublas, "_ones", lambda n, dt: _HostArray(np.ones(n, dt)))
     H_ = lambda a: _HostArray(a)
     host_cublas.gradients(H_(dgi), H_(dgh), H_(x), H_(hbuf), H_(w_ih), *(H_(out[k]) for k in
                           ("dw_ih", "dw_hh", "db_ih", "db_hh", "dx")), T, B, I, H, GH, Bp, rev)
@@ -540,6 +539,17 @@ def test_cublas_weight_gradients_layout(host_cublas, monkeypatch, rev):
     want = dict(dw_ih=dgi.T @ x, dw_hh=dgh.T @ h_in, db_ih=dgi.sum(0), db_hh=dgh.sum(0), dx=dgi @ w_ih)
     for k, v in want.items():
         np.testing.assert_allclose(out[k].reshape(v.shape), v, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_scratch_buffer_with_a_value():
+    # a read-only scratch buffer (the cuBLAS bias gradients' ones) is set when it is made,
+    # and again when a larger one replaces it
+    from fastrnn.backends import cuda as cu
+    small = cu._scratch("ones-test", 3, np.float32, value=1)
+    np.testing.assert_array_equal(small.copy_to_host(), np.ones(3, np.float32))
+    big = cu._scratch("ones-test", 7, np.float32, value=1)
+    np.testing.assert_array_equal(big.copy_to_host(), np.ones(7, np.float32))
+    assert cu._scratch("ones-test", 5, np.float32, value=1).copy_to_host().tolist() == [1.0] * 5
 
 
 def test_states_by_row_kernel():

@@ -166,16 +166,8 @@ def _local_shared():
     """Dynamic shared memory a local kernel's block may have: the device's opt-in limit.
     Not PERSISTENT_SHARED_CAP: that cap is for the cooperative grids, and a local launch
     the driver refuses falls back to the units-split kernels (_run_local)."""
-    if SIMULATOR:
-        return _device_limits()[1]
-    dev = cuda.get_current_device()
-    hit = _local_shared_cache.get(dev.id)
-    if hit is None:
-        hit = _local_shared_cache[dev.id] = _optin_shared(dev)
-    return hit
-
-
-_local_shared_cache = {}
+    # read on a plan's first use only (plans are cached); numba keeps device attributes
+    return _device_limits()[1] if SIMULATOR else _optin_shared(cuda.get_current_device())
 
 
 def _unit_plan(cell, H, B, dtype, backward, persistent):
@@ -359,15 +351,18 @@ _scratch_bufs = {}
 _lock = threading.RLock()   # scratch buffers are shared: one call at a time enqueues work
 
 
-def _scratch(key, n, dtype):
+def _scratch(key, n, dtype, value=None):
     """A reused device buffer of n elements (no cudaMalloc/cudaFree per call: those cost
     more than a small layer's kernels). Only for arrays that die within the call; work on
-    the one default stream keeps reuse in order."""
+    the one default stream keeps reuse in order. value: every element set to it when the
+    buffer is made, for buffers that are only read (a vector of ones)."""
     dtype = np.dtype(dtype)
     full_key = (key, dtype, current_context())
     hit = _scratch_bufs.get(full_key)
     if hit is None or hit[0].size < n:
         buf = cuda.device_array(max(n, 1), dtype=dtype)
+        if value is not None:
+            dense.fill(buf, value)
         hit = _scratch_bufs[full_key] = (buf, {})
     views = hit[1]     # slicing a device array costs tens of microseconds: keep the views
     if n not in views:
@@ -634,16 +629,14 @@ def _backward(cell, saved, dy, dh_T, dc_T, need_dx):
     setup.init_grads(dh_T, dc_T, carry, dc, dgT, B, Bp)
     dummy = _scratch("dummy", 1, dt)
     k = _kernels(spec, dt, p)
-    lengths_d = _device_lengths(lengths)
-    tail = (rev, lengths_d, ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
+    head = (rev, _device_lengths(lengths), ws["gates"], ws["c_in"], ws["c_out"], ws["hh_n"],
             ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
-            dc if dc is not None else dummy, dgi, dgh, dgT, dh0, B, H, Bp)
+            dc if dc is not None else dummy, dgi, dgh)
+    tail = head + (dgT, dh0, B, H, Bp)
 
     def run(p):
-        if _run_local(spec, dt, p["local"], True,
-                      (w_hh, T, rev, lengths_d, ws["gates"], ws["c_in"], ws["c_out"],
-                       ws["hh_n"], ws["hbuf"], dy if dy is not None else dummy, dy is not None, carry,
-                       dc if dc is not None else dummy, dgi, dgh, dh0, B, H, Bp), "backward"):
+        # the local kernel keeps the last phase's dgh on the SM: no dgT
+        if _run_local(spec, dt, p["local"], True, (w_hh, T) + head + (dh0, B, H, Bp), "backward"):
             return True
         shape = (p["hs"], p["S"], p["rounds"], p["KC"], p["Bs"], p["nbb"])
         if p["step_gemm"]:

@@ -53,31 +53,13 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
     TB = T * B
     h_in = be._scratch("h_in", TB * H, dgh.dtype)
     dense.states_by_row(hbuf, h_in, T, B, H, Bp, rev)
-    ones = _ones(TB, dgi.dtype)
+    ones = be._scratch("ones", TB, dgi.dtype, value=1)
     gemm(dgi, x, dw_ih, GH, I, TB, a_t=True)()
     gemm(dgh, h_in, dw_hh, GH, H, TB, a_t=True)()
     gemm(dgi, ones, db_ih, GH, 1, TB, a_t=True)()
     gemm(dgh, ones, db_hh, GH, 1, TB, a_t=True)()
     if dx is not None and I:
         gemm(dgi, w_ih, dx, TB, I, GH)()
-
-
-_ones_cache = {}
-
-
-def _ones(n, dtype):
-    """A device vector of n ones (column sums as products), kept per dtype and context
-    with its views (slicing a device array costs tens of microseconds)."""
-    from numba import cuda
-    from .cuda_launch import current_context
-    key = (np.dtype(dtype), current_context())
-    hit = _ones_cache.get(key)
-    if hit is None or hit[0].size < n:
-        hit = _ones_cache[key] = (cuda.to_device(np.ones(max(n, 1024), dtype)), {})
-    views = hit[1]
-    if n not in views:
-        views[n] = hit[0][:n]
-    return views[n]
 
 
 _ONE_ZERO = {}
