@@ -418,6 +418,34 @@ def test_raw_launch_parameters():
         rk.values((bad, 0, False, 0.0, 0.0))
 
 
+@cuda.jit
+def _record_switch_interval(out):
+    if cuda.threadIdx.x == 0:
+        import sys   # a simulated kernel is Python: it can read the interpreter's setting
+        out[0] = sys.getswitchinterval()
+
+
+def test_simulated_launch_switch_interval_restored():
+    # simulated launches run with a short GIL switch interval (their speed), and the
+    # caller's setting comes back afterwards, also when the kernel raises
+    import sys
+    from fastrnn.backends import cuda_launch
+    if not cuda_launch.SIMULATOR:
+        pytest.skip("the switch interval is set for simulated launches only")
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(0.01)
+    try:
+        out = cuda.to_device(np.zeros(1))
+        cuda_launch.launch(_record_switch_interval, 1, 2, (out,))
+        assert out.copy_to_host()[0] == pytest.approx(cuda_launch.SIM_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == pytest.approx(0.01)
+        with pytest.raises(Exception):
+            cuda_launch.launch(_record_switch_interval, 1, 2, (None,))
+        assert sys.getswitchinterval() == pytest.approx(0.01)
+    finally:
+        sys.setswitchinterval(saved)
+
+
 def test_pooled_buffer_taken_again_holds_data():
     # the pool's bookkeeping is tested on the CPU (test_cuda_memory.py); on a GPU, a
     # buffer taken again is real device memory, and release() hands the free ones back
