@@ -248,7 +248,12 @@ def main(argv=None):
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--sass-dir", help="keep the PTX, cubin and SASS files here")
     ap.add_argument("--only", help="only kernels whose label contains this")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="every N-th kernel from the I-th (N processes compile the list in parallel)")
     a = ap.parse_args(argv)
+    shard, shards = (int(v) for v in a.shard.split("/"))
+    if not 0 <= shard < shards:
+        ap.error(f"--shard: expected I/N with 0 <= I < N, got {a.shard!r}")
     arch = tuple(int(x) for x in a.arch.split("."))
     tools, why = compilers(arch)
     if why:
@@ -257,8 +262,8 @@ def main(argv=None):
     work = a.sass_dir or tempfile.mkdtemp(prefix="fastrnn-sass-")
     os.makedirs(work, exist_ok=True)
     rows = []
-    for label, fn, nb in kernel_list(a.quick):
-        if a.only and a.only not in label:
+    for i, (label, fn, nb) in enumerate(kernel_list(a.quick)):
+        if (a.only and a.only not in label) or i % shards != shard:
             continue
         r = compile_one(label, fn, nb, arch, tools, work)
         rows.append(r)
