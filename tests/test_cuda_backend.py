@@ -330,6 +330,30 @@ def test_device_arrays_in_device_arrays_out(cu):
     np.testing.assert_allclose(g[4].copy_to_host(), gr[4], rtol=1e-9, atol=1e-12)
 
 
+def test_interface_arrays_synchronize_only_unordered_streams(cu, monkeypatch):
+    # objects with __cuda_array_interface__ (CuPy, torch) are imported without copies;
+    # numba's import waits for the exported stream, which only the streams our launches
+    # do not already follow need (the simulator has no such import: a stub stands in)
+    from numba import cuda
+    rng = np.random.default_rng(4)
+    x, h0, c0, w, _, _, _ = make("lstm", 3, 2, 2, 4, np.float64, rng)
+    synced = {}
+
+    class Exported:
+        def __init__(self, a, stream):
+            self.a, self.__cuda_array_interface__ = a, dict(version=3, stream=stream, shape=a.shape)
+
+    def imported(desc, owner=None, sync=True):
+        synced[desc["stream"]] = sync
+        return cuda.to_device(owner.a)
+    monkeypatch.setattr(cu.cuda, "from_cuda_array_interface", imported, raising=False)
+    for stream in (None, 1, 2, 0x7f00):
+        c = cu.forward_layer("lstm", Exported(x, stream), h0, c0, **w, train=False)
+        np.testing.assert_allclose(c[0].copy_to_host(), ref.forward_layer("lstm", x, h0, c0, **w)[0],
+                                   rtol=1e-10, atol=1e-12)
+    assert synced == {None: True, 1: False, 2: False, 0x7f00: True}
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_state_setup_with_padding_columns(cu, train, monkeypatch):
     # B = 3 in tiles of 4: the state history and BPTT's staging buffer have a padding

@@ -85,8 +85,10 @@ def unavailable_reason():
 
 
 def _device_limits():
-    """(multiprocessors, max dynamic shared memory per block in bytes, device name)."""
-    key = None if SIMULATOR else cuda.get_current_device().id
+    """(multiprocessors, max dynamic shared memory per block in bytes, device name).
+    Cached per context (one per device): numba's get_current_device() queries the driver
+    and takes a lock on every call outside its own API calls, and every plan() asks."""
+    key = current_context()
     hit = _limits_cache.get(key)
     if hit is None:
         hit = _limits_cache[key] = _query_limits()
@@ -340,11 +342,24 @@ def _to_device(name_, a):
     if isinstance(a, np.ndarray):
         return cuda.to_device(np.ascontiguousarray(a)), True
     if hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__"):
-        d = a if hasattr(a, "copy_to_host") else cuda.as_cuda_array(a)
+        d = a if hasattr(a, "copy_to_host") else _from_interface(a)
         if not d.is_c_contiguous():
             raise ValueError(f"{name_}: expected a C-contiguous device array")
         return d, False
     raise TypeError(f"{name_}: expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
+
+
+# __cuda_array_interface__ streams whose work our launches already follow: the legacy
+# default stream (1), where the backend enqueues everything, and the per-thread default
+# stream (2), which the legacy one waits for. numba's import synchronizes the host with any
+# exported stream: for these that only drained the GPU's queue (CuPy on its default
+# stream exports 1), once per argument. Other streams are still waited for.
+ORDERED_STREAMS = (1, 2)
+
+
+def _from_interface(a):
+    desc = a.__cuda_array_interface__
+    return cuda.from_cuda_array_interface(desc, owner=a, sync=desc.get("stream") not in ORDERED_STREAMS)
 
 
 _scratch_bufs = {}
@@ -390,7 +405,7 @@ def _host_lengths(lengths, T, B):
         if hasattr(lengths, "copy_to_host"):
             lengths = lengths.copy_to_host()
         elif hasattr(lengths, "__cuda_array_interface__"):
-            lengths = cuda.as_cuda_array(lengths).copy_to_host()
+            lengths = _from_interface(lengths).copy_to_host()
     lengths = check_lengths(lengths, T, B)
     return np.full(B, T, np.int32) if lengths is None else lengths
 
