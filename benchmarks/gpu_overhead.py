@@ -97,12 +97,18 @@ def step_parts(cell, B, H, T, rng, log):
     os.environ.pop(fcuda.STEP_GEMM_ENV)
 
 
-def fixed_cost(cell, T, B, H, train, rng, log, reps=50):
+def fixed_cost(cell, T, B, H, train, rng, log, reps=50, torch_inputs=False):
     """Where a short call's time goes, at the shapes whose targets T = 32 decides: the
     synchronized call (what gpu_check times), the host time until the call returns with
     the GPU idle, calls back to back, and the GPU time of each of its operations (CUDA
-    events around every kernel launch and library product), against cuDNN's call."""
+    events around every kernel launch and library product), against cuDNN's call.
+    torch_inputs: the same arrays as torch CUDA tensors (as fastrnn.torch passes them),
+    each imported through __cuda_array_interface__ in the call."""
     a, dy = arrays(cell, T, B, H, rng)
+    if torch_inputs:
+        import torch
+        a = {k: None if v is None else torch.as_tensor(v, device="cuda") for k, v in a.items()}
+        dy = torch.as_tensor(dy, device="cuda")
 
     def call():
         fcuda.last_path.clear()   # this call's paths only
@@ -146,7 +152,7 @@ def fixed_cost(cell, T, B, H, train, rng, log, reps=50):
     except Exception as exc:   # no torch, or no CUDA in it
         torch_s = f"; cuDNN: {type(exc).__name__}"
     log(f"fixed {cell:8s} H={H:4d} B={B:3d} T={T:4d} {'train' if train else 'inf  '} "
-        f"local={os.environ.get(fcuda.LOCAL_ENV, 'auto'):4s} path={dict(fcuda.last_path)}: "
+        f"{'torch tensors in ' if torch_inputs else ''}local={os.environ.get(fcuda.LOCAL_ENV, 'auto'):4s} path={dict(fcuda.last_path)}: "
         f"synchronized call {med(synced):7.1f} us, host until return {med(host):7.1f}, "
         f"back to back {piped:7.1f}{torch_s}")
     log("      GPU us a call: " + ", ".join(f"{k} {v:.1f}" for k, v in per_call.items())
@@ -170,6 +176,11 @@ def fixed_costs(log, shapes=FIXED_SHAPES, reps=50):
         for cell, H, B, T, train in shapes:
             calls.append(fixed_cost(cell, T, B, H, train, rng, log, reps))
     os.environ[fcuda.LOCAL_ENV] = "auto"
+    cell, H, B, T, train = shapes[min(1, len(shapes) - 1)]
+    try:   # the inputs as fastrnn.torch passes them
+        fixed_cost(cell, T, B, H, train, rng, log, reps, torch_inputs=True)
+    except Exception as exc:   # no torch, or a build without CUDA
+        log(f"torch tensors in: not timed ({type(exc).__name__}: {exc})")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(2 * reps):

@@ -82,7 +82,8 @@ def test_fixed_cost_breakdown(monkeypatch):
     import gpu_overhead
     lines = []
     gpu_overhead.fixed_costs(lines.append, shapes=(("rnn_tanh", 5, 1, 2, False),), reps=2)
-    fixed = [x for x in lines if x.startswith("fixed")]
+    fixed = [x for x in lines if x.startswith("fixed") and "torch tensors" not in x]
+    assert any("torch tensors in" in x for x in lines)   # timed, or why not
     assert len(fixed) == 2 and "local=auto" in fixed[0] and "local=0" in fixed[1]
     assert "{'forward': 'local'}" in fixed[0] and "{'forward': 'persistent'}" in fixed[1]
     gpu = [x for x in lines if "GPU us a call" in x]
