@@ -453,7 +453,7 @@ def test_simulated_launch_switch_interval_restored():
     # simulated launches run with a short GIL switch interval (their speed), and the
     # caller's setting comes back afterwards, also when the kernel raises
     import sys
-    from fastrnn.backends import cuda_launch
+    from fastrnn.backends import cuda_launch, cuda_sim
     if not cuda_launch.SIMULATOR:
         pytest.skip("the switch interval is set for simulated launches only")
     saved = sys.getswitchinterval()
@@ -461,13 +461,46 @@ def test_simulated_launch_switch_interval_restored():
     try:
         out = cuda.to_device(np.zeros(1))
         cuda_launch.launch(_record_switch_interval, 1, 2, (out,))
-        assert out.copy_to_host()[0] == pytest.approx(cuda_launch.SIM_SWITCH_INTERVAL)
+        assert out.copy_to_host()[0] == pytest.approx(cuda_sim.SWITCH_INTERVAL)
         assert sys.getswitchinterval() == pytest.approx(0.01)
         with pytest.raises(Exception):
             cuda_launch.launch(_record_switch_interval, 1, 2, (None,))
         assert sys.getswitchinterval() == pytest.approx(0.01)
     finally:
         sys.setswitchinterval(saved)
+
+
+@cuda.jit
+def _sum_of_a_shared_array(out, base):
+    # each block's values differ (a stale array from an earlier block cannot pass)
+    a = cuda.shared.array(16, np.int64)
+    t, b = cuda.threadIdx.x, cuda.blockIdx.x
+    a[t] = base * (b + 1) + t
+    cuda.syncthreads()
+    s = 0
+    for i in range(16):
+        s += a[i]
+    out[b * 16 + t] = s
+
+
+def test_simulated_static_shared_array_is_one_array_a_block(monkeypatch):
+    # the simulator allocates a static shared array when the first thread reaches it; a
+    # thread switch inside that allocation gave threads different arrays (cuda_sim.py).
+    # Here the allocation sleeps, so every thread switches there: all must still share one.
+    import time
+    from types import SimpleNamespace
+    from fastrnn.backends import cuda_launch, cuda_sim
+    if not cuda_launch.SIMULATOR:
+        pytest.skip("a simulator fix")
+
+    def slow_empty(shape, dtype):
+        time.sleep(1e-3)
+        return np.empty(shape, dtype)
+    monkeypatch.setattr(cuda_sim, "np", SimpleNamespace(empty=slow_empty))
+    out = cuda.to_device(np.zeros(3 * 16, np.int64))
+    cuda_launch.launch(_sum_of_a_shared_array, 3, 16, (out, 1000))
+    expected = [16 * 1000 * (b + 1) + sum(range(16)) for b in range(3) for _ in range(16)]
+    assert list(out.copy_to_host()) == expected
 
 
 def test_pooled_buffer_taken_again_holds_data():

@@ -17,7 +17,6 @@ Under the simulator, or with FASTRNN_CUDA_RAW_LAUNCH=0, launches go through the 
 """
 import os
 import struct
-import sys
 
 import numpy as np
 from numba import cuda, types
@@ -27,6 +26,8 @@ from . import switches
 SIMULATOR = bool(os.environ.get("NUMBA_ENABLE_CUDASIM"))
 if SIMULATOR:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as DeviceNDArray
+    from . import cuda_sim
+    cuda_sim.atomic_shared_arrays()
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
@@ -45,24 +46,13 @@ class LaunchRefused(RuntimeError):
 _REFUSALS = (1, 701)
 
 
-# The simulator runs a block's threads as Python threads, and its block manager polls them
-# in a loop that holds the GIL: at Python's default 5 ms switch interval a simulated thread
-# that could run waits out the manager's slice at every syncthreads. A short interval
-# during a simulated launch runs the tests/ kernels 2-3x faster.
-SIM_SWITCH_INTERVAL = 5e-4
-
-
 def _dispatch(kern, grid, block, shared, args):
     """kern[grid, block, 0, shared](*args) through numba's dispatcher."""
     if not SIMULATOR:
         kern[grid, block, 0, shared](*args)
         return
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(min(saved, SIM_SWITCH_INTERVAL))
-    try:
+    with cuda_sim.launching():
         kern[grid, block, 0, shared](*args)
-    finally:
-        sys.setswitchinterval(saved)
 
 
 def raw_enabled():
