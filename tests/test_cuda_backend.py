@@ -626,6 +626,31 @@ def test_cublas_weight_gradients_layout(host_cublas, monkeypatch, rev):
         np.testing.assert_allclose(out[k].reshape(v.shape), v, rtol=1e-5, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("two_level", [False, True])
+def test_numba_matmul_across_tiles(two_level):
+    # cuda_dense.matmul (the product without CuPy) against numpy: M and N past one tile with
+    # partial edge tiles, K past one stage and not a multiple of it, a transposed operand,
+    # the two-level summed index (k = k1 * K2 + k2) of the weight gradients, bias, and
+    # accumulation into an offset output
+    from fastrnn.backends import cuda_dense as dense
+    rng = np.random.default_rng(21)
+    M, N = dense.TILE + 3, 2 * dense.TILE + 5
+    K1, K2 = (3, 7) if two_level else (1, dense.BK + 5)
+    K = K1 * K2
+    a = rng.standard_normal((K1, M, K2))           # a(m, k) = a[k1, m, k2]
+    b = rng.standard_normal((N, K))                # b(k, n) = b[n, k]: read transposed
+    bias = rng.standard_normal(N)
+    c0 = rng.standard_normal(5 + M * N)
+    c = cuda.to_device(c0)
+    A = dense.Operand(cuda.to_device(a.ravel()), 0, K2, M * K2, 1, K2)
+    Bop = dense.Operand(cuda.to_device(b.ravel()), 0, K, K2, 1, K2)
+    dense.matmul(A, Bop, c, 5, N, 1, M, N, K, bias=cuda.to_device(bias), accumulate=True)
+    a_mk = a.transpose(1, 0, 2).reshape(M, K)
+    want = c0.copy()
+    want[5:] += (a_mk @ b.T + bias).ravel()
+    np.testing.assert_allclose(c.copy_to_host(), want, rtol=1e-12, atol=1e-12)
+
+
 def test_scratch_buffer_with_a_value():
     # a read-only scratch buffer (the cuBLAS bias gradients' ones) is set when it is made,
     # and again when a larger one replaces it

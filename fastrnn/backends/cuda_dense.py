@@ -11,12 +11,17 @@ import math
 import numpy as np
 from numba import cuda, int32
 
-from .cuda_launch import launch, prepared
+from .cuda_launch import SIMULATOR, launch, prepared
 
-TILE = 64       # C tile (TILE x TILE) per block of 256 threads, 4 x 4 per thread
+# C tile (TILE x TILE) a block of TD x TD threads, 4 x 4 outputs a thread. Under the
+# simulator (a Python thread each) a 16-wide tile: the tests' small products then run a
+# 16th of the Python arithmetic with the same code, and cross tile edges more often.
+TILE = 16 if SIMULATOR else 64
+TD = TILE // 4
+THREADS = TD * TD
 BK = 16         # summed-index depth per shared-memory stage
 TILE_PAD = TILE + 1   # padded shared row: no bank conflicts on the k-fastest loads
-THREADS = 256
+LOADS = TILE * BK // THREADS   # elements of each operand a thread stages a stage
 NAME = "Numba"   # for fastrnn info
 
 
@@ -50,29 +55,29 @@ def _kernels(nb_dtype):
         Bs = cuda.shared.array((BK, TILE_PAD), nb_dtype)
         acc = cuda.local.array(16, nb_dtype)
         tid = cuda.threadIdx.x
-        tx = tid % 16
-        ty = tid // 16
+        tx = tid % TD
+        ty = tid // TD
         m0 = cuda.blockIdx.y * TILE
         n0 = cuda.blockIdx.x * TILE
         for i in range(16):
             acc[i] = 0
         for k0 in range(0, K, BK):
-            for l in range(4):
+            for l in range(LOADS):
                 e = tid + l * THREADS
                 load_tile(A, aoff, sam, sa1, sa2, m0, M, k0, K, K2, e, As)
                 load_tile(Bm, boff, sbn, sb1, sb2, n0, N, k0, K, K2, e, Bs)
             cuda.syncthreads()
             for kk in range(BK):
                 for i in range(4):
-                    a = As[kk, ty + 16 * i]
+                    a = As[kk, ty + TD * i]
                     for jj in range(4):
-                        acc[i * 4 + jj] += a * Bs[kk, tx + 16 * jj]
+                        acc[i * 4 + jj] += a * Bs[kk, tx + TD * jj]
             cuda.syncthreads()
         for i in range(4):
-            m = m0 + ty + 16 * i
+            m = m0 + ty + TD * i
             if m < M:
                 for jj in range(4):
-                    n = n0 + tx + 16 * jj
+                    n = n0 + tx + TD * jj
                     if n < N:
                         v = acc[i * 4 + jj]
                         if has_bias:
