@@ -152,7 +152,8 @@ def fixed_cost(cell, T, B, H, train, rng, log, reps=50, torch_inputs=False):
     except Exception as exc:   # no torch, or no CUDA in it
         torch_s = f"; cuDNN: {type(exc).__name__}"
     log(f"fixed {cell:8s} H={H:4d} B={B:3d} T={T:4d} {'train' if train else 'inf  '} "
-        f"{'torch tensors in ' if torch_inputs else ''}local={os.environ.get(fcuda.LOCAL_ENV, 'auto'):4s} path={dict(fcuda.last_path)}: "
+        f"{'torch tensors in ' if torch_inputs else ''}"
+        f"local={os.environ.get(fcuda.LOCAL_ENV, 'auto'):4s} path={dict(fcuda.last_path)}: "
         f"synchronized call {med(synced):7.1f} us, host until return {med(host):7.1f}, "
         f"back to back {piped:7.1f}{torch_s}")
     log("      GPU us a call: " + ", ".join(f"{k} {v:.1f}" for k, v in per_call.items())
@@ -176,7 +177,8 @@ def fixed_costs(log, shapes=FIXED_SHAPES, reps=50):
         for cell, H, B, T, train in shapes:
             calls.append(fixed_cost(cell, T, B, H, train, rng, log, reps))
     os.environ[fcuda.LOCAL_ENV] = "auto"
-    cell, H, B, T, train = shapes[min(1, len(shapes) - 1)]
+    second = min(1, len(shapes) - 1)   # rnn_tanh H=256 B=1 T=32 inference
+    cell, H, B, T, train = shapes[second]
     try:   # the inputs as fastrnn.torch passes them
         fixed_cost(cell, T, B, H, train, rng, log, reps, torch_inputs=True)
     except Exception as exc:   # no torch, or a build without CUDA
@@ -184,7 +186,7 @@ def fixed_costs(log, shapes=FIXED_SHAPES, reps=50):
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(2 * reps):
-        calls[min(1, len(shapes) - 1)]()   # rnn_tanh H=256 B=1 T=32 inference
+        calls[second]()
     cuda.synchronize()
     prof.disable()
     os.environ.pop(fcuda.LOCAL_ENV)

@@ -38,12 +38,12 @@ def atomic_shared_arrays():
     from numba.cuda.simulator import kernelapi
     cls = kernelapi.FakeCUDAShared
     if getattr(cls.array, "fastrnn_atomic", False):
-        return True
+        return
     try:
         if not isinstance(cls(0)._allocations, dict):
-            return False
+            return
     except Exception:   # another numba-cuda: its own allocation stays
-        return False
+        return
     original = cls.array
 
     def array(self, shape, dtype, alignment=None):
@@ -58,4 +58,3 @@ def atomic_shared_arrays():
         return res
     array.fastrnn_atomic = True
     cls.array = array
-    return True
