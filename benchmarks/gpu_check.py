@@ -89,7 +89,8 @@ def local_shapes(cell):
             (10, 70, 33, 100, False, True)] + extra
 
 
-def correctness(cells, rng):
+def correctness(cells, rng, on_row=lambda rows: None):
+    """One row a check; on_row(rows) after each (the caller saves them)."""
     rows = []
     shapes = [(16, 8, 64, 1024, False, True), (16, 8, 32, 1024, True, True),
               (12, 256, 64, 256, True, True), (24, 1, 128, 512, False, False),
@@ -135,6 +136,7 @@ def correctness(cells, rng):
                                  grid_sync=sync, batch_blocks=p["nbb"],
                                  persistent=p["persistent"], cublas=blas.available(), max_rel_err=worst,
                                  errors=errs, ok=bool(worst < 1e-4)))
+                on_row(rows)
                 print(f"check {cell:8s} T={T:3d} B={B:3d} H={H:4d} rev={rev!s:5s} ragged={ragged!s:5s} "
                       f"{label:10s} cublas={blas.available()!s:5s} max rel err {worst:.2e} "
                       f"{'ok' if worst < 1e-4 else 'FAIL'}", flush=True)
@@ -199,14 +201,18 @@ def torch_runner(cell, T, B, H, train):
     return run
 
 
-def timing(cells, Hs, Bs, Ts, rng, budget_s):
+def timing(cells, Hs, Bs, Ts, rng, budget_s, stop_at=float("inf"), on_row=lambda rows: None):
+    """The grid, point by point, until budget_s seconds have gone or the clock passes stop_at
+    (time.perf_counter()); on_row(rows) after each point (the caller saves them: a device
+    call that runs out of time keeps what was measured)."""
     rows, start = [], time.perf_counter()
     for cell in cells:
         for train in (False, True):
             for H in Hs:
                 for B in Bs:
                     for T in Ts:
-                        if time.perf_counter() - start > budget_s:
+                        now = time.perf_counter()
+                        if now - start > budget_s or now > stop_at:
                             print("timing budget reached; stopping the grid", flush=True)
                             return rows
                         p = fcuda.plan(layer(cell, H)[0], H, B, backward=False)
@@ -220,6 +226,7 @@ def timing(cells, Hs, Bs, Ts, rng, budget_s):
                                    BT=p["BT"], KC=p["KC"], batch_blocks=p["nbb"], step_gemm=p["step_gemm"],
                                    local=p["local"], path=dict(fcuda.last_path))
                         rows.append(row)
+                        on_row(rows)
                         print(f"{cell:8s} {row['mode']:9s} H={H:4d} B={B:3d} T={T:4d} fastrnn "
                               f"{t_f * 1e3:9.3f} ms  cudnn {t_t * 1e3:9.3f} ms  ratio {row['ratio']:5.2f} "
                               f"{row['path']}",
@@ -262,15 +269,27 @@ def kernel_resources():
     return out
 
 
+def save(path, res):
+    """Write res as JSON through a temporary file, so a kill mid-write leaves the last copy."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
+    started = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", default="lstm,gru,rnn_tanh,lstmp",
                     help="lstmp: an LSTM with a projection to H / 4 (checked; timed only when named "
                          "in --timing-cells)")
     ap.add_argument("--quick", action="store_true", help="T in {32, 256} only")
     ap.add_argument("--skip-check", action="store_true")
-    ap.add_argument("--timing-cells", default=None, help="cells to time (default: --cells)")
+    ap.add_argument("--timing-cells", default=None, help="cells to time, in this order (default: --cells)")
     ap.add_argument("--budget", type=float, default=420, help="seconds for the timing grid")
+    ap.add_argument("--deadline", type=float, default=float("inf"),
+                    help="seconds from the start of the script (checks and compilation included) "
+                         "after which no new point is timed")
     ap.add_argument("--hs", default="256,512,1024", help="hidden sizes to time")
     ap.add_argument("--bs", default="1,8,64,256", help="batch sizes to time")
     ap.add_argument("--out", default=None)
@@ -283,21 +302,31 @@ def main(argv=None):
     dev = fcuda._device_limits()[2]
     import torch
     import numba
-    checks = [] if args.skip_check else correctness(cells, rng)
-    Ts = (32, 256) if args.quick else (32, 256, 1024)
-    tcells = args.timing_cells.split(",") if args.timing_cells else [c for c in cells if c != "lstmp"]
-    ints = lambda text: tuple(int(v) for v in text.split(","))
-    rows = timing(tcells, ints(args.hs), ints(args.bs), Ts, rng, args.budget)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   "gpu-" + dev.replace(" ", "-") + ".json")
     res = dict(device=dev, describe=fcuda.describe(), date=time.strftime("%Y-%m-%d"),
                versions=dict(numba=numba.__version__, torch=torch.__version__,
                              cudnn=torch.backends.cudnn.version(), python=platform.python_version()),
                tf32=False, matmul="cuBLAS via CuPy" if blas.available() else "Numba tiled kernel",
-               checks=checks, all_checks_ok=all(c["ok"] for c in checks),
-               timing=rows, targets=target_summary(rows), kernels=kernel_resources())
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   "gpu-" + dev.replace(" ", "-") + ".json")
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
+               complete=False, checks=[], all_checks_ok=None, timing=[], targets=[], kernels=[])
+
+    def on_check(rows):
+        res.update(checks=rows, all_checks_ok=all(c["ok"] for c in rows))
+        save(out, res)
+
+    def on_row(rows):
+        res.update(timing=rows, targets=target_summary(rows))
+        save(out, res)
+    # saved after every check and every timed point ("complete": false until the end), so a
+    # device call that runs out of time still brings back what it measured
+    on_check([] if args.skip_check else correctness(cells, rng, on_check))
+    Ts = (32, 256) if args.quick else (32, 256, 1024)
+    tcells = args.timing_cells.split(",") if args.timing_cells else [c for c in cells if c != "lstmp"]
+    ints = lambda text: tuple(int(v) for v in text.split(","))
+    rows = timing(tcells, ints(args.hs), ints(args.bs), Ts, rng, args.budget,
+                  stop_at=started + args.deadline, on_row=on_row)
+    res.update(timing=rows, targets=target_summary(rows), kernels=kernel_resources(), complete=True)
+    save(out, res)
     print(f"\nwrote {out}")
     print(f"{'cell':8s} {'mode':9s} {'H':>5s} {'B':>4s} {'T':>5s} {'fastrnn ms':>11s} {'cudnn ms':>10s} {'ratio':>6s}")
     for r in rows:

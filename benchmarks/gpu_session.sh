@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # A GPU session's measurements in a few device calls (the device tool allows 10 minutes a
-# call and 30 a session): each stage writes its log and result files under $OUT and the
-# last lines printed are a short summary. Run from the repository root on the device:
+# call and, lately, 15 a session, a machine start included): each stage writes its log and
+# result files under $OUT and the last lines printed are a short summary. Run from the repository root on the device:
 #
+#   bash benchmarks/gpu_session.sh full              # ~9 min, stops itself by 510 s: the
+#                                                    # issue's result file: full-size checks
+#                                                    # (the local kernels first), then the
+#                                                    # timing grid against cuDNN (rnn_tanh,
+#                                                    # whose targets the local kernels are
+#                                                    # for, first); saved after every point
 #   bash benchmarks/gpu_session.sh check local       # ~9 min (estimated; give `local` its own
 #                                                    # call if `check` runs long): full-size
 #                                                    # checks (the local kernels first),
@@ -22,12 +28,12 @@
 #                                                    # _BT and _MAX_BLOCKS at the small shapes
 #   bash benchmarks/gpu_session.sh bblocks           # ~4 min: the default batch split against
 #                                                    # none (B = 64, 256), and against step-gemm
-#   bash benchmarks/gpu_session.sh full              # ~8 min: checks + the timing grid
 #   bash benchmarks/gpu_session.sh paths             # ~4 min: step-gemm vs kernel path
 #   bash benchmarks/gpu_session.sh lstmp             # ~5 min: the LSTM with a projection vs cuDNN
 #   bash benchmarks/gpu_session.sh ncu               # ~3 min: Nsight Compute stall reasons of
 #                                                    # the persistent kernels at two shapes
-# in that order of value (30 min of device time hold about the first three or four).
+# in that order of value (15 min of device time, a machine start included, hold `full` in
+# one device call of timeout_s 600; 30 min about the first three or four).
 #
 # Before the session, on the machine with the repository (network there, none on the device):
 #   mkdir -p ab-base && git archive 0bc0d2b fastrnn | tar -x -C ab-base   # kernels of the last
@@ -122,7 +128,9 @@ for stage in "$@"; do
         lstmp)   # the LSTM with a projection (proj_size = H/4) against cuDNN's
             step lstmp python3 benchmarks/gpu_check.py --skip-check --timing-cells lstmp --quick \
                 --bs 1,8,64 --budget 240 --out "$OUT/gpu-lstmp.json" ;;
-        full) step full python3 benchmarks/gpu_check.py --budget 360 --out "$OUT/gpu-check.json" ;;
+        full)   # 510 s: a point started then still ends inside a 600-s device call
+            step full python3 benchmarks/gpu_check.py --budget 360 --deadline 510 \
+                --timing-cells rnn_tanh,lstm,gru --out "$OUT/gpu-check.json" ;;
         ncu)   # where a small step's time goes: stall reasons of the local kernels (RNN
             # H=256) and the persistent ones (LSTM H=1024)
             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
