@@ -442,6 +442,34 @@ def test_raw_launch_parameters():
         rk.values((bad, 0, False, 0.0, 0.0))
 
 
+def test_prepared_launch_parameters(monkeypatch):
+    # a prepared launch (the per-step loops) hands the driver an array of pointers into
+    # one parameter buffer: pointer i at slot i, the varying slots rewritten at each call
+    import ctypes
+    from types import SimpleNamespace
+    from numba import types
+    from fastrnn.backends.cuda_launch import RawKernel
+    drv = pytest.importorskip("cuda.bindings.driver")
+    sig = [types.Array(types.float32, 1, "C"), types.int64, types.int64]
+    overload = SimpleNamespace(argument_types=sig, cooperative=False)
+    rk = RawKernel(SimpleNamespace(overloads={0: overload}, py_func=test_prepared_launch_parameters))
+    monkeypatch.setattr(rk, "_state", lambda: dict(fn="fn", kernel=None, shared=1 << 30, most={}))
+    launches = []
+    monkeypatch.setattr(drv, "cuLaunchKernel", lambda *a: launches.append(a) or (0,))
+    arr = SimpleNamespace(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
+                          device_ctypes_pointer=SimpleNamespace(value=0x7000))
+    call = rk.prepared((3, 2), 64, (arr, 5, 9), 0, (1,))
+
+    def params(addr):
+        ptrs = (ctypes.c_uint64 * 9).from_address(addr)
+        return [ctypes.c_int64.from_address(p).value for p in ptrs]
+    for s in (11, 12):
+        call(s)
+        fn, gx, gy, gz, bx, by, bz, shared, stream, addr, extra = launches[-1]
+        assert (fn, gx, gy, bx, shared) == ("fn", 3, 2, 64, 0)
+        assert params(addr) == [0, 0, 6, 4, 0x7000, 6, 4, s, 9]
+
+
 @cuda.jit
 def _record_switch_interval(out):
     if cuda.threadIdx.x == 0:

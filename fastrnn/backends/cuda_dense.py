@@ -131,13 +131,29 @@ def matmul(a, b, c, coff, scm, scn, M, N, K, *, bias=None, accumulate=False):
         if not accumulate:
             raise ValueError("matmul with K = 0 must accumulate")
         return
+    launch(*_matmul_launch(a, b, c, coff, scm, scn, M, N, K, bias, accumulate))
+
+
+# where _matmul_launch puts a's offset and c's: the arguments a prepared launch varies
+A_OFF, C_OFF = 1, 11
+
+
+def _matmul_launch(a, b, c, coff, scm, scn, M, N, K, bias=None, accumulate=False):
+    """(kernel, grid, threads, arguments) of matmul's launch."""
     assert a.K2 == b.K2
     mm, _ = kernels(c.dtype)
     grid = (math.ceil(N / TILE), math.ceil(M / TILE))
     bias_arr = bias if bias is not None else c
-    launch(mm, grid, THREADS, (a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2,
+    return mm, grid, THREADS, (a.arr, a.off, a.s_outer, a.s1, a.s2, b.arr, b.off, b.s1, b.s2,
                                b.s_outer, c, coff, scm, scn, M, N, K, a.K2, bias_arr,
-                               bias is not None, accumulate))
+                               bias is not None, accumulate)
+
+
+def _prepared_matmul(a, b, c, scm, scn, M, N, K, vary):
+    """matmul as a prepared launch (cuda_launch.prepared): f(*offsets) sets the arguments
+    at `vary` (A_OFF, C_OFF) and launches, writing no other parameter (a per-step product
+    ran matmul's whole argument packing every step). M, N, K > 0."""
+    return prepared(*_matmul_launch(a, b, c, 0, scm, scn, M, N, K), vary=vary)
 
 
 def colsum(x, rows, cols, out):
@@ -176,14 +192,14 @@ def gradients(dgi, dgh, x, hbuf, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx, T, B, I, 
 
 def step_forward(hbuf, w_hh, pre, B, H, GH, Bp):
     """f(hoff): pre (B, GH) = h (B, H) @ W_hh^T, h stored (H, Bp) at hbuf[hoff:]."""
-    return lambda hoff: matmul(Operand(hbuf, hoff, 1, 0, Bp, H), Operand(w_hh, 0, H, 0, 1, H),
-                               pre, 0, GH, 1, B, GH, H)
+    return _prepared_matmul(Operand(hbuf, 0, 1, 0, Bp, H), Operand(w_hh, 0, H, 0, 1, H),
+                            pre, GH, 1, B, GH, H, vary=(A_OFF,))
 
 
 def step_backward(dgh, w_hh, pre, B, H, GH):
     """f(goff): pre (B, H) = dgh (B, GH) @ W_hh, dgh at dgh[goff:]."""
-    return lambda goff: matmul(Operand(dgh, goff, GH, 0, 1, GH), Operand(w_hh, 0, 1, 0, H, GH),
-                               pre, 0, H, 1, B, H, GH)
+    return _prepared_matmul(Operand(dgh, 0, GH, 0, 1, GH), Operand(w_hh, 0, 1, 0, H, GH),
+                            pre, H, 1, B, H, GH, vary=(A_OFF,))
 
 
 def gemm(a, b, c, M, N, K, *, a_t=False, b_t=False):
@@ -194,14 +210,10 @@ def gemm(a, b, c, M, N, K, *, a_t=False, b_t=False):
         return lambda aoff=0, coff=0: None
     if K == 0:
         raise ValueError("gemm: K = 0 (nothing to sum)")
-    # matmul's arguments with the offsets aoff (1) and coff (11) left to each call: a step's
-    # launch then only writes two parameters (cuda_launch.prepared)
     sam, sa2 = (1, M) if a_t else (K, 1)
     sbn, sb2 = (K, 1) if b_t else (1, N)
-    mm, _ = kernels(c.dtype)
-    call = prepared(mm, (math.ceil(N / TILE), math.ceil(M / TILE)), THREADS,
-                    (a, 0, sam, 0, sa2, b, 0, 0, sb2, sbn, c, 0, N, 1, M, N, K, K, c, False, False),
-                    vary=(1, 11))
+    call = _prepared_matmul(Operand(a, 0, sam, 0, sa2, K), Operand(b, 0, sbn, 0, sb2, K),
+                            c, N, 1, M, N, K, vary=(A_OFF, C_OFF))
     return lambda aoff=0, coff=0: call(aoff, coff)
 
 

@@ -212,7 +212,9 @@ class RawKernel:
         # each varying argument's slot: the parameters before it
         slots = [len(self.values(args[:i])) for i in vary]
         assert all(self._kinds[i] == 1 for i in vary), "the varying arguments must be integers"
-        ptrs = np.array([vals.ctypes.data + 8 * i for i in range(len(vals))], np.uint64)
+        # (vals.ctypes builds a ctypes helper object: once, not once a parameter, which at the
+        # 50-odd parameters of a gates kernel was most of a prepared launch's host time)
+        ptrs = vals.ctypes.data + 8 * np.arange(len(vals), dtype=np.uint64)
         fn, addr = st["fn"], ptrs.ctypes.data
         gx, gy = (grid, 1) if isinstance(grid, int) else grid
 
