@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A GPU session's measurements in a few device calls (the device tool allows 10 minutes a
 # call and, lately, 15 a session, a machine start included): each stage writes its log and
-# result files under $OUT and the last lines printed are a short summary. Run from the repository root on the device:
+# result files under $OUT and the last lines printed are a short summary. Run from the
+# repository root on the device:
 #
 #   bash benchmarks/gpu_session.sh full              # ~9 min, stops itself by 510 s: the
 #                                                    # issue's result file: full-size checks

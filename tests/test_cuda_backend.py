@@ -1,6 +1,8 @@
 """The cuda backend against the NumPy reference. In CI this runs under the Numba CUDA
 simulator (NUMBA_ENABLE_CUDASIM=1, set by .ci/run) at small sizes; on a machine with a
 GPU the same tests run the real kernels (benchmarks/gpu_check.py checks full sizes)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from numba import cuda   # a global: the simulator swaps it in the kernels defined here
@@ -417,18 +419,25 @@ def test_layers_module_runs_on_cuda_backend():
     np.testing.assert_allclose(m_cu.backward(g)[0], m_ref.backward(g)[0], rtol=1e-9, atol=1e-12)
 
 
+# a stub flat float32 device array: 6 elements at 0x7000
+_STUB_ARRAY = dict(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
+                   device_ctypes_pointer=SimpleNamespace(value=0x7000))
+
+
+def _stub_raw_kernel(*arg_types):
+    """A cuda_launch.RawKernel over a stub compiled overload taking these numba types."""
+    from fastrnn.backends.cuda_launch import RawKernel
+    overload = SimpleNamespace(argument_types=list(arg_types), cooperative=False)
+    return RawKernel(SimpleNamespace(overloads={0: overload}, py_func=_stub_raw_kernel))
+
+
 def test_raw_launch_parameters():
     # the driver-launch path packs arguments in numba's flattened kernel ABI: 7 slots per
     # flat array (meminfo, parent, nitems, itemsize, data, shape, stride), one per scalar
-    from types import SimpleNamespace
     from numba import types
-    from fastrnn.backends.cuda_launch import RawKernel
-    sig = [types.Array(types.float32, 1, "C"), types.int64, types.boolean, types.float32,
-           types.float64]
-    overload = SimpleNamespace(argument_types=sig, cooperative=False)
-    rk = RawKernel(SimpleNamespace(overloads={0: overload}, py_func=test_raw_launch_parameters))
-    fields = dict(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
-                  device_ctypes_pointer=SimpleNamespace(value=0x7000))
+    rk = _stub_raw_kernel(types.Array(types.float32, 1, "C"), types.int64, types.boolean,
+                          types.float32, types.float64)
+    fields = _STUB_ARRAY
     arr = SimpleNamespace(**fields)
     vals = rk.values((arr, -3, True, 1.5, -2.0))
     assert vals == [0, 0, 6, 4, 0x7000, 6, 4, -3, 1,
@@ -446,19 +455,13 @@ def test_prepared_launch_parameters(monkeypatch):
     # a prepared launch (the per-step loops) hands the driver an array of pointers into
     # one parameter buffer: pointer i at slot i, the varying slots rewritten at each call
     import ctypes
-    from types import SimpleNamespace
     from numba import types
-    from fastrnn.backends.cuda_launch import RawKernel
     drv = pytest.importorskip("cuda.bindings.driver")
-    sig = [types.Array(types.float32, 1, "C"), types.int64, types.int64]
-    overload = SimpleNamespace(argument_types=sig, cooperative=False)
-    rk = RawKernel(SimpleNamespace(overloads={0: overload}, py_func=test_prepared_launch_parameters))
+    rk = _stub_raw_kernel(types.Array(types.float32, 1, "C"), types.int64, types.int64)
     monkeypatch.setattr(rk, "_state", lambda: dict(fn="fn", kernel=None, shared=1 << 30, most={}))
     launches = []
     monkeypatch.setattr(drv, "cuLaunchKernel", lambda *a: launches.append(a) or (0,))
-    arr = SimpleNamespace(size=6, dtype=np.dtype(np.float32), is_c_contiguous=lambda: True,
-                          device_ctypes_pointer=SimpleNamespace(value=0x7000))
-    call = rk.prepared((3, 2), 64, (arr, 5, 9), 0, (1,))
+    call = rk.prepared((3, 2), 64, (SimpleNamespace(**_STUB_ARRAY), 5, 9), 0, (1,))
 
     def params(addr):
         ptrs = (ctypes.c_uint64 * 9).from_address(addr)
@@ -516,7 +519,6 @@ def test_simulated_static_shared_array_is_one_array_a_block(monkeypatch):
     # thread switch inside that allocation gave threads different arrays (cuda_sim.py).
     # Here the allocation sleeps, so every thread switches there: all must still share one.
     import time
-    from types import SimpleNamespace
     from fastrnn.backends import cuda_launch, cuda_sim
     if not cuda_launch.SIMULATOR:
         pytest.skip("a simulator fix")
