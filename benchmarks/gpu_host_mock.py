@@ -29,6 +29,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [("lstm", 512, 8, 32, False), ("rnn_tanh", 256, 1, 32, False), ("gru", 512, 8, 32, False),
           ("lstm", 512, 8, 32, True), ("rnn_tanh", 256, 8, 32, True), ("lstmp", 512, 8, 32, False),
           ("lstmp", 512, 8, 32, True), ("lstm", 256, 256, 32, False), ("lstm", 256, 256, 32, True)]
+# the same calls with every argument a foreign array (read through __cuda_array_interface__,
+# as torch CUDA tensors and CuPy arrays are)
+FOREIGN_SHAPES = [("rnn_tanh", 256, 1, 32, False), ("lstm", 512, 8, 32, True)]
+
+
+class Foreign:
+    """A device buffer that only exports __cuda_array_interface__, on the legacy default
+    stream: a fresh dict per read, as torch builds one (torch's Python for it is not timed)."""
+
+    def __init__(self, a):
+        self.desc = dict(a.__cuda_array_interface__, stream=1)
+        self.a = a
+
+    @property
+    def __cuda_array_interface__(self):
+        return dict(self.desc)
 
 
 def mock_driver():
@@ -37,6 +53,7 @@ def mock_driver():
     from numba import cuda
     import numba.cuda.codegen as codegen
     import numba.cuda.dispatcher as disp
+    from numba.cuda import api
     from numba.cuda.cudadrv import devices, driver
     from cuda.bindings import driver as drv
     from fastrnn.backends import cuda as fc, cuda_launch as cl, cuda_memory as cm
@@ -54,6 +71,8 @@ def mock_driver():
             return driver.MemoryPointer(self, Context.next_addr, n)
 
     ctx = Context()
+    Context.create_external_stream = driver.Context.create_external_stream
+    api.current_context = lambda: ctx                      # numba's interface import
     disp.get_current_device = lambda: Device()            # kernels compile for sm_90
     cuda.get_current_device = lambda: Device()
     codegen.CUDACodeLibrary._ensure_cc = lambda self, cc: cc if cc is not None else (9, 0, "a")
@@ -72,13 +91,15 @@ def mock_driver():
     cl.RawKernel.check_coresident = lambda self, grid, block, shared, st=None: None
 
 
-def caller(cell, T, B, H, train):
+def caller(cell, T, B, H, train, foreign=False):
     import numpy as np
     from numba import cuda
     from fastrnn.backends import cuda as fcuda
     from gpu_profile import call, inputs
     if cell != "lstmp":
         args, dy = inputs(cell, T, B, H, np.random.default_rng(0))
+        if foreign:
+            args, dy = tuple(None if a is None else Foreign(a) for a in args), Foreign(dy)
         run_once = lambda: call(cell, args, dy, train)
     else:
         P = H // 4
@@ -111,8 +132,9 @@ def main(argv=None):
         return 3
     mock_driver()
     from fastrnn.backends import cuda_launch as cl
-    for cell, H, B, T, train in SHAPES[:1] if a.quick else SHAPES:
-        run = caller(cell, T, B, H, train)
+    shapes = [s + (False,) for s in SHAPES] + [s + (True,) for s in FOREIGN_SHAPES]
+    for cell, H, B, T, train, foreign in shapes[:1] if a.quick else shapes:
+        run = caller(cell, T, B, H, train, foreign)
         n0 = len(cl._compiled_cache)
         times = []
         for _ in range(a.calls):
@@ -122,7 +144,7 @@ def main(argv=None):
         assert len(cl._compiled_cache) == n0
         print(f"{cell:8s} H={H:4d} B={B:3d} T={T:4d} {'train' if train else 'inf  '}  "
               f"host {statistics.median(times) * 1e6:7.1f} us a call (median of {a.calls}), "
-              f"min {min(times) * 1e6:7.1f}")
+              f"min {min(times) * 1e6:7.1f}{'  (foreign arrays)' if foreign else ''}")
     if a.profile:
         import cProfile
         import pstats

@@ -34,7 +34,7 @@ from . import cuda_setup as setup
 from . import switches
 from .checks import check_backward_grads, check_forward_args, check_lengths
 from .cuda_launch import LaunchRefused, NotCoResident, current_context, launch, prepared
-from .cuda_memory import device_array
+from .cuda_memory import device_array, from_interface
 
 name = "cuda"
 
@@ -341,25 +341,17 @@ def _to_device(name_, a):
         return None, False
     if isinstance(a, np.ndarray):
         return cuda.to_device(np.ascontiguousarray(a)), True
-    if hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__"):
-        d = a if hasattr(a, "copy_to_host") else _from_interface(a)
-        if not d.is_c_contiguous():
-            raise ValueError(f"{name_}: expected a C-contiguous device array")
-        return d, False
-    raise TypeError(f"{name_}: expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
-
-
-# __cuda_array_interface__ streams whose work our launches already follow: the legacy
-# default stream (1), where the backend enqueues everything, and the per-thread default
-# stream (2), which the legacy one waits for. numba's import synchronizes the host with any
-# exported stream: for these that only drained the GPU's queue (CuPy on its default
-# stream exports 1), once per argument. Other streams are still waited for.
-ORDERED_STREAMS = (1, 2)
-
-
-def _from_interface(a):
-    desc = a.__cuda_array_interface__
-    return cuda.from_cuda_array_interface(desc, owner=a, sync=desc.get("stream") not in ORDERED_STREAMS)
+    if hasattr(a, "copy_to_host"):
+        d = a
+    else:
+        # read once: torch builds the dict in Python at every read
+        desc = getattr(a, "__cuda_array_interface__", None)
+        if desc is None:
+            raise TypeError(f"{name_}: expected a numpy.ndarray or a CUDA device array, got {type(a).__name__}")
+        d = from_interface(a, desc)
+    if not d.is_c_contiguous():
+        raise ValueError(f"{name_}: expected a C-contiguous device array")
+    return d, False
 
 
 _scratch_bufs = {}
@@ -405,7 +397,7 @@ def _host_lengths(lengths, T, B):
         if hasattr(lengths, "copy_to_host"):
             lengths = lengths.copy_to_host()
         elif hasattr(lengths, "__cuda_array_interface__"):
-            lengths = _from_interface(lengths).copy_to_host()
+            lengths = from_interface(lengths, lengths.__cuda_array_interface__).copy_to_host()
     lengths = check_lengths(lengths, T, B)
     return np.full(B, T, np.int32) if lengths is None else lengths
 
