@@ -29,6 +29,9 @@ QUICK_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256,), batch=(1, 32
                   seq_len=(1, 16, 64, 256), modes=MODES)
 FULL_GRID = dict(cells=("lstm", "gru", "rnn_tanh"), hidden=(256, 512), batch=(1, 32),
                  seq_len=(1,) + tuple(2 ** k for k in range(4, 13)), modes=MODES)
+# --memory: a process a point and backend (fastrnn/memory.py), so fewer points
+MEMORY_GRID = dict(QUICK_GRID, seq_len=(64, 256))
+MEMORY_FULL_GRID = dict(FULL_GRID, seq_len=(16, 64, 256, 1024))
 
 
 @dataclass(frozen=True)

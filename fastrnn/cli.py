@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 
 from . import __version__, backends, bench, report
 from .progress import Progress
@@ -67,6 +68,9 @@ def build_parser():
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="compare two saved runs instead of measuring")
+    b.add_argument("--memory", action="store_true",
+                   help="peak memory a point instead of time (CPU backends; a process each; "
+                        "default grid T = 64, 256)")
     t = sub.add_parser("train", help="train an RNN language model (default corpus: the Python stdlib sources)")
     t.add_argument("--data", help="text file or folder (default: the standard library's .py files)")
     t.add_argument("--max-bytes", type=_positive_int, help="corpus size cap in characters (default 2,000,000)")
@@ -234,13 +238,18 @@ def cmd_bench(args, parser):
         parser.error(f"argument --name: expected a file name stem without a folder, got {args.name!r}")
     if args.threads:
         set_num_threads(args.threads)
-    grid = dict(bench.FULL_GRID if args.full else bench.QUICK_GRID)
+    if args.memory:
+        grid = dict(bench.MEMORY_FULL_GRID if args.full else bench.MEMORY_GRID)
+    else:
+        grid = dict(bench.FULL_GRID if args.full else bench.QUICK_GRID)
     for k, v in (("cells", args.cells), ("hidden", args.hidden), ("batch", args.batch),
                  ("seq_len", args.seq_len), ("modes", args.modes)):
         if v:
             grid[k] = tuple(v)
     available, why = bench.available_targets()
     targets = args.backends or bench.default_targets(available)
+    if args.memory:
+        return cmd_bench_memory(args, parser, grid, targets, available, why)
     missing = [t for t in targets if t not in available]
     if missing:
         parser.error("argument --backends: not available here: " +
@@ -276,6 +285,50 @@ def cmd_bench(args, parser):
     plotted = report.plot_throughput(stem + ".png", rows, title=title)
     print(f"wrote {stem}.json, {stem}.csv" + (f", {stem}.png" if plotted else
           " (plot skipped: matplotlib not installed; pip install 'fastrnn[plot]')"))
+    return 0
+
+
+def cmd_bench_memory(args, parser, grid, targets, available, why):
+    """fastrnn bench --memory: peak memory a point (fastrnn/memory.py), each in its own process."""
+    from . import memory
+    reason = memory.unavailable_reason()
+    if reason:
+        parser.error(f"argument --memory: {reason}")
+    device = [t for t in targets if t not in memory.CPU_TARGETS]
+    if args.backends and device:
+        parser.error(f"argument --backends: --memory measures host memory; not {', '.join(device)} "
+                     "(device memory)")
+    targets = [t for t in targets if t in memory.CPU_TARGETS]
+    missing = [t for t in targets if t not in available]
+    if missing:
+        parser.error("argument --backends: not available here: " +
+                     "; ".join(f"{t} ({why.get(t, 'unknown')})" for t in missing))
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument --out: cannot create {args.out!r} ({exc.strerror})")
+    cases = bench.grid_cases(targets=targets, **grid)
+    print(f"fastrnn bench --memory: {len(cases)} points, backends {', '.join(targets)}, "
+          f"{get_num_threads()} threads, a process each", flush=True)
+    progress = Progress(len(cases), not args.no_progress)
+    rows = []
+    for case in cases:
+        try:
+            rows.append(dict(asdict(case), input_size=case.inputs, **memory.measure(case, get_num_threads())))
+        except RuntimeError as exc:
+            progress.close()
+            parser.error(str(exc))
+        progress.step(f"{case.cell} {case.mode} H={case.hidden} B={case.batch} T={case.seq_len} {case.backend}")
+    progress.close()
+    memory.add_ratios(rows)
+    print(report.memory_table(rows))
+    print(memory.summary(rows))
+    stem = os.path.join(args.out, args.name + "-memory")
+    settings = dict(grid={k: list(v) for k, v in grid.items()}, backends=targets, calls=memory.CALLS,
+                    dtype="float32", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    report.write_memory_json(stem + ".json", bench.machine_info(), settings, rows)
+    report.write_csv(stem + ".csv", rows, fields=report.MEMORY_CSV_FIELDS)
+    print(f"wrote {stem}.json, {stem}.csv")
     return 0
 
 

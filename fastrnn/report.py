@@ -41,6 +41,25 @@ def results_table(rows):
     return render_table(headers, body)
 
 
+MEMORY_SCHEMA = "fastrnn-bench-memory/1"
+MEMORY_CSV_FIELDS = ["cell", "mode", "hidden", "input_size", "batch", "seq_len", "backend",
+                     "peak_bytes", "held_bytes", "memory_vs_torch"]
+
+
+def memory_table(rows):
+    """Peak and held memory (fastrnn.memory) a point, in MB, and the peak over torch's."""
+    headers = ["cell", "mode", "H", "B", "T", "backend", "peak MB", "held MB", "vs torch"]
+    body = [[r["cell"], r["mode"], str(r["hidden"]), str(r["batch"]), str(r["seq_len"]), r["backend"],
+             f"{r['peak_bytes'] / 1e6:,.1f}", f"{r['held_bytes'] / 1e6:,.1f}", _fmt(r.get("memory_vs_torch"))]
+            for r in rows]
+    return render_table(headers, body)
+
+
+def write_memory_json(path, machine, settings, rows):
+    with open(path, "w") as f:
+        json.dump(dict(schema=MEMORY_SCHEMA, machine=machine, settings=settings, results=rows), f, indent=1)
+
+
 def write_json(path, machine, settings, peak_gflops, rows):
     with open(path, "w") as f:
         json.dump(dict(schema=SCHEMA, machine=machine, settings=settings,
