@@ -75,9 +75,9 @@ int fastrnn_backward_bf16(int cell, int T, int B, int I, int H, int reverse,
                           const float *h_in, const float *gates, const float *c_in, const float *c_out,
                           const float *hh_n, float *dgi, float *dgh_n, float *dx, float *dh_0, float *dc_0,
                           float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, int accumulate, int nthreads);
-size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads);
+size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads, int bptt);
 int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
-                      int nthreads);
+                      int nthreads, int bptt);
 int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads);
 /* The same products from the row-major weights themselves (as fastrnn_forward_direct_f32
  * below: gates NULL for inference, else the training workspace, which fastrnn_backward_bf16
@@ -230,13 +230,15 @@ int fastrnn_lstmp_backward_f64(int T, int B, int I, int H, int P, int reverse,
  * in values of the buffer for calls with `nthreads` threads (0 on bad arguments), and the
  * packing itself. Pass the buffer as `packed` to forward and backward while w_ih and w_hh
  * are unchanged, with the same nthreads; NULL makes each call pack its own. If the
- * OpenMP runtime grants a different team size, the call packs its own too. */
-size_t fastrnn_packed_size_f32(int cell, int I, int H, int nthreads);
-size_t fastrnn_packed_size_f64(int cell, int I, int H, int nthreads);
+ * OpenMP runtime grants a different team size, the call packs its own too. bptt 1: the
+ * forward's panels and BPTT's; bptt 0: the forward's only (two thirds at I = H, a prefix of
+ * the whole with the same layout), which only forward may be given. */
+size_t fastrnn_packed_size_f32(int cell, int I, int H, int nthreads, int bptt);
+size_t fastrnn_packed_size_f64(int cell, int I, int H, int nthreads, int bptt);
 int fastrnn_pack_f32(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
-                     int nthreads);
+                     int nthreads, int bptt);
 int fastrnn_pack_f64(int cell, int I, int H, const double *w_ih, const double *w_hh, double *packed,
-                     int nthreads);
+                     int nthreads, int bptt);
 
 /* 1 when forward and backward with these sizes, `nthreads` threads and packed weights
  * split the recurrence by batch rows (each thread all units of its rows, no barrier per

@@ -282,10 +282,10 @@ int fastrnn_forward_direct_##suffix(int cell, int T, int B, int I, int H, int re
     DISPATCH(forward_direct, suffix, cell, T, B, I, H, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, \
              c0, lengths, y, h_T, c_T, h_in, gates, c_in, c_out, hh_n, nthreads)               \
 }                                                                                              \
-size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads)                      \
+size_t fastrnn_packed_size_##suffix(int cell, int I, int H, int nthreads, int bptt)            \
 {                                                                                              \
     if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;                                        \
-    DISPATCH(packed_layout, suffix, cell, I, H, nthreads, -1, NULL, NULL, NULL)                \
+    DISPATCH(packed_layout, suffix, cell, I, H, nthreads, -1, bptt, NULL, NULL, NULL)          \
 }                                                                                              \
 int fastrnn_by_batch_##suffix(int cell, int B, int H, int nthreads)                            \
 {                                                                                              \
@@ -293,10 +293,10 @@ int fastrnn_by_batch_##suffix(int cell, int B, int H, int nthreads)             
     DISPATCH(by_batch, suffix, cell, B, H, nthreads)                                           \
 }                                                                                              \
 int fastrnn_pack_##suffix(int cell, int I, int H, const R *w_ih, const R *w_hh, R *packed,     \
-                          int nthreads)                                                        \
+                          int nthreads, int bptt)                                              \
 {                                                                                              \
     if (bad_args(cell, 0, 0, I, H, nthreads)) return FASTRNN_EINVAL;                           \
-    DISPATCH(pack_weights, suffix, cell, I, H, w_ih, w_hh, packed, nthreads)                   \
+    DISPATCH(pack_weights, suffix, cell, I, H, w_ih, w_hh, packed, nthreads, bptt)             \
 }
 
 DEFINE_ENTRY_POINTS(float, f32)
@@ -447,17 +447,17 @@ int fastrnn_to_bf16(size_t n, const float *src, uint16_t *dst, int nthreads)
     RETURN_BF16_OR(FASTRNN_ENOTSUP, (to_bf16_f32_bf16(n, src, dst, nthreads), 0));
 }
 
-size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads)
+size_t fastrnn_packed_size_bf16(int cell, int I, int H, int nthreads, int bptt)
 {
     if (bad_args(cell, 0, 0, I, H, nthreads)) return 0;
-    RETURN_BF16_OR(0, packed_layout_f32_bf16(cell, I, H, nthreads, -1, NULL, NULL, NULL));
+    RETURN_BF16_OR(0, packed_layout_f32_bf16(cell, I, H, nthreads, -1, bptt, NULL, NULL, NULL));
 }
 
 int fastrnn_pack_bf16(int cell, int I, int H, const float *w_ih, const float *w_hh, float *packed,
-                      int nthreads)
+                      int nthreads, int bptt)
 {
     if (bad_args(cell, 0, 0, I, H, nthreads)) return FASTRNN_EINVAL;
-    RETURN_BF16_OR(FASTRNN_ENOTSUP, pack_weights_f32_bf16(cell, I, H, w_ih, w_hh, packed, nthreads));
+    RETURN_BF16_OR(FASTRNN_ENOTSUP, pack_weights_f32_bf16(cell, I, H, w_ih, w_hh, packed, nthreads, bptt));
 }
 
 int fastrnn_by_batch_bf16(int cell, int B, int H, int nthreads)

@@ -629,3 +629,40 @@ def test_module_backward_with_replaced_grads_falls_back_to_adding():
         m.backward(dy)
     np.testing.assert_allclose(mods[0].grads["bias_ih_l0"], mods[1].grads["bias_ih_l0"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mods[0].grads["weight_hh_l0"], mods[1].grads["weight_hh_l0"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_packs_only_the_forward_panels(cell, dtype, num_threads):
+    """An inference call packs the forward's panels alone (a prefix of the whole packing:
+    two thirds of it at I = H); a training call on the same weights then packs BPTT's too,
+    and its forward and backward give the same bits as with a packing made for training."""
+    from fastrnn.backends import cpu
+    num_threads(2)
+    rng = np.random.default_rng(12)
+    T, B, I, H = 24, 3, 20, 36
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, cell, T, B, I, H, dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    G, code = get_cell(cell).gates, get_cell(cell).code
+    size, _ = cpu._native("packed_size", np.dtype(dtype))
+
+    def train():
+        y, h_T, c_T, saved = cpu.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return (y, h_T, c_T) + tuple(cpu.backward_layer(cell, saved, dy, None, None))
+
+    def packed_now():
+        (_, packed, full), = cpu.packed_cache._entries.values()
+        return packed, full
+
+    cpu.packed_cache.clear()
+    fresh = train()
+    cpu.packed_cache.clear()
+    y_inf = cpu.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
+    packed, full = packed_now()
+    assert not full and packed.size == size(code, I, H, 2, 0) < size(code, I, H, 2, 1)
+    assert size(code, I, H, 2, 1) - packed.size >= G * H * H   # BPTT's panels: all of W_hh
+    np.testing.assert_array_equal(y_inf, fresh[0])
+    for a, b in zip(train(), fresh):
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
+    packed, full = packed_now()
+    assert full and packed.size == size(code, I, H, 2, 1)

@@ -17,12 +17,16 @@ class CountingCache(PackedWeightsCache):
 
     def __init__(self):
         self.compares = 0
+        self.packed_parts = []   # each packing's bptt
 
         def same_bits(a, b):
             self.compares += 1
             return np.array_equal(a, b)
-        super().__init__(lambda code, I, H, w_ih, w_hh, n: np.concatenate([w_ih.ravel(), w_hh.ravel()]),
-                         same_bits=same_bits)
+
+        def pack(code, I, H, w_ih, w_hh, n, bptt):
+            self.packed_parts.append(bptt)
+            return np.concatenate([w_ih.ravel(), w_hh.ravel()])
+        super().__init__(pack, same_bits=same_bits)
 
 
 def weights(seed):
@@ -114,3 +118,37 @@ def test_cpu_backend_in_a_block_matches_reference_and_sees_edits_after_it():
     w_hh *= 0.5
     y = cpu.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]
     assert rel_err(y, ref.forward_layer("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False)[0]) < 1e-12
+
+
+def test_an_inference_packs_the_forward_panels_and_training_adds_bptts():
+    # inference (bptt=False) packs the forward's panels only; a training call on the same
+    # weights repacks with BPTT's (keeping the snapshot: the weights compared equal), which
+    # then serves inference too; new weights start over
+    cache, (w_ih, w_hh) = CountingCache(), weights(1)
+    cache.get(0, w_ih, w_hh, 2, bptt=False)
+    cache.get(0, w_ih, w_hh, 2, bptt=False)
+    assert cache.packed_parts == [False] and cache.compares == 2
+    snapshot = cache._entries[next(iter(cache._entries))][0]
+    cache.get(0, w_ih, w_hh, 2, bptt=True)
+    assert cache.packed_parts == [False, True] and cache.compares == 4
+    assert cache._entries[next(iter(cache._entries))][0] is snapshot
+    cache.get(0, w_ih, w_hh, 2, bptt=False)
+    cache.get(0, w_ih, w_hh, 2, recurrent_only=True)
+    assert cache.packed_parts == [False, True]
+    w_ih[0, 0] += 1.0
+    cache.get(0, w_ih, w_hh, 2, bptt=False)
+    assert cache.packed_parts == [False, True, False]
+    # a backward (recurrent_only: W_hh compared alone) on a forward-only entry repacks, and
+    # takes fresh snapshots, W_ih's not being compared
+    old = cache._entries[next(iter(cache._entries))][0]
+    cache.get(0, w_ih, w_hh, 2, recurrent_only=True)
+    assert cache.packed_parts == [False, True, False, True]
+    new = cache._entries[next(iter(cache._entries))][0]
+    assert new is not old and np.array_equal(new[0], w_ih) and np.array_equal(new[1], w_hh)
+    w_hh[0, 0] += 1.0
+    with fastrnn.frozen_weights():
+        cache.get(0, w_ih, w_hh, 2, frozen_ok=True, bptt=False)   # verified in the block, no BPTT panels
+        cache.get(0, w_ih, w_hh, 2, frozen_ok=True, bptt=False)
+        assert cache.packed_parts[4:] == [False]
+        cache.get(0, w_ih, w_hh, 2, frozen_ok=True, bptt=True)    # verified, but BPTT's wanted: repacks
+        assert cache.packed_parts[4:] == [False, True]

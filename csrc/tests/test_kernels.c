@@ -86,9 +86,9 @@ static void gradcheck(int cell, int reverse, int ragged)
     static double dgi[T * B * 4 * H], dgh_n[T * B * H], dx[T * B * I], dh0[B * H], dc0[B * H],
         dw_ih[4 * H * I], dw_hh[4 * H * H], db_ih[4 * H], db_hh[4 * H];
     /* the analytic gradients run on weights packed once (finite differences pack per call) */
-    size_t np = fastrnn_packed_size_f64(cell, I, H, 2);
+    size_t np = fastrnn_packed_size_f64(cell, I, H, 2, 1);
     double *packed = malloc(np * sizeof(double));
-    CHECK(np > 0 && packed && fastrnn_pack_f64(cell, I, H, p.w_ih, p.w_hh, packed, 2) == 0, "pack");
+    CHECK(np > 0 && packed && fastrnn_pack_f64(cell, I, H, p.w_ih, p.w_hh, packed, 2, 1) == 0, "pack");
     int rc = fastrnn_forward_f64(cell, T, B, I, H, reverse, 3, p.x, 0, NULL, p.w_ih, p.w_hh, packed, p.b_ih, p.b_hh,
                                  p.h0, p.c0, ragged ? p.lengths : NULL, y, hT, cT, h_in, gates,
                                  c_in, c_out, hh_n, 2);
@@ -136,14 +136,19 @@ static void precision_and_threads(int cell)
     for (size_t i = 0; i < ny; i++) { num += (yf[i] - yd[i]) * (yf[i] - yd[i]); den += yd[i] * yd[i]; }
     CHECK(sqrt(num / (den > 0 ? den : 1)) < 1e-5, "cell %d: f32 vs f64 rel err %g", cell, sqrt(num / den));
     CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: 1 vs 3 threads differ", cell);
-    /* weights packed once for 3 threads give the same bits as packing in the call */
-    size_t np = fastrnn_packed_size_f32(cell, I2, H2, 3);
-    float *packed = malloc(np * sizeof(float));
-    CHECK(np > 0 && packed && fastrnn_pack_f32(cell, I2, H2, wif, whf, packed, 3) == 0, "f32 pack");
+    /* weights packed once for 3 threads give the same bits as packing in the call; the
+     * forward's panels alone (bptt 0, a buffer of exactly their size: AddressSanitizer
+     * sees a read past them) are the whole packing's prefix */
+    size_t np = fastrnn_packed_size_f32(cell, I2, H2, 3, 0), nfull = fastrnn_packed_size_f32(cell, I2, H2, 3, 1);
+    float *packed = calloc(np, sizeof(float)), *full = calloc(nfull, sizeof(float));   /* padding zeroed alike */
+    CHECK(np > 0 && nfull > np && packed && full && fastrnn_pack_f32(cell, I2, H2, wif, whf, packed, 3, 0) == 0 &&
+          fastrnn_pack_f32(cell, I2, H2, wif, whf, full, 3, 1) == 0, "f32 pack");
+    CHECK(memcmp(packed, full, np * sizeof(float)) == 0, "cell %d: forward panels are not the prefix", cell);
     CHECK(fastrnn_forward_f32(cell, T2, B2, I2, H2, 1, 4, xf, 0, NULL, wif, whf, packed, bf, bf, h0f, c0f, lengths,
                               y3, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0, "f32 forward packed");
     CHECK(memcmp(yf, y3, ny * 4) == 0, "cell %d: packed weights differ", cell);
     free(packed);
+    free(full);
     free(xf); free(wif); free(whf); free(bf); free(xd); free(wid); free(whd); free(bd);
     free(yf); free(y3); free(yd);
 }
@@ -174,7 +179,7 @@ static void bf16_near_f32(int cell, int reverse)
     if (!fastrnn_has_bf16()) {
         CHECK(rc == FASTRNN_ENOTSUP, "bf16 without AVX512_BF16: rc %d", rc);
         CHECK(rc_direct == FASTRNN_ENOTSUP, "bf16 direct without AVX512_BF16: rc %d", rc_direct);
-        CHECK(fastrnn_packed_size_bf16(cell, I6, H6, 2) == 0, "bf16 packed size without AVX512_BF16");
+        CHECK(fastrnn_packed_size_bf16(cell, I6, H6, 2, 1) == 0, "bf16 packed size without AVX512_BF16");
     } else {
         CHECK(rc_direct == 0, "bf16 direct rc %d", rc_direct);
         double dn = 0, dd = 0;
@@ -188,9 +193,10 @@ static void bf16_near_f32(int cell, int reverse)
         for (size_t i = 0; i < ny; i++) { num += (y1[i] - yf[i]) * (y1[i] - yf[i]); den += yf[i] * yf[i]; }
         const double rel = sqrt(num / (den > 0 ? den : 1));
         CHECK(rel < 2e-2 && rel > 1e-5, "cell %d rev %d: bf16 vs f32 rel err %g", cell, reverse, rel);
-        size_t np = fastrnn_packed_size_bf16(cell, I6, H6, 3);
+        size_t np = fastrnn_packed_size_bf16(cell, I6, H6, 3, 0);   /* the forward's panels only */
         float *packed = malloc(np * sizeof(float));
-        CHECK(np > 0 && packed && fastrnn_pack_bf16(cell, I6, H6, wi, wh, packed, 3) == 0, "bf16 pack");
+        CHECK(np > 0 && np < fastrnn_packed_size_bf16(cell, I6, H6, 3, 1) && packed &&
+              fastrnn_pack_bf16(cell, I6, H6, wi, wh, packed, 3, 0) == 0, "bf16 pack");
         CHECK(fastrnn_forward_bf16(cell, T6, B6, I6, H6, reverse, 4, x, 0, NULL, wi, wh, packed, b, b, h0, c0,
                                    lengths, y3, hT3, cT3, NULL, NULL, NULL, NULL, NULL, 3) == 0,
               "bf16 forward packed, 3 threads");

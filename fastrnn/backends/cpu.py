@@ -73,18 +73,18 @@ workspace_pool = ArrayPool()
 _WORKSPACE = ("h_in", "gates", "c_states", "hh_n")   # the arrays the pool takes back
 
 
-def _pack(code, I, H, w_ih, w_hh, nthreads, w_hr=None):
+def _pack(code, I, H, w_ih, w_hh, nthreads, w_hr=None, bptt=True):
     """W_ih and W_hh (and an LSTM's projection w_hr) packed into the kernels' per-thread
-    panels for `nthreads` threads."""
+    panels for `nthreads` threads; bptt False: the forward's panels only (not with w_hr)."""
     if w_hr is not None:
         return cpu_projection.pack(w_ih, w_hh, w_hr, nthreads)
     packed_size, _ = _native("packed_size", w_ih.dtype)
     pack, ctype = _native("pack", w_ih.dtype)
-    size = packed_size(code, I, H, nthreads)
+    size = packed_size(code, I, H, nthreads, int(bptt))
     if size == 0:
         raise RuntimeError(f"fastrnn cpu pack: kernel rejected its arguments (I={I}, H={H})")
     packed = aligned_empty(size, w_ih.dtype)   # the micro-kernels' 64-byte panel loads
-    status = pack(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype), _ptr(packed, ctype), nthreads)
+    status = pack(code, I, H, _ptr(w_ih, ctype), _ptr(w_hh, ctype), _ptr(packed, ctype), nthreads, int(bptt))
     _check_status(status, "pack")
     return packed
 
@@ -105,7 +105,7 @@ def _copy(a):
 packed_cache = PackedWeightsCache(_pack, same_bits=_same_bits, copy=_copy)
 
 
-def _pack_bf16(code, I, H, w_ih, w_hh, nthreads, w_hr=None):
+def _pack_bf16(code, I, H, w_ih, w_hh, nthreads, w_hr=None, bptt=True):
     """W_ih and W_hh (and an LSTM's projection w_hr) rounded to bfloat16 pairs in the bf16
     kernels' panels (csrc/gemm_bf16.inc); bfloat16 weights (uint16 bits) through a float
     copy, which rounds to the same values."""
@@ -113,12 +113,12 @@ def _pack_bf16(code, I, H, w_ih, w_hh, nthreads, w_hr=None):
         return cpu_projection.pack(w_ih, w_hh, w_hr, nthreads, bf16=True)
     if w_ih.dtype == np.uint16:
         w_ih, w_hh = bits_to_float32(w_ih), bits_to_float32(w_hh)
-    size = lib.fastrnn_packed_size_bf16(code, I, H, nthreads)
+    size = lib.fastrnn_packed_size_bf16(code, I, H, nthreads, int(bptt))
     if size == 0:
         raise RuntimeError(f"fastrnn cpu pack_bf16: kernel rejected its arguments (I={I}, H={H})")
     packed = aligned_empty(size, np.float32)   # 32-bit slots, each a pair of bfloat16
     status = lib.fastrnn_pack_bf16(code, I, H, _ptr(w_ih, "float *"), _ptr(w_hh, "float *"),
-                                   _ptr(packed, "float *"), nthreads)
+                                   _ptr(packed, "float *"), nthreads, int(bptt))
     _check_status(status, "pack_bf16")
     return packed
 
@@ -305,7 +305,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
         _check_status(status, "forward_direct")
     elif bf16:   # csrc/gemm_bf16.inc's panels
         p = lambda a: _ptr(a, "float *")
-        packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
+        packed = packed_cache_bf16.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers, bptt=train)
         run = lambda wi, wh: lib.fastrnn_forward_bf16(
             spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
             p(x), V, _ptr(tokens, "int32_t *"), p(wi), p(wh), p(packed), p(b_ih), p(b_hh),
@@ -319,7 +319,7 @@ def forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *, lengths=None, reve
     else:
         fn, ctype = _native("forward", dt)
         p = lambda a: _ptr(a, ctype)
-        packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers)
+        packed = packed_cache.get(spec.code, w_ih, w_hh, nth, frozen_ok=callers, bptt=train)
         status = fn(spec.code, T, B, I, H, int(bool(reverse)), _chunk_steps(T, B, GH, dt.itemsize, nth),
                     p(x), V, _ptr(tokens, "int32_t *"), p(w_ih), p(w_hh), p(packed), p(b_ih), p(b_hh),
                     p(h0), p(c0), _ptr(lengths, "int32_t *"), p(y), p(h_T), p(c_T), *map(p, workspace), nth)

@@ -49,20 +49,22 @@ def _numpy_same_bits(a, b):
 
 class PackedWeightsCache:
     """Least-recently-used map (cell, dtype, shapes, data pointers, threads) -> packed buffer.
-    `pack(code, I, H, w_ih, w_hh, nthreads, *extra)` returns a freshly packed array;
-    `same_bits(a, b)` compares two C-contiguous same-shape arrays bit for bit and
-    `copy(a)` returns a copy of one (the snapshot)."""
+    `pack(code, I, H, w_ih, w_hh, nthreads, *extra, bptt=...)` returns a freshly packed
+    array, with BPTT's panels too where bptt is true (an inference needs only the forward's:
+    a third less memory and packing at I = H; a packing of `extra` weights always has both);
+    `same_bits(a, b)` compares two C-contiguous same-shape arrays bit for bit and `copy(a)`
+    returns a copy of one (the snapshot)."""
 
     def __init__(self, pack, capacity=16, same_bits=_numpy_same_bits, copy=np.copy):
         self._pack = pack
         self._same_bits = same_bits
         self._copy = copy
         self.capacity = capacity
-        self._entries = OrderedDict()
+        self._entries = OrderedDict()   # key -> (snapshots, packed, has BPTT's panels)
         self._lock = threading.Lock()
         self.packs = 0  # how many times weights were packed (tests and `fastrnn info` read it)
 
-    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False, extra=(), recurrent_only=False):
+    def get(self, code, w_ih, w_hh, nthreads, frozen_ok=False, extra=(), recurrent_only=False, bptt=True):
         """The packed buffer for C-contiguous w_ih (G*H, I) and w_hh (G*H, H), and any
         `extra` weights packed with them (an LSTM's projection w_hr), each compared as well.
         frozen_ok: they are the caller's own arrays, not copies made for this call, so
@@ -70,7 +72,9 @@ class PackedWeightsCache:
         instead would keep every call's copy alive until the block ends).
         recurrent_only: the caller reads only the W_hh panels (BPTT reads W_ih as it is),
         so a cached entry is compared on w_hh alone: its W_ih panels may be stale, and
-        the next full get() compares them."""
+        the next full get() compares them.
+        bptt: the caller needs BPTT's panels (a training forward, whose backward reads
+        them, or a backward); without, a packing of the forward's panels alone serves."""
         weights = (w_ih, w_hh) + tuple(extra)
         compared = (1,) if recurrent_only and not extra else range(len(weights))
         key = (code, w_ih.dtype.str, nthreads) + tuple((w.shape, w.ctypes.data) for w in weights)
@@ -79,20 +83,28 @@ class PackedWeightsCache:
             if entry is not None:
                 self._entries.move_to_end(key)
         verified = getattr(_frozen, "verified", None) if frozen_ok else None
+        snaps, repack = None, True
         if entry is not None:
-            snaps, packed = entry
-            if verified is not None and key in verified:   # compared earlier in this frozen block
+            snaps, packed, full = entry
+            usable = full or not bptt
+            if usable and verified is not None and key in verified:   # compared earlier in this frozen block
                 return packed
             if not all(self._same_bits(snaps[i], weights[i]) for i in compared):
-                entry = None
+                snaps = None    # a new version
+            elif usable:
+                if len(compared) < len(weights):
+                    return packed   # not all compared: not recorded as verified
+                repack = False
             elif len(compared) < len(weights):
-                return packed   # not all compared: not recorded as verified
-        if entry is None:
-            # a new version (or new weights): pack it and keep a snapshot to recognise it by
-            packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads, *extra)
+                snaps = None    # BPTT's panels wanted, W_ih not compared: a fresh snapshot too
+        if repack:
+            # a new version, new weights, or the same with BPTT's panels added: pack it, and
+            # keep a snapshot to recognise it by
+            full = bool(bptt or extra)
+            packed = self._pack(code, w_ih.shape[1], w_hh.shape[1], w_ih, w_hh, nthreads, *extra, bptt=full)
             with self._lock:
                 self.packs += 1
-                self._entries[key] = (tuple(self._copy(w) for w in weights), packed)
+                self._entries[key] = (snaps or tuple(self._copy(w) for w in weights), packed, full)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.capacity:
                     self._entries.popitem(last=False)
