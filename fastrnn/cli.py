@@ -249,7 +249,7 @@ def cmd_bench(args, parser):
     available, why = bench.available_targets()
     targets = args.backends or bench.default_targets(available)
     if args.memory:
-        return cmd_bench_memory(args, parser, grid, targets, available, why)
+        targets = _memory_targets(args, parser, targets)
     missing = [t for t in targets if t not in available]
     if missing:
         parser.error("argument --backends: not available here: " +
@@ -258,6 +258,8 @@ def cmd_bench(args, parser):
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
         parser.error(f"argument --out: cannot create {args.out!r} ({exc.strerror})")
+    if args.memory:
+        return cmd_bench_memory(args, parser, grid, targets)
     cases = bench.grid_cases(targets=targets, **grid)
     peak = bench.matmul_peak_gflops()
     print(f"fastrnn bench: {len(cases)} points, backends {', '.join(targets)}, "
@@ -288,8 +290,8 @@ def cmd_bench(args, parser):
     return 0
 
 
-def cmd_bench_memory(args, parser, grid, targets, available, why):
-    """fastrnn bench --memory: peak memory a point (fastrnn/memory.py), each in its own process."""
+def _memory_targets(args, parser, targets):
+    """The CPU targets of --memory (it measures host memory), or a usage error."""
     from . import memory
     reason = memory.unavailable_reason()
     if reason:
@@ -298,15 +300,12 @@ def cmd_bench_memory(args, parser, grid, targets, available, why):
     if args.backends and device:
         parser.error(f"argument --backends: --memory measures host memory; not {', '.join(device)} "
                      "(device memory)")
-    targets = [t for t in targets if t in memory.CPU_TARGETS]
-    missing = [t for t in targets if t not in available]
-    if missing:
-        parser.error("argument --backends: not available here: " +
-                     "; ".join(f"{t} ({why.get(t, 'unknown')})" for t in missing))
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        parser.error(f"argument --out: cannot create {args.out!r} ({exc.strerror})")
+    return [t for t in targets if t in memory.CPU_TARGETS]
+
+
+def cmd_bench_memory(args, parser, grid, targets):
+    """fastrnn bench --memory: peak memory a point (fastrnn/memory.py), each in its own process."""
+    from . import memory
     cases = bench.grid_cases(targets=targets, **grid)
     print(f"fastrnn bench --memory: {len(cases)} points, backends {', '.join(targets)}, "
           f"{get_num_threads()} threads, a process each", flush=True)
