@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fastrnn.backends import reference
+from fastrnn.cells import get_cell
 from fastrnn.bf16 import round_bf16
 from fastrnn.lookup import Lookup
 from helpers import CELLS, cpu_bf16, layer_inputs, lstmp_inputs, make_module, random_lengths, rel_err, run_lstmp
@@ -254,3 +255,33 @@ def test_projection_module_trains_like_the_reference_module(num_threads):
     assert cpu_mod.packed_cache_bf16.packs == packs + 4   # the same weights: packed once
     for name, a in m.grads.items():
         assert rel_err(a, r.grads[name]) < 3e-3, (name, rel_err(a, r.grads[name]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_inference_packs_only_the_forward_bf16_panels(cell, num_threads):
+    """As for float (test_cpu_backend): an inference packs the forward's bfloat16 panels
+    alone, a training call on the same weights adds BPTT's, and gives the bits of a
+    packing made for training."""
+    cpu_mod = cpu_bf16()
+    num_threads(2)
+    rng = np.random.default_rng(34)
+    T, B, I, H = 20, 5, 24, 40
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_inputs(rng, cell, T, B, I, H, np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    code = get_cell(cell).code
+
+    def train():
+        y, h_T, c_T, saved = cpu_mod.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, precision="bfloat16")
+        return (y, h_T, c_T) + tuple(cpu_mod.backward_layer(cell, saved, dy, None, None))
+
+    cpu_mod.packed_cache_bf16.clear()
+    fresh = train()
+    cpu_mod.packed_cache_bf16.clear()
+    y = cpu_mod.forward_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train=False, precision="bfloat16")[0]
+    (_, packed, full), = cpu_mod.packed_cache_bf16._entries.values()
+    assert not full and packed.size == cpu_mod.lib.fastrnn_packed_size_bf16(code, I, H, 2, 0)
+    np.testing.assert_array_equal(y, fresh[0])
+    for a, b in zip(train(), fresh):
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
+    (_, packed, full), = cpu_mod.packed_cache_bf16._entries.values()
+    assert full and packed.size == cpu_mod.lib.fastrnn_packed_size_bf16(code, I, H, 2, 1)
