@@ -354,14 +354,15 @@ def grid_cases(cells, hidden, batch, seq_len, modes, targets):
 SETTLE_SECONDS = 0.3
 
 
-def add_ratios(rows, peers=("torch-cpu", "reference")):
-    """Each row gets speedup_vs_<peer>: its tokens/s over the peer's at the same point. A
-    bfloat16 row's torch peer is torch in bfloat16 (same precision)."""
+def add_ratios(rows, peers=("torch-cpu", "reference"), value="tokens_per_s", prefix="speedup_vs"):
+    """Each row gets <prefix>_<peer>: its `value` over the peer's at the same point (tokens/s:
+    a speedup; fastrnn.memory's peak bytes: memory_vs_torch-cpu), None without the peer or
+    where the peer's is 0. A bfloat16 row's torch peer is torch in bfloat16 (same precision)."""
     key = lambda r: (r["cell"], r["mode"], r["hidden"], r["batch"], r["seq_len"])
     by = {(key(r), r["backend"]): r for r in rows}
     for r in rows:
         for p in peers:
             same = "torch-cpu-bf16" if p == "torch-cpu" and r["backend"] in BF16_TARGETS else p
             peer = by.get((key(r), same))
-            r[f"speedup_vs_{p}"] = (r["tokens_per_s"] / peer["tokens_per_s"]) if peer else None
+            r[f"{prefix}_{p}"] = (r[value] / peer[value]) if peer and peer[value] else None
     return rows

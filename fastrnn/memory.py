@@ -96,16 +96,14 @@ def measure(case, threads, timeout=600):
     return json.loads(lines[-1])
 
 
+RATIO = "memory_vs_torch-cpu"
+
+
 def add_ratios(rows):
-    """Each row gets memory_vs_torch: its peak over torch's at the same point (torch in
+    """Each row gets memory_vs_torch-cpu: its peak over torch's at the same point (torch in
     bfloat16 for a bfloat16 row); lower is less memory."""
-    from .bench import BF16_TARGETS
-    key = lambda r: (r["cell"], r["mode"], r["hidden"], r["batch"], r["seq_len"])
-    by = {(key(r), r["backend"]): r for r in rows}
-    for r in rows:
-        peer = by.get((key(r), "torch-cpu-bf16" if r["backend"] in BF16_TARGETS else "torch-cpu"))
-        r["memory_vs_torch"] = (r["peak_bytes"] / peer["peak_bytes"]) if peer and peer["peak_bytes"] else None
-    return rows
+    from .bench import add_ratios
+    return add_ratios(rows, peers=("torch-cpu",), value="peak_bytes", prefix="memory_vs")
 
 
 def summary(rows):
@@ -116,8 +114,8 @@ def summary(rows):
         for mode in dict.fromkeys(r["mode"] for r in rows):
             parts = []
             for label, pick in (("B = 1", lambda b: b == 1), ("B > 1", lambda b: b > 1)):
-                ratios = [r["memory_vs_torch"] for r in rows if r["backend"] == be and r["mode"] == mode
-                          and pick(r["batch"]) and r.get("memory_vs_torch") is not None]
+                ratios = [r[RATIO] for r in rows if r["backend"] == be and r["mode"] == mode
+                          and pick(r["batch"]) and r.get(RATIO) is not None]
                 if ratios:
                     parts.append(f"{label} {min(ratios):.2f}-{max(ratios):.2f}x")
             if parts:

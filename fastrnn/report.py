@@ -43,14 +43,14 @@ def results_table(rows):
 
 MEMORY_SCHEMA = "fastrnn-bench-memory/1"
 MEMORY_CSV_FIELDS = ["cell", "mode", "hidden", "input_size", "batch", "seq_len", "backend",
-                     "peak_bytes", "held_bytes", "memory_vs_torch"]
+                     "peak_bytes", "held_bytes", "memory_vs_torch-cpu"]
 
 
 def memory_table(rows):
     """Peak and held memory (fastrnn.memory) a point, in MB, and the peak over torch's."""
     headers = ["cell", "mode", "H", "B", "T", "backend", "peak MB", "held MB", "vs torch"]
     body = [[r["cell"], r["mode"], str(r["hidden"]), str(r["batch"]), str(r["seq_len"]), r["backend"],
-             f"{r['peak_bytes'] / 1e6:,.1f}", f"{r['held_bytes'] / 1e6:,.1f}", _fmt(r.get("memory_vs_torch"))]
+             f"{r['peak_bytes'] / 1e6:,.1f}", f"{r['held_bytes'] / 1e6:,.1f}", _fmt(r.get("memory_vs_torch-cpu"))]
             for r in rows]
     return render_table(headers, body)
 

@@ -42,7 +42,7 @@ def test_memory_ratios_pair_each_row_with_torch_at_its_precision():
     rows = [dict(point, backend=b, peak_bytes=p) for b, p in
             (("cpu", 30), ("torch-cpu", 60), ("cpu-bf16", 20), ("torch-cpu-bf16", 10), ("reference", 15))]
     memory.add_ratios(rows)
-    assert {r["backend"]: r["memory_vs_torch"] for r in rows} == \
+    assert {r["backend"]: r[memory.RATIO] for r in rows} == \
         {"cpu": 0.5, "torch-cpu": 1.0, "cpu-bf16": 2.0, "torch-cpu-bf16": 1.0, "reference": 0.25}
     lines = memory.summary(rows).splitlines()
     assert "* cpu training: peak memory / torch's B > 1 0.50-0.50x" in lines
@@ -63,7 +63,7 @@ def test_cli_memory_writes_a_table_json_and_csv(tmp_path):
         {(b, m) for b in backends.split(",") for m in bench.MODES}
     assert all(row["peak_bytes"] >= row["held_bytes"] >= 0 for row in rows)
     if "torch-cpu" in backends:
-        assert all(np.isfinite(row["memory_vs_torch"]) for row in rows)
+        assert all(np.isfinite(row[memory.RATIO]) for row in rows)
         assert "* cpu training: peak memory / torch's" in r.stdout
     csv_rows = (tmp_path / "fastrnn-bench-memory.csv").read_text().splitlines()
     assert len(csv_rows) == len(rows) + 1 and csv_rows[0].startswith("cell,mode,hidden")

@@ -396,8 +396,8 @@ def _host_lengths(lengths, T, B):
     if lengths is not None and not isinstance(lengths, np.ndarray):
         if hasattr(lengths, "copy_to_host"):
             lengths = lengths.copy_to_host()
-        elif hasattr(lengths, "__cuda_array_interface__"):
-            lengths = from_interface(lengths, lengths.__cuda_array_interface__).copy_to_host()
+        elif (desc := getattr(lengths, "__cuda_array_interface__", None)) is not None:   # read once
+            lengths = from_interface(lengths, desc).copy_to_host()
     lengths = check_lengths(lengths, T, B)
     return np.full(B, T, np.int32) if lengths is None else lengths
 

@@ -35,19 +35,25 @@ _pools = {}
 
 def device_array(shape, dtype):
     """An uninitialised C-contiguous device array (like cuda.device_array)."""
-    # plain integer arithmetic: numpy's reductions cost microseconds a call on tuples
     if not isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype)
     if shape.__class__ is not tuple:
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    n = dtype.itemsize
+    strides, n = _c_layout(shape, dtype.itemsize)
+    if SIMULATOR or n == 0 or switches.get("FASTRNN_CUDA_POOL", "1") == "0":
+        return cuda.device_array(shape, dtype=dtype)
+    return _array(shape, strides, dtype, _pool().take(-(-n // GRANULE) * GRANULE))
+
+
+def _c_layout(shape, itemsize):
+    """(C-contiguous strides in bytes, total bytes) of shape; plain integer arithmetic:
+    numpy's reductions cost microseconds a call on tuples."""
+    n = itemsize
     strides = ()
     for s in shape[::-1]:
         strides = (n,) + strides
         n *= int(s)
-    if SIMULATOR or n == 0 or switches.get("FASTRNN_CUDA_POOL", "1") == "0":
-        return cuda.device_array(shape, dtype=dtype)
-    return _array(shape, strides, dtype, _pool().take(-(-n // GRANULE) * GRANULE))
+    return strides, n
 
 
 def _pool():
@@ -80,11 +86,7 @@ def from_interface(obj, desc):
     dtype = _dtypes.get(desc["typestr"])
     if dtype is None:
         dtype = _dtypes[desc["typestr"]] = np.dtype(desc["typestr"])
-    strides = ()
-    n = dtype.itemsize
-    for s in shape[::-1]:
-        strides = (n,) + strides
-        n *= s
+    strides, n = _c_layout(shape, dtype.itemsize)
     given = desc.get("strides")
     if n == 0 or (given is not None and tuple(given) != strides):
         return cuda.from_cuda_array_interface(desc, owner=obj, sync=False)
